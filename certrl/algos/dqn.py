@@ -1,0 +1,269 @@
+"""DQN (Mnih et al. 2015) with double-Q targets, optional dueling head, Huber loss.
+
+Loop (CleanRL-style, one env):
+    a_t = random with prob eps(t) (linear decay), else argmax_a Q(x_t, a)
+    store (o_t, a_t, r_t, o_{t+1}, terminated_t) in the replay buffer
+    every ``train_freq`` steps after ``learning_starts``: sample B transitions,
+        y = r + gamma (1 - term) Q_target(x', argmax_a Q(x', a))   (double)
+        y = r + gamma (1 - term) max_a Q_target(x', a)              (plain)
+        loss = mean Huber_delta(Q(x, a) - y)  [+ robust loss term]
+    every ``target_update_interval`` steps: target <- tau * online + (1 - tau) * target
+Only *terminated* ends bootstrapping; time-limit truncation still bootstraps.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from certrl.agent import Agent
+from certrl.algos.base import Algorithm, config_to_dict, resolve_threat, seed_everything
+from certrl.envs import action_space_info, env_family, make_env
+from certrl.losses.base import RobustLoss
+from certrl.nets import body_spec, build_network
+
+
+@dataclass
+class DQNConfig:
+    """DQN hyper-parameters (defaults suit CartPole; ``for_env`` adapts them)."""
+
+    env_id: str = "CartPole-v1"
+    total_steps: int = 50_000
+    seed: int = 0
+    lr: float = 1e-3
+    buffer_size: int = 50_000
+    batch_size: int = 64
+    gamma: float = 0.99
+    learning_starts: int = 1_000
+    train_freq: int = 1
+    gradient_steps: int = 1
+    target_update_interval: int = 500
+    tau: float = 1.0
+    eps_start: float = 1.0
+    eps_end: float = 0.02
+    eps_fraction: float = 0.2
+    double: bool = True
+    dueling: bool = False
+    hidden: tuple[int, ...] = (64, 64)
+    huber_delta: float = 1.0
+    max_grad_norm: float = 10.0
+    threat: dict | None = None
+    env_kwargs: dict = field(default_factory=dict)
+    robust_loss: RobustLoss | None = None
+
+    @classmethod
+    def for_env(cls, env_id: str, **overrides) -> DQNConfig:
+        """Family defaults (Atari: Nature-DQN settings, smaller buffer) plus overrides."""
+        base: dict = {"env_id": env_id}
+        if env_family(env_id) == "atari":
+            base.update(lr=1e-4, buffer_size=100_000, batch_size=32, learning_starts=20_000,
+                        train_freq=4, target_update_interval=1_000, eps_end=0.01,
+                        eps_fraction=0.1)
+        base.update(overrides)
+        return cls(**base)
+
+
+class DQN(Algorithm):
+    """Deep Q-learning on a discrete-action env; ``learn()`` then ``agent``."""
+
+    algo_name = "dqn"
+    config_cls = DQNConfig
+
+    def __init__(self, cfg: DQNConfig):
+        self.cfg = cfg
+        self.rng = seed_everything(cfg.seed)
+        self.env = make_env(cfg.env_id, cfg.seed, **cfg.env_kwargs)
+        aspace = action_space_info(self.env.action_space)
+        if aspace["kind"] != "discrete":
+            raise ValueError(f"DQN needs a discrete action space; {cfg.env_id} is continuous "
+                             "(use --algo ppo)")
+        obs_shape = tuple(self.env.observation_space.shape)
+        family = env_family(cfg.env_id)
+        spec = {"type": "q", "body": body_spec(obs_shape, cfg.hidden, "relu"),
+                "n_out": aspace["n"], "dueling": cfg.dueling}
+        if family == "atari" and cfg.dueling:  # Nature dueling: 512-unit streams on conv
+            spec["body"]["fc"] = 0
+            spec["stream_hidden"] = 512
+        q = build_network(spec)
+        self.target = copy.deepcopy(q)
+        nets = {"q": q}
+        if cfg.robust_loss is not None:
+            nets.update(cfg.robust_loss.extra_networks())
+        preprocessing = {"kind": "pixels", "scale": 255.0} if family == "atari" else \
+            {"kind": "identity"}
+        self.agent_obj = Agent(
+            nets, env_id=cfg.env_id, algo="dqn", obs_shape=obs_shape, action_space=aspace,
+            preprocessing=preprocessing, threat_model=resolve_threat(cfg.env_id, cfg.threat),
+            config=config_to_dict(cfg), seed=cfg.seed,
+            loss_name=cfg.robust_loss.name if cfg.robust_loss is not None else "vanilla",
+        )
+        params = [p for n in nets.values() for p in n.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        obs_dtype = np.uint8 if family == "atari" else np.float32
+        n = cfg.buffer_size
+        self.buf = {
+            "obs": np.zeros((n, *obs_shape), obs_dtype),
+            "next_obs": np.zeros((n, *obs_shape), obs_dtype),
+            "actions": np.zeros(n, np.int64),
+            "rewards": np.zeros(n, np.float32),
+            "dones": np.zeros(n, np.float32),
+        }
+        self.buf_pos, self.buf_full = 0, False
+        self.global_step = 0
+        self.episodes: list[dict] = []
+        self.update_time = 0.0
+        self.logs: dict[str, float] = {}
+        self._obs, _ = self.env.reset(seed=cfg.seed)
+        self._ep_return, self._ep_len = 0.0, 0
+
+    # ----------------------------------------------------------------- helpers
+    def epsilon(self, step: int) -> float:
+        """Linear decay eps_start -> eps_end over eps_fraction * total_steps, then flat."""
+        span = max(1, int(self.cfg.eps_fraction * self.cfg.total_steps))
+        frac = min(1.0, step / span)
+        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+
+    def _store(self, obs, action, reward, next_obs, done) -> None:
+        i = self.buf_pos
+        self.buf["obs"][i] = obs
+        self.buf["next_obs"][i] = next_obs
+        self.buf["actions"][i] = action
+        self.buf["rewards"][i] = reward
+        self.buf["dones"][i] = done
+        self.buf_pos = (i + 1) % self.cfg.buffer_size
+        self.buf_full = self.buf_full or self.buf_pos == 0
+
+    def _sample(self) -> dict[str, torch.Tensor]:
+        size = self.cfg.buffer_size if self.buf_full else self.buf_pos
+        idx = self.rng.integers(0, size, self.cfg.batch_size)
+        pre = self.agent_obj.preprocess
+        return {
+            "obs": pre(self.buf["obs"][idx]),
+            "next_obs": pre(self.buf["next_obs"][idx]),
+            "actions": torch.as_tensor(self.buf["actions"][idx]),
+            "rewards": torch.as_tensor(self.buf["rewards"][idx]),
+            "dones": torch.as_tensor(self.buf["dones"][idx]),
+        }
+
+    def update(self) -> dict[str, float]:
+        """One gradient step on a sampled batch; returns scalar logs."""
+        cfg, q, target = self.cfg, self.agent_obj.nets["q"], self.target
+        batch = self._sample()
+        with torch.no_grad():
+            if cfg.double:
+                a_next = q(batch["next_obs"]).argmax(1, keepdim=True)
+                q_next = target(batch["next_obs"]).gather(1, a_next).squeeze(1)
+            else:
+                q_next = target(batch["next_obs"]).max(1).values
+            y = batch["rewards"] + cfg.gamma * (1.0 - batch["dones"]) * q_next
+        q_a = q(batch["obs"]).gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
+        td = F.huber_loss(q_a, y, reduction="none", delta=cfg.huber_delta)
+        batch.update(td_target=y, q=q_a)
+        logs = {"td_loss": float(td.detach().mean())}
+        rl = cfg.robust_loss
+        if rl is not None:
+            nets = {**self.agent_obj.nets, "target": target}
+            threat = self.agent_obj.threat_model
+            loss = rl.modify_td_loss(td, batch, nets, threat, self.global_step)
+            extra, extra_logs = rl(batch, nets, threat, self.global_step)
+            loss = loss + extra
+            logs.update(extra_logs)
+        else:
+            loss = td.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        self.optimizer.step()
+        logs["loss"] = float(loss.detach())
+        return logs
+
+    def _update_target(self) -> None:
+        tau = self.cfg.tau
+        with torch.no_grad():
+            for pt, p in zip(self.target.parameters(), self.agent_obj.nets["q"].parameters()):
+                pt.mul_(1.0 - tau).add_(p, alpha=tau)
+
+    # -------------------------------------------------------------------- loop
+    def learn(self, until: int | None = None,
+              on_step: Callable[[Algorithm], None] | None = None,
+              on_episode: Callable[[dict], None] | None = None) -> DQN:
+        """Run env steps until ``global_step == until`` (default cfg.total_steps).
+
+        ``on_step(algo)`` runs after every env step (progress, checkpoints);
+        ``on_episode(record)`` after every finished episode.
+        """
+        import time
+
+        cfg, q = self.cfg, self.agent_obj.nets["q"]
+        until = cfg.total_steps if until is None else until
+        while self.global_step < until:
+            eps = self.epsilon(self.global_step)
+            if self.rng.random() < eps:
+                action = int(self.rng.integers(self.agent_obj.action_space["n"]))
+            else:
+                with torch.no_grad():
+                    x = self.agent_obj.preprocess(np.asarray(self._obs)[None])
+                    action = int(q(x).argmax(1).item())
+            next_obs, reward, terminated, truncated, _ = self.env.step(action)
+            self._store(self._obs, action, reward, next_obs, float(terminated))
+            self._ep_return += float(reward)
+            self._ep_len += 1
+            self.global_step += 1
+            self._obs = next_obs
+            if terminated or truncated:
+                rec = {"episode": len(self.episodes), "step": self.global_step,
+                       "return": self._ep_return, "length": self._ep_len,
+                       "epsilon": round(eps, 4)}
+                self.episodes.append(rec)
+                if on_episode is not None:
+                    on_episode(rec)
+                self._obs, _ = self.env.reset()
+                self._ep_return, self._ep_len = 0.0, 0
+            if self.global_step > cfg.learning_starts and self.global_step % cfg.train_freq == 0:
+                t0 = time.perf_counter()
+                for _ in range(cfg.gradient_steps):
+                    self.logs = self.update()
+                self.update_time += time.perf_counter() - t0
+            if self.global_step % cfg.target_update_interval == 0:
+                self._update_target()
+            if on_step is not None:
+                on_step(self)
+        return self
+
+    # ----------------------------------------------------------------- resume
+    def train_state(self, max_replay_bytes: int = 256 * 2**20) -> dict:
+        """Optimizer, target net, counters, RNGs and (if small) the replay buffer."""
+        size = self.cfg.buffer_size if self.buf_full else self.buf_pos
+        nbytes = sum(v[:size].nbytes for v in self.buf.values())
+        replay = None
+        if nbytes <= max_replay_bytes:
+            replay = {k: torch.from_numpy(v[:size].copy()) for k, v in self.buf.items()}
+        return {
+            "global_step": self.global_step, "episodes": list(self.episodes),
+            "optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
+            "buf_pos": self.buf_pos, "buf_full": self.buf_full, "replay": replay,
+            "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_train_state(self, st: dict) -> None:
+        self.global_step = int(st["global_step"])
+        self.episodes = list(st["episodes"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.target.load_state_dict(st["target"])
+        if st.get("replay") is not None:
+            for k, v in st["replay"].items():
+                self.buf[k][: len(v)] = v.numpy()
+            self.buf_pos, self.buf_full = int(st["buf_pos"]), bool(st["buf_full"])
+        self.rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        # the env cannot be checkpointed: start a fresh episode with a derived seed
+        self._obs, _ = self.env.reset(seed=self.cfg.seed + 7919 * (len(self.episodes) + 1))
+        self._ep_return, self._ep_len = 0.0, 0
+
+

@@ -1,0 +1,311 @@
+"""PPO (Schulman et al. 2017), clipped surrogate with GAE, discrete or Gaussian policy.
+
+Loop (CleanRL-style, ``num_envs`` synchronous envs):
+    collect ``num_steps`` steps per env: x = preprocess(o) (MuJoCo: running
+        mean/std normalization, updated while training), a ~ pi(.|x), v = V(x)
+    GAE: delta_t = r_t + gamma V(x_{t+1}) (1 - term) - V(x_t),
+         A_t = delta_t + gamma lambda (1 - done_t) A_{t+1},  R_t = A_t + V(x_t)
+    ``update_epochs`` passes over shuffled minibatches:
+        ratio = exp(logp_new - logp_old), A normalized per minibatch,
+        L_pi = mean max(-A ratio, -A clip(ratio, 1 - c, 1 + c)),
+        L_v = 0.5 mean max((V - R)^2, (V_clipped - R)^2)   (clip_vloss)
+        loss = L_pi - ent_coef H + vf_coef L_v  [+ robust loss term]
+Truncated episodes bootstrap: r += gamma V(final obs). Rewards may be scaled by
+the running std of the discounted return (``norm_reward``), clipped to +-10.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from certrl.agent import Agent
+from certrl.algos.base import Algorithm, config_to_dict, resolve_threat, seed_everything
+from certrl.envs import RunningMeanStd, action_space_info, env_family, make_vec_env
+from certrl.losses.base import RobustLoss
+from certrl.nets import body_spec, build_network
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters (CleanRL's MuJoCo defaults, 4 envs x 512 steps)."""
+
+    env_id: str = "Pendulum-v1"
+    total_steps: int = 200_000
+    seed: int = 0
+    num_envs: int = 4
+    num_steps: int = 512
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 32
+    update_epochs: int = 10
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    norm_obs: bool | None = None
+    norm_reward: bool | None = None
+    hidden: tuple[int, ...] = (64, 64)
+    log_std_init: float = 0.0
+    threat: dict | None = None
+    env_kwargs: dict = field(default_factory=dict)
+    robust_loss: RobustLoss | None = None
+
+    @classmethod
+    def for_env(cls, env_id: str, **overrides) -> PPOConfig:
+        """Family defaults (Atari: CleanRL's Atari PPO; discrete: entropy bonus) + overrides."""
+        base: dict = {"env_id": env_id}
+        fam = env_family(env_id)
+        if fam == "atari":
+            base.update(num_envs=8, num_steps=128, lr=2.5e-4, num_minibatches=4,
+                        update_epochs=4, clip_coef=0.1, ent_coef=0.01, norm_reward=False)
+        elif env_id in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0"):
+            base.update(num_envs=4, num_steps=128, lr=2.5e-4, num_minibatches=4,
+                        update_epochs=4, ent_coef=0.01, gae_lambda=0.95)
+        base.update(overrides)
+        return cls(**base)
+
+
+class PPO(Algorithm):
+    """Proximal policy optimization; ``learn()`` then ``agent``."""
+
+    algo_name = "ppo"
+    config_cls = PPOConfig
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.rng = seed_everything(cfg.seed)
+        self.envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, **cfg.env_kwargs)
+        family = env_family(cfg.env_id)
+        obs_shape = tuple(self.envs.single_observation_space.shape)
+        aspace = action_space_info(self.envs.single_action_space)
+        self.discrete = aspace["kind"] == "discrete"
+        norm_obs = (family == "mujoco") if cfg.norm_obs is None else cfg.norm_obs
+        self.norm_reward = (not self.discrete) if cfg.norm_reward is None else cfg.norm_reward
+        body = body_spec(obs_shape, cfg.hidden, "tanh")
+        if self.discrete:
+            pspec = {"type": "categorical_policy", "body": body, "n_out": aspace["n"]}
+        else:
+            pspec = {"type": "gaussian_policy", "body": body,
+                     "n_out": int(np.prod(aspace["shape"])), "log_std_init": cfg.log_std_init}
+        nets: dict[str, nn.Module] = {"policy": build_network(pspec),
+                                      "value": build_network({"type": "value", "body": body})}
+        if cfg.robust_loss is not None:
+            nets.update(cfg.robust_loss.extra_networks())
+        if family == "atari":
+            preprocessing = {"kind": "pixels", "scale": 255.0}
+        elif norm_obs:
+            preprocessing = {"kind": "normalize"}
+        else:
+            preprocessing = {"kind": "identity"}
+        rms = RunningMeanStd(obs_shape) if norm_obs else None
+        self.agent_obj = Agent(
+            nets, env_id=cfg.env_id, algo="ppo", obs_shape=obs_shape, action_space=aspace,
+            preprocessing=preprocessing, threat_model=resolve_threat(cfg.env_id, cfg.threat),
+            obs_rms=rms, config=config_to_dict(cfg), seed=cfg.seed,
+            loss_name=cfg.robust_loss.name if cfg.robust_loss is not None else "vanilla",
+        )
+        params = [p for n in nets.values() for p in n.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
+        self.ret_rms = RunningMeanStd(())
+        self._disc_ret = np.zeros(cfg.num_envs)
+        self.global_step = 0
+        self.episodes: list[dict] = []
+        self.update_time = 0.0
+        self.logs: dict[str, float] = {}
+        self._obs, _ = self.envs.reset(seed=cfg.seed)
+        self._ep_ret = np.zeros(cfg.num_envs)
+        self._ep_len = np.zeros(cfg.num_envs, dtype=np.int64)
+
+    @property
+    def batch_steps(self) -> int:
+        return self.cfg.num_envs * self.cfg.num_steps
+
+    def _input(self, obs: np.ndarray, update_stats: bool) -> torch.Tensor:
+        rms = self.agent_obj.obs_rms
+        if update_stats and rms is not None:
+            rms.update(obs)
+        return self.agent_obj.preprocess(obs)
+
+    def _scale_reward(self, r: np.ndarray, done: np.ndarray) -> np.ndarray:
+        if not self.norm_reward:
+            return r
+        self._disc_ret = self._disc_ret * self.cfg.gamma + r
+        self.ret_rms.update(self._disc_ret)
+        self._disc_ret[done] = 0.0
+        return np.clip(r / math.sqrt(float(self.ret_rms.var) + 1e-8), -10, 10)
+
+    def collect(self, num_steps: int, on_step=None, on_episode=None) -> dict[str, torch.Tensor]:
+        """Roll the policy for ``num_steps`` vector steps; returns the rollout tensors."""
+        cfg, policy, value = self.cfg, self.agent_obj.nets["policy"], self.agent_obj.nets["value"]
+        n = cfg.num_envs
+        xs, acts, logps, vals, rews, terms, dones = [], [], [], [], [], [], []
+        for _ in range(num_steps):
+            x = self._input(self._obs, update_stats=True)
+            with torch.no_grad():
+                dist = policy.distribution(x)
+                a = dist.sample()
+                logp = dist.log_prob(a)
+                if not self.discrete:
+                    logp = logp.sum(-1)
+                v = value(x).squeeze(1)
+            a_np = a.numpy()
+            env_a = a_np if self.discrete else self.agent_obj.clip_action(a_np)
+            obs, r, term, trunc, info = self.envs.step(env_a)
+            r = np.asarray(r, dtype=np.float64)
+            done = np.logical_or(term, trunc)
+            self._ep_ret += r
+            self._ep_len += 1
+            r_train = self._scale_reward(r, done)
+            for i in np.nonzero(trunc & ~term)[0]:  # bootstrap through time limits
+                final = np.asarray(info["final_obs"][i])[None]
+                with torch.no_grad():
+                    r_train[i] += cfg.gamma * float(value(self._input(final, False)))
+            for i in np.nonzero(done)[0]:
+                rec = {"episode": len(self.episodes), "step": self.global_step + i + 1,
+                       "return": float(self._ep_ret[i]), "length": int(self._ep_len[i])}
+                self.episodes.append(rec)
+                if on_episode is not None:
+                    on_episode(rec)
+                self._ep_ret[i], self._ep_len[i] = 0.0, 0
+            xs.append(x)
+            acts.append(a)
+            logps.append(logp)
+            vals.append(v)
+            rews.append(torch.as_tensor(r_train, dtype=torch.float32))
+            terms.append(torch.as_tensor(term, dtype=torch.float32))
+            dones.append(torch.as_tensor(done, dtype=torch.float32))
+            self._obs = obs
+            self.global_step += n
+            if on_step is not None:
+                on_step(self)
+        with torch.no_grad():
+            last_v = value(self._input(self._obs, update_stats=False)).squeeze(1)
+        vals_t, rews_t = torch.stack(vals), torch.stack(rews)
+        terms_t, dones_t = torch.stack(terms), torch.stack(dones)
+        adv = torch.zeros_like(rews_t)
+        gae = torch.zeros(n)
+        for t in reversed(range(num_steps)):
+            next_v = last_v if t == num_steps - 1 else vals_t[t + 1]
+            # a finished episode's successor value is the *new* episode's: cut at done,
+            # and bootstrap truncations through the reward (above)
+            delta = rews_t[t] + cfg.gamma * next_v * (1.0 - dones_t[t]) - vals_t[t]
+            gae = delta + cfg.gamma * cfg.gae_lambda * (1.0 - dones_t[t]) * gae
+            adv[t] = gae
+        del terms_t
+        flat = lambda t: t.reshape(num_steps * n, *t.shape[2:])  # noqa: E731
+        return {"obs": flat(torch.stack(xs)), "actions": flat(torch.stack(acts)),
+                "logprobs": flat(torch.stack(logps)), "values": flat(vals_t),
+                "advantages": flat(adv), "returns": flat(adv + vals_t)}
+
+    def update(self, roll: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``update_epochs`` passes of minibatch PPO updates on a rollout."""
+        cfg = self.cfg
+        policy, value = self.agent_obj.nets["policy"], self.agent_obj.nets["value"]
+        size = roll["obs"].shape[0]
+        mb = max(1, size // cfg.num_minibatches)
+        gen = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        logs: dict[str, float] = {}
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(size, generator=gen)
+            approx_kl = 0.0
+            for start in range(0, size, mb):
+                idx = perm[start:start + mb]
+                batch = {k: v[idx] for k, v in roll.items()}
+                out = policy(batch["obs"])
+                if self.discrete:
+                    dist = torch.distributions.Categorical(logits=out)
+                    newlogp, ent = dist.log_prob(batch["actions"]), dist.entropy()
+                else:
+                    dist = torch.distributions.Normal(out, policy.log_std.exp().expand_as(out))
+                    newlogp = dist.log_prob(batch["actions"]).sum(-1)
+                    ent = dist.entropy().sum(-1)
+                logratio = newlogp - batch["logprobs"]
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = float(((ratio - 1) - logratio).mean())
+                adv = batch["advantages"]
+                if adv.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg = torch.max(-adv * ratio,
+                               -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                v = value(batch["obs"]).squeeze(1)
+                if cfg.clip_vloss:
+                    v_clip = batch["values"] + (v - batch["values"]).clamp(-cfg.clip_coef,
+                                                                         cfg.clip_coef)
+                    v_loss = 0.5 * torch.max((v - batch["returns"]) ** 2,
+                                             (v_clip - batch["returns"]) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((v - batch["returns"]) ** 2).mean()
+                loss = pg - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
+                if cfg.robust_loss is not None:
+                    batch["mean"] = out
+                    extra, extra_logs = cfg.robust_loss(batch, self.agent_obj.nets,
+                                                        self.agent_obj.threat_model,
+                                                        self.global_step)
+                    loss = loss + extra
+                    logs.update(extra_logs)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+            logs.update(pg_loss=float(pg.detach()), v_loss=float(v_loss.detach()),
+                        entropy=float(ent.detach().mean()),
+                        approx_kl=approx_kl)
+            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                break
+        return logs
+
+    def learn(self, until: int | None = None,
+              on_step: Callable[[Algorithm], None] | None = None,
+              on_episode: Callable[[dict], None] | None = None,
+              on_update: Callable[[Algorithm], None] | None = None) -> PPO:
+        """Alternate rollouts and updates until ``global_step >= until`` (env steps).
+
+        ``on_update(algo)`` runs after each update (a safe point to checkpoint).
+        """
+        cfg = self.cfg
+        until = cfg.total_steps if until is None else until
+        while self.global_step < until:
+            steps = min(cfg.num_steps, max(1, math.ceil((until - self.global_step) / cfg.num_envs)))
+            if cfg.anneal_lr:
+                frac = 1.0 - self.global_step / max(1, cfg.total_steps)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = max(frac, 0.0) * cfg.lr
+            roll = self.collect(steps, on_step, on_episode)
+            t0 = time.perf_counter()
+            self.logs = self.update(roll)
+            self.update_time += time.perf_counter() - t0
+            if on_update is not None:
+                on_update(self)
+        return self
+
+    def train_state(self) -> dict:
+        """Optimizer, counters, reward-normalization stats and RNGs."""
+        return {"global_step": self.global_step, "episodes": list(self.episodes),
+                "optimizer": self.optimizer.state_dict(),
+                "ret_rms": self.ret_rms.state_dict(),
+                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+    def load_train_state(self, st: dict) -> None:
+        self.global_step = int(st["global_step"])
+        self.episodes = list(st["episodes"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.ret_rms.load_state_dict(st["ret_rms"])
+        self.rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        # envs cannot be checkpointed: restart episodes with derived seeds
+        self._obs, _ = self.envs.reset(seed=self.cfg.seed + 7919 * (len(self.episodes) + 1))
+        self._ep_ret[:] = 0.0
+        self._ep_len[:] = 0

@@ -1,0 +1,189 @@
+"""Empirical observation attacks (upper bounds on robustness), batched over states.
+
+All attacks take network-input tensors x (B, *shape) and return x' with
+||x' - x||_p <= eps (p = inf or 2) and x' clipped to the threat model's domain.
+
+- ``fgsm``: one signed (l_inf) / normalized (l_2) gradient step of size eps.
+- ``pgd``: random start in the ball, ``steps`` ascent steps of ``step_size``
+  (default 2.5 eps / steps), projection after each; returns, per state, the
+  iterate with the highest objective.
+- objectives for discrete agents (Q-values or logits, a* = clean argmax):
+  "ce" maximizes cross-entropy of softmax(out) at a*; "margin" minimizes
+  out[a*] - max_{j != a*} out[j].
+- ``mad`` (continuous agents): PGD maximizing ||mu(x') - mu(x)||^2 of the action
+  mean (a KL between Gaussians with a shared diagonal std, up to per-dim scale).
+- ``random_noise``: uniform in the l_inf box or the l_2 ball.
+
+Projection onto ball intersected with box: project onto the ball, then clip;
+since the center lies in the box, clipping only moves coordinates toward it,
+so the result stays in both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from certrl.threat import ThreatModel, check_eps
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+ATTACKS = ("pgd", "fgsm", "mad", "random")
+
+
+def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample l_p norm, shaped (B, 1, ..., 1) for broadcasting."""
+    n = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=p, dim=1)
+    return n.reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def _check(threat: ThreatModel, eps: float | None) -> float:
+    e = threat.eps if eps is None else check_eps(eps)
+    if threat.norm not in (math.inf, 2.0):
+        raise ValueError(f"attacks support the l_inf and l_2 norms; got l_{threat.norm:g}")
+    return e
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel,
+            eps: float | None = None) -> torch.Tensor:
+    """Project ``x_adv`` onto the eps-ball around ``x``, then clip to the domain."""
+    e = _check(threat, eps)
+    d = x_adv - x
+    if threat.norm == math.inf:
+        d = d.clamp(-e, e)
+    else:
+        n = _flat_norm(d, 2.0)
+        d = d * torch.clamp(e / n.clamp_min(1e-12), max=1.0)
+    return threat.clip(x + d)
+
+
+def random_noise(x: torch.Tensor, threat: ThreatModel, eps: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform noise in the l_inf box / l_2 ball of radius eps, clipped to the domain."""
+    e = _check(threat, eps)
+    if threat.norm == math.inf:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+        d = e * u
+    else:
+        g = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        g = g / _flat_norm(g, 2.0).clamp_min(1e-12)
+        dim = x[0].numel()
+        r = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype) ** (1.0 / dim)
+        d = e * g * r.reshape(-1, *([1] * (x.dim() - 1)))
+    return project(x + d, x, threat, e)
+
+
+def _objective(model: Model, x_adv: torch.Tensor, labels: torch.Tensor,
+               objective: str) -> torch.Tensor:
+    """Per-sample quantity the attacker maximizes (discrete agents)."""
+    out = model(x_adv)
+    if objective == "ce":
+        return F.cross_entropy(out, labels, reduction="none")
+    if objective == "margin":
+        own = out.gather(1, labels[:, None]).squeeze(1)
+        other = out.scatter(1, labels[:, None], float("-inf")).max(1).values
+        return other - own
+    raise ValueError(f"unknown objective {objective!r}; use 'ce' or 'margin'")
+
+
+def _mad_objective(model: Model, x_adv: torch.Tensor, mu0: torch.Tensor) -> torch.Tensor:
+    return ((model(x_adv) - mu0) ** 2).reshape(x_adv.shape[0], -1).sum(1)
+
+
+def _ascent_dir(g: torch.Tensor, p: float) -> torch.Tensor:
+    if p == math.inf:
+        return g.sign()
+    return g / _flat_norm(g, 2.0).clamp_min(1e-12)
+
+
+def _clean_labels(model: Model, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    if labels is not None:
+        return labels
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def fgsm(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None = None,
+         objective: str = "ce", labels: torch.Tensor | None = None) -> torch.Tensor:
+    """x' = clip(x + eps * sign(grad)) (l_inf) or x + eps * grad / ||grad||_2 (l_2)."""
+    e = _check(threat, eps)
+    labels = _clean_labels(model, x, labels)
+    xr = x.detach().clone().requires_grad_(True)
+    loss = _objective(model, xr, labels, objective).sum()
+    (g,) = torch.autograd.grad(loss, xr)
+    return project(x + e * _ascent_dir(g, threat.norm), x, threat, e).detach()
+
+
+def _pgd_loop(obj: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+              threat: ThreatModel, e: float, steps: int, step_size: float | None,
+              random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    alpha = 2.5 * e / steps if step_size is None else float(step_size)
+    x = x.detach()
+    x_adv = random_noise(x, threat, e, generator) if random_start else x.clone()
+    with torch.no_grad():
+        best, best_val = x_adv.clone(), obj(x_adv)
+    for _ in range(steps):
+        xr = x_adv.clone().requires_grad_(True)
+        val = obj(xr)
+        (g,) = torch.autograd.grad(val.sum(), xr)
+        with torch.no_grad():
+            better = val > best_val
+            best[better], best_val[better] = x_adv[better], val[better]
+            x_adv = project(x_adv + alpha * _ascent_dir(g, threat.norm), x, threat, e)
+    with torch.no_grad():
+        val = obj(x_adv)
+        better = val > best_val
+        best[better] = x_adv[better]
+    return best.detach()
+
+
+def pgd(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None = None,
+        steps: int = 10, step_size: float | None = None, random_start: bool = True,
+        objective: str = "ce", labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient ascent on the objective away from the clean greedy action."""
+    e = _check(threat, eps)
+    labels = _clean_labels(model, x, labels)
+    return _pgd_loop(lambda z: _objective(model, z, labels, objective), x, threat, e, steps,
+                     step_size, random_start, generator)
+
+
+def mad(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None = None,
+        steps: int = 10, step_size: float | None = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Maximal action difference: PGD maximizing ||mu(x') - mu(x)||^2 (random start)."""
+    e = _check(threat, eps)
+    with torch.no_grad():
+        mu0 = model(x)
+    return _pgd_loop(lambda z: _mad_objective(model, z, mu0), x, threat, e, steps, step_size,
+                     True, generator)
+
+
+def make_attack(name: str, model: Model, threat: ThreatModel, eps: float | None = None,
+                steps: int = 10, step_size: float | None = None, seed: int = 0,
+                action_kind: str = "discrete", objective: str = "ce",
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable x -> x' for the named attack ('pgd', 'fgsm', 'mad', 'random').
+
+    For continuous agents 'pgd' means MAD (there is no greedy action to push);
+    'fgsm' is discrete-only, 'mad' continuous-only.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; use one of {', '.join(ATTACKS)}")
+    e = _check(threat, eps)
+    gen = torch.Generator().manual_seed(int(seed))
+    if name == "random":
+        return lambda x: random_noise(x, threat, e, gen)
+    if action_kind == "continuous":
+        if name == "fgsm":
+            raise ValueError("fgsm needs a discrete agent; use mad (or pgd) for continuous ones")
+        return lambda x: mad(model, x, threat, e, steps, step_size, gen)
+    if name == "mad":
+        raise ValueError("mad attacks continuous agents; use pgd or fgsm for discrete ones")
+    if name == "fgsm":
+        return lambda x: fgsm(model, x, threat, e, objective)
+    return lambda x: pgd(model, x, threat, e, steps, step_size, True, objective, None, gen)

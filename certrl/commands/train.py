@@ -1,0 +1,171 @@
+"""certrl train: train a DQN or PPO agent, with periodic checkpoints and --resume.
+
+Output folder layout::
+
+    DIR/agent.pt                 final agent (no training state; what you load)
+    DIR/checkpoints/latest.pt    agent + training state (what --resume reads)
+    DIR/checkpoints/step_N.pt    periodic agent snapshots
+    DIR/train.jsonl              one record per training episode + a summary
+    DIR/command.json             the command line and resolved config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from certrl.algos import ALGOS
+from certrl.algos.base import coerce_field, config_to_dict
+from certrl.commands._common import positive_int, set_threads
+from certrl.envs import env_family, env_version
+from certrl.io import CheckpointError, library_versions
+from certrl.records import write_jsonl
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a DQN or PPO agent",
+                       description="Train an agent; writes DIR/agent.pt and DIR/train.jsonl.")
+    p.add_argument("--env", help="env id, e.g. CartPole-v1, ALE/Pong-v5, Hopper-v5")
+    p.add_argument("--algo", choices=sorted(ALGOS), help="dqn (discrete) or ppo")
+    p.add_argument("--steps", type=positive_int, help="total env steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoints/latest.pt (up to --steps if given)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None,
+                   help="env steps between checkpoints (default: steps / 10)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set lr=1e-3 --set hidden=64,64")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default 1 for MLPs, torch's default for Atari)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _overrides(cfg_cls, items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = coerce_field(cfg_cls, k.strip(), v.strip())
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    latest = out / "checkpoints" / "latest.pt"
+    if args.resume:
+        if not latest.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {latest}")
+        import torch
+
+        head = torch.load(latest, map_location="cpu", weights_only=True)
+        algo_name = head.get("algo") if isinstance(head, dict) else None
+        if algo_name not in ALGOS:
+            raise CheckpointError(f"{latest} is not a certrl training checkpoint")
+        if args.algo and args.algo != algo_name:
+            raise ValueError(f"--algo {args.algo} but {latest} holds a {algo_name} run")
+        if args.env and args.env != head.get("env_id"):
+            raise ValueError(f"--env {args.env} but {latest} holds a {head.get('env_id')} run")
+        env_id = head["env_id"]
+        algo_cls, cfg_cls = ALGOS[algo_name]
+        over = _overrides(cfg_cls, args.set)
+        if args.steps:
+            over["total_steps"] = args.steps
+        _threads(args, env_id)
+        algo = algo_cls.resume(latest, **over)
+    else:
+        if not (args.env and args.algo and args.steps):
+            raise ValueError("train needs --env, --algo and --steps (or --resume)")
+        env_family(args.env)  # unknown env -> clear error before anything is written
+        if (out / "agent.pt").exists() or latest.exists():
+            raise ValueError(f"{out} already holds a run; use --resume or another --out")
+        algo_cls, cfg_cls = ALGOS[args.algo]
+        over = _overrides(cfg_cls, args.set)
+        over.update(total_steps=args.steps, seed=args.seed)
+        cfg = cfg_cls.for_env(args.env, **over)
+        _threads(args, args.env)
+        algo = algo_cls(cfg)
+    cfg = algo.cfg
+    total = cfg.total_steps
+    every = args.checkpoint_every or max(1, total // 10)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "command.json").write_text(json.dumps(
+        {"argv": ["certrl", *sys.argv[1:]] if sys.argv[0].endswith("certrl") else sys.argv,
+         "config": config_to_dict(cfg)}, indent=2) + "\n")
+
+    start_step, t0 = algo.global_step, time.perf_counter()
+    bar = tqdm(total=total, initial=start_step, disable=args.no_progress, unit="step",
+               desc=f"{cfg.env_id} {algo.algo_name}", dynamic_ncols=True, file=sys.stderr)
+    state = {"next_ckpt": (start_step // every + 1) * every, "last": start_step}
+
+    def base() -> dict:
+        return {"env_id": cfg.env_id, "env_version": env_version(cfg.env_id),
+                "algo": algo.algo_name, "loss": algo.agent_obj.loss_name, "seed": cfg.seed}
+
+    def write_log(final: bool) -> None:
+        wall = time.perf_counter() - t0
+        steps_done = algo.global_step - start_step
+        tm = algo.agent_obj.threat_model
+        last = [e["return"] for e in algo.episodes[-20:]]
+        summary = {"record": "summary", **base(), "steps": algo.global_step,
+                   "episodes": len(algo.episodes),
+                   "last20_return": sum(last) / len(last) if last else None,
+                   "wall_s": wall, "steps_per_s": steps_done / wall if wall > 0 else None,
+                   "update_share": algo.update_time / wall if wall > 0 else None,
+                   "eps": tm.eps, "norm": tm.to_dict()["norm"], "eps_space": tm.space,
+                   "attack": None, "finished": final, "config": config_to_dict(cfg),
+                   "versions": library_versions()}
+        rows = [{"record": "episode", **base(), **e} for e in algo.episodes]
+        write_jsonl(out / "train.jsonl", [*rows, summary])
+
+    def checkpoint() -> None:
+        algo.save(latest)
+        algo.save(out / "checkpoints" / f"step_{algo.global_step}.pt", with_train_state=False)
+        write_log(final=False)
+
+    def on_step(a) -> None:
+        bar.update(a.global_step - state["last"])
+        state["last"] = a.global_step
+        if algo.algo_name == "dqn" and a.global_step >= state["next_ckpt"]:
+            checkpoint()
+            state["next_ckpt"] += every
+
+    def on_update(a) -> None:
+        if a.global_step >= state["next_ckpt"]:
+            checkpoint()
+            while state["next_ckpt"] <= a.global_step:
+                state["next_ckpt"] += every
+
+    def on_episode(rec) -> None:
+        bar.set_postfix(ret=f"{rec['return']:.1f}", refresh=False)
+
+    kw = {"on_update": on_update} if algo.algo_name == "ppo" else {}
+    try:
+        algo.learn(total, on_step=on_step, on_episode=on_episode, **kw)
+    finally:
+        bar.close()
+    algo.save(latest)
+    algo.save(out / "agent.pt", with_train_state=False)
+    write_log(final=True)
+    wall = time.perf_counter() - t0
+    last = [e["return"] for e in algo.episodes[-20:]]
+    avg = f"{sum(last) / len(last):.1f}" if last else "n/a"
+    print(f"trained {algo.algo_name} on {cfg.env_id} (seed {cfg.seed}): "
+          f"{algo.global_step} steps, {len(algo.episodes)} episodes, "
+          f"mean return of last {len(last)} episodes {avg}, "
+          f"{(algo.global_step - start_step) / max(wall, 1e-9):.0f} steps/s")
+    print(f"agent: {out / 'agent.pt'}   log: {out / 'train.jsonl'}")
+    return 0
+
+
+def _threads(args, env_id: str) -> None:
+    if args.threads is not None:
+        set_threads(args.threads)
+    elif env_family(env_id) != "atari":
+        set_threads(1)

@@ -1,0 +1,179 @@
+"""Environment construction for the three families certrl supports.
+
+- classic control (CartPole-v1, Acrobot-v1, MountainCar-v0, Pendulum-v1): raw obs;
+- Atari (``ALE/<Game>-v5``): frameskip=1 base env, AtariPreprocessing (84x84 grey,
+  frame_skip 4, noop_max 30), 4-frame stack -> uint8 obs (4, 84, 84); the agent
+  divides by 255, so the network input (and eps) lives in [0, 1];
+- MuJoCo v5 (Hopper, Walker2d, HalfCheetah, Ant, InvertedPendulum, ...): raw obs;
+  the agent owns a ``RunningMeanStd`` that normalizes them and is frozen at save.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+
+CLASSIC = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1",
+           "MountainCarContinuous-v0")
+MUJOCO_PREFIXES = ("Hopper", "Walker2d", "HalfCheetah", "Ant", "InvertedPendulum",
+                   "InvertedDoublePendulum", "Swimmer", "Reacher", "Humanoid", "Pusher")
+
+_ale_registered = False
+
+
+def _register_ale() -> None:
+    global _ale_registered
+    if not _ale_registered:
+        try:
+            import ale_py
+        except ImportError as e:  # pragma: no cover - depends on install
+            raise ValueError("Atari envs need ale-py: pip install 'certrl[atari]'") from e
+        gym.register_envs(ale_py)
+        _ale_registered = True
+
+
+def env_family(env_id: str) -> str:
+    """'classic', 'atari' or 'mujoco'; ValueError for anything else."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env id must be a non-empty string; got {env_id!r}")
+    if env_id.startswith("ALE/"):
+        return "atari"
+    if env_id in CLASSIC:
+        return "classic"
+    if env_id.split("-")[0] in MUJOCO_PREFIXES:
+        return "mujoco"
+    raise ValueError(
+        f"unknown or unsupported env {env_id!r}; use a classic-control env "
+        f"({', '.join(CLASSIC[:4])}), ALE/<Game>-v5 or a MuJoCo v5 env (e.g. Hopper-v5)"
+    )
+
+
+def env_version(env_id: str) -> str:
+    """The version suffix of an env id ('v5' for 'Hopper-v5')."""
+    tail = env_id.rsplit("-", 1)
+    return tail[1] if len(tail) == 2 and tail[1].startswith("v") else ""
+
+
+def make_env(env_id: str, seed: int = 0, **kw) -> gym.Env:
+    """Build one env of the right family with certrl's preprocessing.
+
+    The env is reset once with ``seed`` (later ``reset()`` calls continue that
+    RNG stream) and its action space is seeded. Extra keyword arguments go to
+    ``gymnasium.make`` (e.g. ``max_episode_steps``, ``repeat_action_probability``).
+    """
+    family = env_family(env_id)
+    try:
+        if family == "atari":
+            _register_ale()
+            env = gym.make(env_id, frameskip=1, **kw)
+            env = gym.wrappers.AtariPreprocessing(
+                env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True,
+                scale_obs=False,
+            )
+            env = gym.wrappers.FrameStackObservation(env, 4)
+        else:
+            env = gym.make(env_id, **kw)
+    except gym.error.Error as e:
+        raise ValueError(f"cannot make env {env_id!r}: {e}") from e
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.reset(seed=int(seed))
+    env.action_space.seed(int(seed))
+    env.observation_space.seed(int(seed))
+    return env
+
+
+def make_vec_env(env_id: str, num_envs: int, seed: int = 0, **kw) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies (seeds seed, seed+1, ...) in a SyncVectorEnv.
+
+    Autoreset is SAME_STEP: when a sub-env ends, ``step`` returns the first obs
+    of the next episode and the last obs in ``info["final_obs"]``.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1; got {num_envs}")
+    fns = [(lambda i=i: make_env(env_id, seed + i, **kw)) for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+class RunningMeanStd:
+    """Running mean and variance of observations (parallel Welford/Chan update).
+
+    ``normalize(x) = (x - mean) / sqrt(var + eps)``; no clipping, so the map is
+    affine and folds into a ``bounds.Normalize`` layer. ``freeze()`` stops updates.
+    """
+
+    def __init__(self, shape: tuple[int, ...], epsilon: float = 1e-8):
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = 1e-4
+        self.epsilon = float(epsilon)
+        self.frozen = False
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold a batch ``x`` of shape (N, *shape) into the statistics (no-op if frozen)."""
+        if self.frozen:
+            return
+        x = np.asarray(x, dtype=np.float64).reshape(-1, *self.mean.shape)
+        b_mean, b_var, b_count = x.mean(0), x.var(0), x.shape[0]
+        delta = b_mean - self.mean
+        tot = self.count + b_count
+        self.mean = self.mean + delta * b_count / tot
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / tot
+        self.var = m2 / tot
+        self.count = tot
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var + self.epsilon)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        """Plain dict (lists and floats) for checkpoints."""
+        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": float(self.count),
+                "epsilon": self.epsilon, "frozen": bool(self.frozen)}
+
+    def load_state_dict(self, d: dict) -> None:
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        var = np.asarray(d["var"], dtype=np.float64)
+        if mean.shape != self.mean.shape or var.shape != self.var.shape:
+            raise ValueError(
+                f"normalization stats of shape {mean.shape} do not match obs shape "
+                f"{self.mean.shape}"
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()):
+            raise ValueError("normalization stats contain NaN/inf or negative variance")
+        self.mean, self.var = mean, var
+        self.count = float(d["count"])
+        self.epsilon = float(d.get("epsilon", 1e-8))
+        self.frozen = bool(d.get("frozen", False))
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> RunningMeanStd:
+        rms = cls(tuple(np.asarray(d["mean"]).shape))
+        rms.load_state_dict(d)
+        return rms
+
+
+def action_space_info(space: gym.Space) -> dict:
+    """JSON-able description of an action space.
+
+    {"kind": "discrete", "n"} or {"kind": "continuous", "shape", "low", "high"}.
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        return {"kind": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        low = np.asarray(space.low, dtype=np.float64)
+        high = np.asarray(space.high, dtype=np.float64)
+        return {"kind": "continuous", "shape": list(space.shape),
+                "low": [v if math.isfinite(v) else None for v in low.ravel().tolist()],
+                "high": [v if math.isfinite(v) else None for v in high.ravel().tolist()]}
+    raise ValueError(f"unsupported action space {space}")

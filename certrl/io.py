@@ -1,0 +1,102 @@
+"""The checkpoint file format: one torch file, loadable with ``weights_only=True``.
+
+Layout (a plain dict of tensors, dicts, lists, strings and numbers)::
+
+    {"format": "certrl-checkpoint", "format_version": 1,
+     "nets": {name: {"spec": {...}, "state_dict": {...}}},
+     "algo", "loss", "env_id", "env_version", "env_family", "obs_shape",
+     "action_space": {...}, "preprocessing": {...}, "obs_rms": {...} | None,
+     "threat_model": {...}, "config": {...}, "seed", "versions": {...},
+     "metadata": {...}, "train_state": {...} (optional, for --resume)}
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "certrl-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("nets", "algo", "env_id", "obs_shape", "action_space", "preprocessing",
+            "threat_model", "config", "seed", "versions")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, foreign or inconsistent."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on (absent ones omitted)."""
+    import gymnasium
+    import numpy
+
+    import certrl
+
+    out = {"certrl": certrl.__version__, "torch": torch.__version__,
+           "gymnasium": gymnasium.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version()}
+    for mod in ("ale_py", "mujoco"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional packages
+            pass
+    return out
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint dict (adds the format marker) atomically."""
+    data = dict(payload)
+    data["format"] = FORMAT
+    data["format_version"] = FORMAT_VERSION
+    atomic_torch_save(data, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and validate a checkpoint; ``CheckpointError`` names what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a directory, not a file")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds on bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{str(p)!r} is not a readable certrl checkpoint (corrupt, truncated or not a "
+            f"torch file): {msg[:200]}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(p)!r} is a torch file but not a certrl checkpoint (no "
+            f"'format: {FORMAT}' marker)"
+        )
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(p)!r} has checkpoint format version {version!r}; this certrl reads "
+            f"versions <= {FORMAT_VERSION} (upgrade certrl)"
+        )
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f"{str(p)!r} lacks required fields {missing}")
+    return data

@@ -1,0 +1,5 @@
+"""Robust training losses plugged into DQN / PPO through ``RobustLoss``."""
+
+from certrl.losses.base import RobustLoss
+
+__all__ = ["RobustLoss"]

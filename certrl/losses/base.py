@@ -1,0 +1,64 @@
+"""The hook through which robust (certified or adversarial) losses enter training.
+
+DQN and PPO accept ``robust_loss: RobustLoss | None`` in their config. At each
+gradient step the algorithm builds a batch dict and calls the loss; the returned
+term is *added* to the TD / PPO loss (so it carries its own weight, e.g. kappa).
+
+DQN batch (all network-input tensors, B rows)::
+
+    obs (B, *shape), actions (B,) long, rewards (B,), next_obs, dones (B,) float,
+    td_target (B,) detached y = r + gamma (1 - done) Q_target(s', a'),
+    q (B,) Q(s, a) of the taken action (with grad)
+
+DQN nets: {"q": online net, "target": target net} (+ ``extra_networks()``).
+
+PPO batch (a minibatch)::
+
+    obs, actions, logprobs (old), advantages, returns, values (old),
+    mean (policy mean for Gaussian policies, logits for categorical ones; with grad)
+
+PPO nets: {"policy": ..., "value": ...} (+ ``extra_networks()``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from certrl.threat import ThreatModel
+
+
+class RobustLoss:
+    """Base class: override ``__call__``; the default adds nothing.
+
+    Subclasses may also override:
+      * ``extra_networks()``: extra trainable nets (e.g. WocaR's worst-case Q);
+        the algorithm adds their parameters to its optimizer and passes them in
+        ``nets``; they are saved with the agent under their dict keys.
+      * ``modify_td_loss(td_loss_per_sample, batch, nets, threat, step)``: replace
+        the per-sample TD loss before reduction (RADIAL's kappa, CAR's softmax
+        weights); default: the mean.
+      * ``eps_at(step)``: the eps used at a step (schedules); default threat.eps.
+    """
+
+    name: str = "vanilla"
+
+    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
+                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Return (extra loss term, scalar logs)."""
+        q = batch.get("q", batch.get("mean"))
+        return q.new_zeros(()), {}
+
+    def extra_networks(self) -> dict[str, nn.Module]:
+        return {}
+
+    def modify_td_loss(self, td_loss: Tensor, batch: dict[str, Tensor],
+                       nets: dict[str, nn.Module], threat: ThreatModel, step: int) -> Tensor:
+        """Reduce the per-sample TD loss (B,) to a scalar; default the mean."""
+        return td_loss.mean()
+
+    def eps_at(self, step: int, threat: ThreatModel) -> float:
+        return threat.eps
+
+    def config(self) -> dict:
+        """JSON-able description saved in the checkpoint's training config."""
+        return {"name": self.name}
