@@ -165,13 +165,15 @@ def test_value_certificate_hand_computed():
 def test_value_bounds_hold_under_perturbation():
     torch.manual_seed(0)
     W = torch.randn(3, 4)
+    bias = torch.tensor([1.0, 0.0, -0.5])
 
     def qf(z):
-        return z @ W.T
+        return z @ W.T + bias
 
     x = torch.randn(1, 4) * 0.3
     sigma, lo, hi = 0.5, -3.0, 3.0
     cert = sm.certify_value(qf, x, sigma, 20_000, 0.001, lo, hi, generator=0, batch_size=20_000)
+    assert int(cert.prediction[0]) == 0 and float(cert.radius_l2[0]) > 0.2
     for r in [0.0, 0.2, 0.5]:
         lb, ub = cert.bounds_at(r)
         for seed in range(3):
