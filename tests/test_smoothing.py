@@ -173,8 +173,8 @@ def test_value_bounds_hold_under_perturbation():
     x = torch.randn(1, 4) * 0.3
     sigma, lo, hi = 0.5, -3.0, 3.0
     cert = sm.certify_value(qf, x, sigma, 20_000, 0.001, lo, hi, generator=0, batch_size=20_000)
-    assert int(cert.prediction[0]) == 0 and float(cert.radius_l2[0]) > 0.2
-    for r in [0.0, 0.2, 0.5]:
+    assert int(cert.prediction[0]) == 0 and float(cert.radius_l2[0]) > 0.1
+    for r in [0.0, 0.1, 0.5]:
         lb, ub = cert.bounds_at(r)
         for seed in range(3):
             g = torch.Generator().manual_seed(100 + seed)
