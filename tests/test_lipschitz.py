@@ -55,7 +55,8 @@ def test_sortnet_weights_parametrization():
     with torch.no_grad():
         ld.theta.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
         ld.bias.fill_(0.25)
-    assert float(ld(torch.zeros(1, 3))) == pytest.approx(-2.0 + 0.25)
+    with torch.no_grad():
+        assert float(ld(torch.zeros(1, 3))) == pytest.approx(-2.0 + 0.25)
 
 
 @pytest.mark.parametrize("kind", ["sortnet", "linf-dist"])
@@ -75,12 +76,12 @@ def test_lipschitz_mlp_outputs_1_lipschitz(kind):
 def test_radius_certificate_holds_under_attack(kind):
     torch.manual_seed(0)
     net = randomize(lp.LipschitzMLP(5, 3, hidden=12, depth=2, kind=kind), seed=5)
-    x = torch.randn(16, 5)
+    x = torch.randn(10, 5)
     with torch.no_grad():
         out = net(x)
     radius = lp.certified_radius(out)
     pred = out.argmax(1)
-    assert (radius > 0.01).sum() >= 8  # the attack below is exercised
+    assert (radius > 0.01).sum() >= 5  # the attack below is exercised
     for b in range(x.shape[0]):
         r = float(radius[b]) * 0.999
         if r <= 0:
@@ -92,7 +93,7 @@ def test_radius_certificate_holds_under_attack(kind):
         pts = [x[b] + r * torch.empty(400, 5).uniform_(-1, 1, generator=g),
                x[b] + r * torch.sign(torch.randn(400, 5, generator=g))]
         delta = torch.zeros(32, 5).uniform_(-r, r, generator=g).requires_grad_(True)
-        for _ in range(30):
+        for _ in range(20):
             o = net(x[b] + delta)
             other = o.clone()
             other[:, pred[b]] = -INF
