@@ -135,17 +135,25 @@ def _crown_preact(net, x, eps_t, lower, upper):
     from bounds.api import preactivation_bounds
     from bounds.perturbation import LpBall
 
-    ball = LpBall(x.to(torch.get_default_dtype()), eps_t.to(torch.get_default_dtype()),
-                  norm=INF, lower=lower, upper=upper)
+    dev = next((p.device for p in net.parameters()), torch.device("cpu"))
+    dt = next((p.dtype for p in net.parameters()), torch.get_default_dtype())
+    ball = LpBall(x.to(dev, dt), eps_t.to(dev, dt), norm=INF,
+                  lower=None if lower is None else torch.as_tensor(lower).to(dev, dt),
+                  upper=None if upper is None else torch.as_tensor(upper).to(dev, dt))
     with torch.no_grad():
         pb = preactivation_bounds(net, ball, method="crown")
     B = x.shape[0]
-    return [(lb.reshape(B, -1).double().numpy(), ub.reshape(B, -1).double().numpy())
-            for lb, ub in pb]
+    out = []
+    for lb, ub in pb:
+        lb = lb.detach().reshape(B, -1).double().cpu().numpy()
+        ub = ub.detach().reshape(B, -1).double().cpu().numpy()
+        # those bounds were computed in float32: widen by its rounding error
+        out.append((lb - 1e-5 * (1 + np.abs(lb)), ub + 1e-5 * (1 + np.abs(ub))))
+    return out
 
 
 def _forward64(net: nn.Module):
-    net64 = copy.deepcopy(net).double().eval()
+    net64 = copy.deepcopy(net).cpu().double().eval()
 
     def fwd(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

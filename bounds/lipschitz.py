@@ -298,12 +298,12 @@ def _modules(net: nn.Module) -> list[nn.Module]:
 def _unroll(module: nn.Module, in_shape: tuple[int, ...], max_size: int = 2**24):
     """Affine layer as a dense float64 matrix: flat(module(x)) = W flat(x) + b."""
     if isinstance(module, nn.Linear) and len(in_shape) == 1:
-        W = module.weight.detach().double()
-        b = module.bias.detach().double() if module.bias is not None else torch.zeros(W.shape[0],
-                                                                                     dtype=W.dtype)
+        W = module.weight.detach().cpu().double()
+        b = (module.bias.detach().cpu().double() if module.bias is not None
+             else torch.zeros(W.shape[0], dtype=W.dtype))
         return W, b, (W.shape[0],)
     n = int(np.prod(in_shape))
-    m = copy.deepcopy(module).double().eval()
+    m = copy.deepcopy(module).cpu().double().eval()
     with torch.no_grad():
         zero = m(torch.zeros((1, *in_shape), dtype=torch.float64))
         out_shape = tuple(zero.shape[1:])
@@ -448,14 +448,14 @@ def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 
             f = None
             if shape is not None:
                 n = int(np.prod(shape))
+                probe = torch.zeros((1, *shape), dtype=m.weight.dtype, device=m.weight.device)
                 with torch.no_grad():
-                    out_n = m(torch.zeros((1, *shape), dtype=m.weight.dtype))[0].numel()
-                if n * out_n <= max_unroll:
+                    out_shape = tuple(m(probe).shape[1:])
+                if n * int(np.prod(out_shape)) <= max_unroll:
                     W, _, shape = _unroll(m, shape, max_size=max_unroll)
                     f = _op_norm(W, p)
                 else:
-                    with torch.no_grad():
-                        shape = tuple(m(torch.zeros((1, *shape), dtype=m.weight.dtype)).shape[1:])
+                    shape = out_shape
             if f is None:
                 f = _conv_norm_bound(m, p)
         elif isinstance(m, (SortNetLayer, LinfDistLayer)):

@@ -179,7 +179,7 @@ def test_global_lipschitz_rejects_unknown_layers():
 
 def max_jacobian_norm(net, d, n=2000, seed=0):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 2
-    J = torch.func.vmap(torch.func.jacrev(net))(x)
+    J = torch.func.vmap(torch.func.jacrev(net))(x).detach()
     return float(torch.linalg.matrix_norm(J, ord=2).max())
 
 
