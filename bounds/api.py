@@ -1,0 +1,131 @@
+"""Public entry points: ``compute`` and ``margin_lower``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bounds import graph, interval, linear, spec
+from bounds.perturbation import LpBall
+
+METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+BACKENDS = ("native", "lirpa", "auto")
+
+
+def _check(net: nn.Module, ball: LpBall, method: str, backend: str) -> str:
+    if not isinstance(ball, LpBall):
+        raise TypeError(f"ball must be a bounds.LpBall, got {type(ball).__name__}")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "native" if not graph.unsupported_layers(net) else "lirpa"
+    return backend
+
+
+def compute(
+    net: nn.Module,
+    ball: LpBall,
+    method: str = "crown",
+    C: torch.Tensor | None = None,
+    backend: str = "native",
+    alpha_iterations: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sound bounds lb <= C f(x') <= ub for every x' in ``ball`` (clipped to its domain).
+
+    Args:
+        net: an ``nn.Sequential`` (or a module with ``bounded_form()``); with
+            backend "lirpa" any graph auto_LiRPA can trace.
+        ball: the perturbation set, a :class:`bounds.LpBall` with center (B, *in_shape).
+        method: "ibp", "crown", "crown-ibp" or "alpha-crown".
+        C: None (bound the outputs themselves) or a (B, m, out_dim) spec matrix.
+        backend: "native", "lirpa" or "auto" (native when every layer is supported).
+    Returns:
+        (lb, ub), each (B, m) with m = out_dim when C is None. Differentiable
+        with respect to the network's parameters when autograd is enabled.
+    """
+    backend = _check(net, ball, method, backend)
+    if backend == "lirpa":
+        from bounds.lirpa import compute_lirpa
+
+        if C is not None:
+            with torch.no_grad():
+                out_dim = _as_seq(net)(ball.center[:1]).flatten(1).shape[1]
+            C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
+        return compute_lirpa(net, ball, method, C, alpha_iterations)
+    layers = graph.parse(net, ball.in_shape)
+    out_dim = int(torch.tensor(layers[-1].out_shape).prod()) if layers else 0
+    if not layers:
+        raise ValueError("network has no layers")
+    if len(layers[-1].out_shape) != 1:
+        raise ValueError(
+            f"the network output must be a flat vector (B, out_dim); got shape "
+            f"{layers[-1].out_shape}: add nn.Flatten()"
+        )
+    if C is not None:
+        C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
+    if method == "ibp":
+        (lb, ub), _ = interval.ibp(layers, ball, C)
+        return lb, ub
+    if method == "crown-ibp":
+        return linear.crown(layers, ball, C, intermediate="ibp")
+    if method == "crown":
+        return linear.crown(layers, ball, C, intermediate="crown")
+    return linear.alpha_crown(layers, ball, C, iterations=alpha_iterations)
+
+
+def _as_seq(net: nn.Module) -> nn.Module:
+    if hasattr(net, "bounded_form") and not isinstance(net, nn.Sequential):
+        return net.bounded_form()
+    return net
+
+
+def margin_lower(
+    net: nn.Module,
+    ball: LpBall,
+    labels,
+    method: str = "crown",
+    backend: str = "native",
+    alpha_iterations: int = 20,
+) -> torch.Tensor:
+    """Lower bounds of the margins f_{label}(x') - f_j(x') over the ball.
+
+    Returns a (B, K) tensor; entry [b, j] lower-bounds f_{label_b} - f_j over
+    the ball, entry [b, label_b] is +inf. The label is certified iff every
+    entry is > 0.
+    """
+    backend = _check(net, ball, method, backend)
+    with torch.no_grad():
+        K = _as_seq(net)(ball.center[:1]).flatten(1).shape[1]
+    labels_t = torch.as_tensor(labels, device=ball.center.device).long().reshape(-1)
+    if labels_t.shape[0] != ball.batch_size:
+        raise ValueError(
+            f"labels has {labels_t.shape[0]} entries but the ball has batch {ball.batch_size}"
+        )
+    C = spec.margin_spec(labels_t.cpu(), K).to(ball.center)
+    lb, _ = compute(net, ball, method=method, C=C, backend=backend,
+                    alpha_iterations=alpha_iterations)
+    own = torch.nn.functional.one_hot(labels_t, K).bool()
+    return lb.masked_fill(own, float("inf"))
+
+
+def certified(margins: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every margin lower bound of ``margin_lower`` is > 0."""
+    return (margins > 0).all(dim=1)
+
+
+def preactivation_bounds(
+    net: nn.Module, ball: LpBall, method: str = "crown"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Bounds of the input of every ReLU/Tanh layer, in order (native engine).
+
+    ``method``: "ibp" or "crown" (intermediate bounds as used by CROWN-IBP / CROWN).
+    """
+    if method not in ("ibp", "crown"):
+        raise ValueError("preactivation_bounds: method must be 'ibp' or 'crown'")
+    layers = graph.parse(net, ball.in_shape)
+    _, rest, act = linear.activation_bounds(layers, ball, method)
+    return [act[k] for k in sorted(act)]

@@ -1,0 +1,132 @@
+"""Turn a network into the flat list of layers the native engine propagates.
+
+The native engine handles ``nn.Sequential`` networks (nested Sequentials are
+flattened) made of: Linear, Conv2d (groups=1, dilation=1, zero padding), ReLU,
+Tanh, Flatten, Identity, and ``bounds.Normalize`` (elementwise (x - mu) / sigma).
+A network may also expose ``bounded_form()`` returning such a Sequential.
+Anything else raises :class:`UnsupportedLayerError`, which names the layer and
+suggests the auto_LiRPA backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bounds.layers import Normalize
+
+AFFINE = (nn.Linear, nn.Conv2d)
+ACTIVATIONS = (nn.ReLU, nn.Tanh)
+RESHAPE = (nn.Flatten, nn.Identity)
+
+
+class UnsupportedLayerError(TypeError):
+    """A layer the native backend cannot bound."""
+
+
+@dataclass
+class Layer:
+    """One layer with the shapes (without batch dimension) it maps between."""
+
+    module: nn.Module
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    index: int
+
+    @property
+    def kind(self) -> str:
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return "linear"
+        if isinstance(m, nn.Conv2d):
+            return "conv"
+        if isinstance(m, nn.ReLU):
+            return "relu"
+        if isinstance(m, nn.Tanh):
+            return "tanh"
+        if isinstance(m, Normalize):
+            return "normalize"
+        if isinstance(m, nn.Flatten):
+            return "flatten"
+        return "identity"
+
+
+def _flatten_modules(net: nn.Module) -> list[nn.Module]:
+    if hasattr(net, "bounded_form") and not isinstance(net, nn.Sequential):
+        net = net.bounded_form()
+    if isinstance(net, nn.Sequential):
+        out: list[nn.Module] = []
+        for m in net:
+            out.extend(_flatten_modules(m))
+        return out
+    return [net]
+
+
+def _check_supported(m: nn.Module, position: int) -> None:
+    hint = 'use backend="lirpa" (auto_LiRPA) for general graphs'
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
+            raise UnsupportedLayerError(
+                f"layer {position} ({m}) uses groups/dilation/non-zero padding, which the "
+                f"native backend does not support; {hint}"
+            )
+        if isinstance(m.padding, str):
+            raise UnsupportedLayerError(
+                f"layer {position} ({m}) uses string padding; give explicit padding or {hint}"
+            )
+        return
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise UnsupportedLayerError(
+                f"layer {position} ({m}): only Flatten(start_dim=1, end_dim=-1) is supported; "
+                f"{hint}"
+            )
+        return
+    if isinstance(m, (*AFFINE, *ACTIVATIONS, nn.Identity, Normalize)):
+        return
+    raise UnsupportedLayerError(
+        f"layer {position} ({type(m).__name__}: {m}) is not supported by the native backend "
+        f"(supported: Linear, Conv2d, ReLU, Tanh, Flatten, Identity, bounds.Normalize); {hint}"
+    )
+
+
+def unsupported_layers(net: nn.Module) -> list[str]:
+    """Names of the layers the native backend cannot handle (empty if all are fine)."""
+    bad = []
+    try:
+        modules = _flatten_modules(net)
+    except Exception as exc:  # bounded_form() itself failed
+        return [f"bounded_form() failed: {exc}"]
+    for i, m in enumerate(modules):
+        try:
+            _check_supported(m, i)
+        except UnsupportedLayerError:
+            bad.append(f"{i}:{type(m).__name__}")
+    return bad
+
+
+def parse(net: nn.Module, in_shape: tuple[int, ...]) -> list[Layer]:
+    """Flatten ``net`` into layers with their shapes; raise on unsupported layers."""
+    modules = _flatten_modules(net)
+    for i, m in enumerate(modules):
+        _check_supported(m, i)
+    layers: list[Layer] = []
+    p = next((q for m in modules for q in m.parameters()), None)
+    b = next((q for m in modules for q in m.buffers()), None)
+    ref = p if p is not None else b
+    dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+    device = ref.device if ref is not None else torch.device("cpu")
+    x = torch.zeros((1, *in_shape), dtype=dtype, device=device)
+    with torch.no_grad():
+        for i, m in enumerate(modules):
+            try:
+                y = m(x)
+            except Exception as exc:
+                raise ValueError(
+                    f"input of shape {tuple(in_shape)} does not fit layer {i} ({m}): {exc}"
+                ) from None
+            layers.append(Layer(m, tuple(x.shape[1:]), tuple(y.shape[1:]), i))
+            x = y
+    return layers

@@ -1,0 +1,330 @@
+"""Linear relaxation based bounds: CROWN, CROWN-IBP and alpha-CROWN (native).
+
+Each nonlinearity z = sigma(y) with pre-activation bounds l <= y <= u gets two
+linear functions a_l y + b_l <= sigma(y) <= a_u y + b_u. Starting from the
+specification C (rows c), a backward pass substitutes layer by layer and yields
+c^T f(x') >= A x' + d for all x' in the set, then min_{x'} A x' is taken in
+closed form (dual norm, or the clipped box). Upper bounds use -C.
+
+* ReLU: upper = chord u/(u-l) (y - l); lower slope 1 if u > -l else 0
+  ("adaptive", as in CROWN and auto_LiRPA); stable neurons are exact.
+* Tanh: both lines use the chord slope s of [l, u]; the intercepts are the
+  exact min / max of tanh(y) - s y on [l, u] (end points and the points where
+  tanh'(y) = s), so the relaxation is sound by construction.
+* CROWN computes the pre-activation bounds of every layer with the same
+  backward pass; CROWN-IBP takes them from IBP; alpha-CROWN optimizes the ReLU
+  lower slopes in [0, 1] (per output row) by projected gradient ascent, starting
+  from CROWN's slopes and keeping the best bound seen, so it is never looser.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bounds.graph import Layer
+from bounds.interval import Interval, fold_input, ibp
+from bounds.perturbation import LpBall
+
+_TANH_SAFETY = 1e-6
+_CHUNK_ELEMENTS = 2**25  # max elements of one backward A tensor (memory cap)
+
+
+# --------------------------------------------------------------------------- relaxations
+def relu_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(upper slope, upper intercept, default lower slope) of ReLU on [l, u]."""
+    lr = l.clamp(max=0)
+    ur = u.clamp(min=0)
+    ur = torch.maximum(ur, lr + 1e-8)
+    up_d = ur / (ur - lr)
+    up_b = -lr * up_d
+    lo_d = (up_d > 0.5).to(up_d.dtype)
+    return up_d, up_b, lo_d
+
+
+def tanh_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(slope, lower intercept, upper intercept) of parallel lines around tanh on [l, u]."""
+    width = u - l
+    tl, tu = torch.tanh(l), torch.tanh(u)
+    wide = width > 1e-6
+    chord = (tu - tl) / torch.where(wide, width, torch.ones_like(width))
+    deriv = 1 - torch.tanh((l + u) / 2) ** 2
+    s = torch.where(wide, chord, deriv).clamp(1e-20, 1.0)
+    xs = torch.acosh((1 / s.sqrt()).clamp_min(1.0))
+    cands = [l, u]
+    g_l = tl - s * l
+    g_u = tu - s * u
+    lo_b = torch.minimum(g_l, g_u)
+    up_b = torch.maximum(g_l, g_u)
+    for x in (xs, -xs):
+        inside = (x >= l) & (x <= u)
+        gx = torch.tanh(x) - s * x
+        lo_b = torch.where(inside, torch.minimum(lo_b, gx), lo_b)
+        up_b = torch.where(inside, torch.maximum(up_b, gx), up_b)
+    del cands
+    return s, lo_b - _TANH_SAFETY, up_b + _TANH_SAFETY
+
+
+# --------------------------------------------------------------------------- backward pass
+def _sum_rest(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+
+
+def backward(
+    layers: list[Layer],
+    A: torch.Tensor,
+    act_bounds: dict[int, Interval],
+    alphas: dict[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower-bound rows of A z_K by a linear function of the (folded) input.
+
+    ``A``: (B, m, *out_shape of layers[-1]) (batch dim may be 1 to broadcast).
+    ``act_bounds[k]``: bounds of the input of activation layer k.
+    Returns (A_in, bias) with A z_K >= A_in x + bias for all x in the set.
+    """
+    bias = torch.zeros(A.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
+    for k in range(len(layers) - 1, -1, -1):
+        layer = layers[k]
+        m = layer.module
+        kind = layer.kind
+        Bd, rows = A.shape[0], A.shape[1]
+        if kind == "linear":
+            if m.bias is not None:
+                bias = bias + torch.matmul(A, m.bias)
+            A = torch.matmul(A, m.weight)
+        elif kind == "conv":
+            if m.bias is not None:
+                bias = bias + (A.sum((-1, -2)) * m.bias).sum(-1)
+            c_out, h_out, w_out = layer.out_shape
+            c_in, h_in, w_in = layer.in_shape
+            sh, sw = m.stride
+            ph, pw = m.padding
+            kh, kw = m.kernel_size
+            op = (
+                h_in - ((h_out - 1) * sh - 2 * ph + kh),
+                w_in - ((w_out - 1) * sw - 2 * pw + kw),
+            )
+            flat = A.reshape(Bd * rows, c_out, h_out, w_out)
+            out = F.conv_transpose2d(flat, m.weight, None, m.stride, m.padding, op)
+            A = out.reshape(Bd, rows, c_in, h_in, w_in)
+        elif kind == "normalize":
+            mu, s = m.mean, m.std
+            bias = bias - _sum_rest(A * (mu / s).expand(layer.in_shape))
+            A = A / s
+        elif kind == "flatten":
+            A = A.reshape(Bd, rows, *layer.in_shape)
+        elif kind == "identity":
+            pass
+        elif kind in ("relu", "tanh"):
+            l, u = act_bounds[k]
+            l, u = l.unsqueeze(1), u.unsqueeze(1)
+            Ap, An = A.clamp(min=0), A.clamp(max=0)
+            if kind == "relu":
+                up_d, up_b, lo_d = relu_relaxation(l, u)
+                if alphas is not None and k in alphas:
+                    lo_d = _alpha_slope(alphas[k], l, u)
+                A = Ap * lo_d + An * up_d
+                bias = bias + _sum_rest(An * up_b)
+            else:
+                s, lo_b, up_b = tanh_relaxation(l, u)
+                A = A * s
+                bias = bias + _sum_rest(Ap * lo_b + An * up_b)
+        else:  # pragma: no cover - parse() rejects anything else
+            raise AssertionError(kind)
+    return A, bias
+
+
+def _alpha_slope(alpha: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """ReLU lower slope: alpha in [0, 1] on unstable neurons, exact on stable ones."""
+    active = (l >= 0).to(alpha.dtype)
+    unstable = ((l < 0) & (u > 0)).to(alpha.dtype)
+    return alpha.clamp(0, 1) * unstable + active
+
+
+# --------------------------------------------------------------------------- drivers
+def _is_exact_by_ibp(prefix: list[Layer]) -> bool:
+    """IBP is exact on an activation-free prefix with at most one linear/conv layer."""
+    n_aff = 0
+    for layer in prefix:
+        if layer.kind in ("relu", "tanh"):
+            return False
+        if layer.kind in ("linear", "conv"):
+            n_aff += 1
+    return n_aff <= 1
+
+
+def _concretize_rows(
+    layers: list[Layer],
+    ball: LpBall,
+    A: torch.Tensor,
+    act_bounds: dict[int, Interval],
+    alphas: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    A_in, bias = backward(layers, A, act_bounds, alphas)
+    if A_in.shape[0] != ball.batch_size:
+        A_in = A_in.expand(ball.batch_size, *A_in.shape[1:])
+    if bias.shape[0] != ball.batch_size:
+        bias = bias.expand(ball.batch_size, -1)
+    return ball.concretize(A_in, sign=-1.0) + bias
+
+
+def _identity_rows(shape: tuple[int, ...], start: int, stop: int, ref: torch.Tensor):
+    n = math.prod(shape)
+    eye = torch.zeros(stop - start, n, dtype=ref.dtype, device=ref.device)
+    eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+    return eye.reshape(1, stop - start, *shape)
+
+
+def _intermediate_crown(
+    prefix: list[Layer], ball: LpBall, act_bounds: dict[int, Interval]
+) -> Interval:
+    """Elementwise bounds of the output of ``prefix`` by CROWN (chunked over neurons)."""
+    out_shape = prefix[-1].out_shape
+    n = math.prod(out_shape)
+    B = ball.batch_size
+    widest = max(math.prod(layer.in_shape) for layer in prefix)
+    chunk = max(1, min(n, _CHUNK_ELEMENTS // max(1, B * widest * 2)))
+    lows, ups = [], []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        eye = _identity_rows(out_shape, start, stop, ball.center)
+        A = torch.cat([eye, -eye], dim=1)
+        val = _concretize_rows(prefix, ball, A, act_bounds)
+        r = stop - start
+        lows.append(val[:, :r])
+        ups.append(-val[:, r:])
+    lo = torch.cat(lows, 1).reshape(B, *out_shape)
+    up = torch.cat(ups, 1).reshape(B, *out_shape)
+    return lo, up
+
+
+def activation_bounds(
+    layers: list[Layer], ball: LpBall, intermediate: str
+) -> tuple[LpBall, list[Layer], dict[int, Interval]]:
+    """Fold the input, then bound the input of every activation layer.
+
+    ``intermediate``: "ibp" (CROWN-IBP) or "crown" (full CROWN).
+    Returns (folded ball, remaining layers, {layer index: (l, u)}).
+    """
+    folded, rest = fold_input(layers, ball)
+    bounds_: dict[int, Interval] = {}
+    ibp_per_layer = None
+    if intermediate == "ibp" or any(layer.kind in ("relu", "tanh") for layer in rest):
+        # IBP pre-activations: used by CROWN-IBP, and by CROWN where exact.
+        _, ibp_per_layer = ibp(rest, folded)
+    for k, layer in enumerate(rest):
+        if layer.kind not in ("relu", "tanh"):
+            continue
+        if k == 0:
+            bounds_[k] = folded.box()
+            continue
+        prefix = rest[:k]
+        if intermediate == "ibp" or _is_exact_by_ibp(prefix):
+            bounds_[k] = ibp_per_layer[k - 1]
+        else:
+            bounds_[k] = _intermediate_crown(prefix, folded, bounds_)
+    return folded, rest, bounds_
+
+
+def _reshaped(ball: LpBall, layer: Layer) -> LpBall:
+    from bounds.interval import _raw_ball
+
+    B = ball.batch_size
+    shape = (B, *layer.in_shape)
+    if tuple(ball.center.shape) == shape:
+        return ball
+    lo = None if ball.lower is None else ball.lower.expand_as(ball.center).reshape(shape)
+    up = None if ball.upper is None else ball.upper.expand_as(ball.center).reshape(shape)
+    return _raw_ball(
+        ball.center.reshape(shape), ball.eps_full().reshape(shape), ball.norm, lo, up
+    )
+
+
+def _spec_rows(C: torch.Tensor | None, out_shape, B: int, ref: torch.Tensor) -> torch.Tensor:
+    n = math.prod(out_shape)
+    if C is None:
+        eye = torch.eye(n, dtype=ref.dtype, device=ref.device).unsqueeze(0)
+        return eye.reshape(1, n, *out_shape)
+    return C.reshape(C.shape[0], C.shape[1], *out_shape)
+
+
+def crown(
+    layers: list[Layer],
+    ball: LpBall,
+    C: torch.Tensor | None = None,
+    intermediate: str = "crown",
+) -> Interval:
+    """CROWN (intermediate="crown") or CROWN-IBP (intermediate="ibp") bounds of C f."""
+    folded, rest, act = activation_bounds(layers, ball, intermediate)
+    B = ball.batch_size
+    spec = _spec_rows(C, layers[-1].out_shape, B, ball.center)
+    m = spec.shape[1]
+    if not rest:  # nothing but folding: f is an affine bijection of the input
+        val = folded.concretize(torch.cat([spec, -spec], 1).expand(B, -1, -1), sign=-1.0)
+        return val[:, :m], -val[:, m:]
+    A = torch.cat([spec, -spec], dim=1)
+    val = _concretize_rows(rest, _reshaped(folded, rest[0]), A, act)
+    return val[:, :m], -val[:, m:]
+
+
+def alpha_crown(
+    layers: list[Layer],
+    ball: LpBall,
+    C: torch.Tensor | None = None,
+    iterations: int = 20,
+    lr: float = 0.25,
+) -> Interval:
+    """alpha-CROWN: optimize ReLU lower slopes of the final backward pass.
+
+    Pre-activation bounds come from CROWN. The slopes alpha in [0, 1] (one per
+    output row and neuron) are optimized by Adam on sum(lb) - sum(ub); the
+    elementwise best bound over all iterations, including CROWN's start, is
+    returned, hence never looser than CROWN. Every alpha gives a sound bound.
+    """
+    folded, rest, act = activation_bounds(layers, ball, "crown")
+    B = ball.batch_size
+    spec = _spec_rows(C, layers[-1].out_shape, B, ball.center)
+    m = spec.shape[1]
+    A = torch.cat([spec, -spec], dim=1)
+    fb = _reshaped(folded, rest[0]) if rest else folded
+    if not rest:
+        val = folded.concretize(A.expand(B, -1, -1), sign=-1.0)
+        return val[:, :m], -val[:, m:]
+    relus = {k: v for k, v in act.items() if rest[k].kind == "relu"}
+    act_d = {k: (lv.detach(), uv.detach()) for k, (lv, uv) in act.items()}
+    alphas = {}
+    for k, (lv, uv) in relus.items():
+        _, _, lo_d = relu_relaxation(lv.detach(), uv.detach())
+        alphas[k] = lo_d.unsqueeze(1).expand(B, 2 * m, *lo_d.shape[1:]).clone()
+    with torch.no_grad():
+        best = _concretize_rows(rest, fb, A, act_d)
+    best_alphas = {k: a.clone() for k, a in alphas.items()}
+    if alphas and iterations > 0:
+        params = [a.requires_grad_(True) for a in alphas.values()]
+        opt = torch.optim.Adam(params, lr=lr)
+        with torch.enable_grad():
+            for _ in range(iterations):
+                opt.zero_grad()
+                val = _concretize_rows(rest, fb, A, act_d, alphas)
+                # autograd.grad (not backward) so the network's .grad stays untouched
+                grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
+                for a, g in zip(params, grads):
+                    a.grad = torch.zeros_like(a) if g is None else g
+                opt.step()
+                with torch.no_grad():
+                    for a in params:
+                        a.clamp_(0, 1)
+                    val = _concretize_rows(rest, fb, A, act_d, alphas)
+                    better = val > best
+                    best = torch.where(better, val, best)
+                    for k, a in alphas.items():
+                        mask = better.reshape(B, 2 * m, *([1] * (a.dim() - 2)))
+                        best_alphas[k] = torch.where(mask, a.detach(), best_alphas[k])
+    if torch.is_grad_enabled():
+        # Differentiable recomputation with the optimized slopes (for training).
+        val = _concretize_rows(rest, fb, A, act, {k: a.detach() for k, a in best_alphas.items()})
+        base = _concretize_rows(rest, fb, A, act)
+        best = torch.maximum(val, base)
+    return best[:, :m], -best[:, m:]
