@@ -194,6 +194,8 @@ def load(path_or_name: str | os.PathLike) -> Agent:
     name = str(path_or_name)
     if name in shipped_agents():
         return Agent.load(AGENTS_DIR / f"{name}.pt")
+    if os.sep in name or "/" in name or p.suffix in (".pt", ".pth"):
+        return Agent.load(p)  # raises "does not exist"
     raise CheckpointError(
         f"no checkpoint file and no shipped agent named {name!r} "
         f"(shipped agents: {', '.join(shipped_agents()) or 'none'})"

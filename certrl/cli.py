@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     from certrl.io import CheckpointError
 
     parser, mods = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message printed)
+        return int(e.code or 0)
     if not args.command:
         parser.print_help(sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import platform
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 FORMAT = "certrl-checkpoint"
@@ -36,12 +37,12 @@ def library_versions() -> dict[str, str]:
 
     import certrl
 
-    out = {"certrl": certrl.__version__, "torch": torch.__version__,
+    out = {"certrl": certrl.__version__, "torch": str(torch.__version__),
            "gymnasium": gymnasium.__version__, "numpy": numpy.__version__,
            "python": platform.python_version()}
     for mod in ("ale_py", "mujoco"):
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = str(__import__(mod).__version__)
         except Exception:  # noqa: BLE001 - optional packages
             pass
     return out
@@ -53,6 +54,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -62,9 +64,32 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+def plain(obj, where: str = "checkpoint"):
+    """Convert to what ``torch.load(weights_only=True)`` accepts: tensors, dicts,
+    lists, str, int, float, bool, None (numpy scalars/arrays and tuples converted)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{where}: cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def _umask() -> int:
+    """The process umask (mkstemp creates 0600 files; give them the usual mode)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
     """Write a checkpoint dict (adds the format marker) atomically."""
-    data = dict(payload)
+    data = plain(dict(payload))
     data["format"] = FORMAT
     data["format_version"] = FORMAT_VERSION
     atomic_torch_save(data, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from certrl.agent import Agent
 from certrl.envs import env_version
-from certrl.io import library_versions
+from certrl.io import _umask, library_versions
 
 
 def _clean(v):
@@ -33,6 +33,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(_clean(r), sort_keys=False) for r in records]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(lines) + ("\n" if lines else ""))
