@@ -372,7 +372,7 @@ def _infer_in_shape(net: nn.Module, input_shape) -> tuple[int, ...]:
             return (m.in_features,)
         if isinstance(m, (SortNetLayer, LinfDistLayer)):
             return (m.in_features,)
-        if isinstance(m, (nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU, nn.Tanh)):
+        if isinstance(m, (nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU, nn.Tanh, Normalize)):
             continue
         break
     raise ValueError("cannot infer the input shape; pass input_shape=(...) (without batch)")

@@ -210,6 +210,11 @@ def test_lipsdp_special_cases():
         net[2].weight.fill_(-2.0)
     assert lp.lipsdp_l2(net) == pytest.approx(10.0, rel=1e-4)
     assert lp.lipsdp_l2(net) >= 10.0 * (1 - 1e-9)
+    normed = nn.Sequential(Normalize(torch.zeros(3), torch.tensor([0.5, 1.0, 2.0])),
+                           nn.Linear(3, 10), nn.ReLU(), nn.Linear(10, 2))
+    sdp = lp.lipsdp_l2(normed)
+    assert max_jacobian_norm(normed, 3) <= sdp * (1 + 1e-6)
+    assert sdp <= lp.global_lipschitz(normed, 2.0)
     tanh = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
     assert max_jacobian_norm(tanh, 3) <= lp.lipsdp_l2(tanh) * (1 + 1e-6)
     with pytest.raises(ValueError, match="unsupported layer"):

@@ -62,6 +62,10 @@ def test_constant_classifier_radius_hand_computed():
     assert torch.allclose(cert.radius_l2, torch.full((4,), R, dtype=torch.float64), atol=1e-9)
     assert cert.kind == "probabilistic" and cert.n == n and cert.n0 == 10
     assert cert.alpha == alpha and cert.sigma == sigma
+    # chunks that straddle states give the same per-state counts
+    small = sm.certify(constant_scores(2), x, sigma, n0=10, n=n, alpha=alpha, generator=0,
+                       batch_size=7)
+    assert torch.equal(small.counts, cert.counts) and (small.counts_selection.sum(1) == 10).all()
 
 
 def test_linear_classifier_radius_close_to_distance():
