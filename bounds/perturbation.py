@@ -170,7 +170,8 @@ class LpBall:
         q = dual_norm(self.norm)
         ball_val = (Af * x).sum(-1) + sign * torch.linalg.vector_norm(Af * e, ord=q, dim=-1)
         if self.clipped:
-            return torch.maximum(ball_val, box_val) if sign < 0 else torch.minimum(ball_val, box_val)
+            pick = torch.maximum if sign < 0 else torch.minimum
+            return pick(ball_val, box_val)
         return ball_val
 
     def contains(self, points: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:

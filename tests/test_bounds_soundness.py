@@ -47,7 +47,7 @@ def test_margin_lower_below_sampled_margins(net_and_input, method):
         labels = net(x).argmax(1)
         lbm = bounds.margin_lower(net, ball, labels, method=method)
         pts = sample_ball(ball, 512, torch.Generator().manual_seed(3))
-        out = net(pts.reshape(-1, *x.shape[1:])).reshape(256, x.shape[0], -1)
+        out = net(pts.reshape(-1, *x.shape[1:])).reshape(512, x.shape[0], -1)
     own = out.gather(2, labels.reshape(1, -1, 1).expand(512, -1, 1))
     margins = own - out  # (n, B, K)
     K = out.shape[-1]

@@ -1,0 +1,103 @@
+"""Native engine vs auto_LiRPA: the same method gives the same numbers."""
+
+import math
+
+import pytest
+import torch
+
+import bounds
+from tests.conftest import shared_net
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _inputs(name, B=3):
+    shape = {"mlp": (6,), "cnn": (2, 9, 9), "normalized": (6,)}[name]
+    return torch.rand((B, *shape), generator=torch.Generator().manual_seed(11))
+
+
+def _spec(net, x, kind):
+    if kind is None:
+        return None
+    with torch.no_grad():
+        K = net(x[:1]).shape[1]
+    if kind == "margin":
+        return bounds.margin_spec(net(x).argmax(1), K)
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(x.shape[0], 2, K, generator=g)
+
+
+@pytest.mark.parametrize("spec", [None, "margin", "random"])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "normalized"])
+def test_native_equals_lirpa_linf(name, method, clip, spec):
+    net = shared_net(name)
+    if name == "normalized" and method != "ibp":
+        pytest.skip("Tanh relaxations differ by design (see docs/bounds.md); soundness tested")
+    x = _inputs(name)
+    ball = bounds.LpBall(x, 0.05, lower=0.0 if clip else None, upper=1.0 if clip else None)
+    C = _spec(net, x, spec)
+    with torch.no_grad():
+        a = bounds.compute(net, ball, method, C=C, backend="native")
+        b = bounds.compute(net, ball, method, C=C, backend="lirpa")
+    torch.testing.assert_close(a[0], b[0], rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(a[1], b[1], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("norm", [2.0, 1.0])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
+def test_native_equals_lirpa_l2_l1_mlp(norm, method):
+    net = shared_net("mlp")
+    x = _inputs("mlp")
+    ball = bounds.LpBall(x, 0.1, norm=norm)
+    C = _spec(net, x, "margin")
+    for c in (None, C):
+        with torch.no_grad():
+            a = bounds.compute(net, ball, method, C=c, backend="native")
+            b = bounds.compute(net, ball, method, C=c, backend="lirpa")
+        torch.testing.assert_close(a[0], b[0], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(a[1], b[1], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("norm", [2.0, 1.0])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
+def test_native_within_lirpa_l2_l1_cnn(norm, method):
+    """On CNNs with l2 / l1 balls auto_LiRPA 0.3 bounds the first convolution with
+    ||W||_2 * eps for every output pixel (ignoring zero padding, and the dual norm
+    for l1); the native engine bounds it exactly, so its bounds lie inside."""
+    net = shared_net("cnn")
+    x = _inputs("cnn")
+    ball = bounds.LpBall(x, 0.1, norm=norm)
+    with torch.no_grad():
+        a = bounds.compute(net, ball, method, backend="native")
+        b = bounds.compute(net, ball, method, backend="lirpa")
+    assert (a[0] >= b[0] - ATOL).all() and (a[1] <= b[1] + ATOL).all()
+
+
+def test_auto_backend_picks_native_or_lirpa():
+    net = shared_net("mlp")
+    x = _inputs("mlp")
+    ball = bounds.LpBall(x, 0.05)
+    with torch.no_grad():
+        a = bounds.compute(net, ball, "crown", backend="auto")
+        b = bounds.compute(net, ball, "crown", backend="native")
+    torch.testing.assert_close(a[0], b[0])
+    odd = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Sigmoid(), torch.nn.Linear(5, 2))
+    assert bounds.unsupported_layers(odd) == ["1:Sigmoid"]
+    with torch.no_grad():
+        lb, ub = bounds.compute(odd, ball, "crown", backend="auto")
+        out = odd(x)
+    assert (lb <= out + 1e-6).all() and (out <= ub + 1e-6).all()
+
+
+def test_alpha_crown_never_looser_than_crown_both_backends():
+    net = shared_net("cnn")
+    x = _inputs("cnn")
+    ball = bounds.LpBall(x, 0.08)
+    with torch.no_grad():
+        cr = bounds.compute(net, ball, "crown")
+        for backend in ("native", "lirpa"):
+            acr = bounds.compute(net, ball, "alpha-crown", backend=backend, alpha_iterations=10)
+            assert (acr[0] >= cr[0] - ATOL).all() and (acr[1] <= cr[1] + ATOL).all()
+    assert math.isfinite(float(acr[0].sum()))
