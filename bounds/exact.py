@@ -117,9 +117,9 @@ def _prepare(net, x, eps, label, lower, upper):
         raise ValueError(f"eps of shape {tuple(eps_t.shape)} does not broadcast to x")
     lo, hi = x - eps_full, x + eps_full
     if lower is not None:
-        lo = torch.maximum(lo, torch.as_tensor(lower, dtype=torch.float64).expand_as(x))
+        lo = torch.maximum(lo, torch.as_tensor(lower, dtype=torch.float64).cpu().expand_as(x))
     if upper is not None:
-        hi = torch.minimum(hi, torch.as_tensor(upper, dtype=torch.float64).expand_as(x))
+        hi = torch.minimum(hi, torch.as_tensor(upper, dtype=torch.float64).cpu().expand_as(x))
     if (lo > hi).any():
         raise ValueError("the ball does not meet the [lower, upper] box (is x inside it?)")
     labels = torch.as_tensor(label).long().reshape(-1).cpu()
