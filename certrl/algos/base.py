@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import typing
@@ -60,6 +61,13 @@ def coerce_field(cls, name: str, text: str):
         raise ValueError(f"{cls.__name__} has no settable field {name!r}")
     h = str(hints[name])
     try:
+        if "dict" in h:
+            if "None" in h and text.lower() == "none":
+                return None
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError(text)
+            return value
         if "tuple" in h:
             return tuple(int(v) for v in text.split(",") if v.strip())
         if "bool" in h:
@@ -77,7 +85,7 @@ def coerce_field(cls, name: str, text: str):
         if "float" in h:
             return float(text)
         return text
-    except ValueError:
+    except ValueError:  # json.JSONDecodeError is a ValueError too
         raise ValueError(f"bad value {text!r} for {cls.__name__}.{name} ({h})") from None
 
 
