@@ -116,7 +116,9 @@ class LinfDistLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _flat(x)
-        y = (x[:, None, :] - self.theta[None]).abs().amax(dim=-1)
+        # pairwise l_inf distances (same values and gradients as
+        # (x[:, None] - theta[None]).abs().amax(-1), without the (B, out, in) tensor)
+        y = torch.cdist(x, self.theta.to(x.dtype), p=INF)
         if self.negate:
             y = -y
         if self.bias is not None:
