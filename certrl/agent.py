@@ -187,8 +187,10 @@ def shipped_agents() -> list[str]:
 
 
 def load(path_or_name: str | os.PathLike) -> Agent:
-    """Load an agent from a checkpoint path or the name of a shipped agent."""
+    """Load an agent from a checkpoint path, a training output folder or a shipped name."""
     p = Path(path_or_name)
+    if p.is_dir() and (p / "agent.pt").exists():  # a `certrl train --out` folder
+        return Agent.load(p / "agent.pt")
     if p.exists():
         return Agent.load(p)
     name = str(path_or_name)

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message printed)
         return int(e.code or 0)
+    args.argv = ["certrl", *(sys.argv[1:] if argv is None else argv)]
     if not args.command:
         parser.print_help(sys.stderr)
         return 2

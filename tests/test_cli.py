@@ -38,6 +38,12 @@ def test_train_dqn_resume_evaluate_attack(tmp_path, capsys):
     assert rows[-1]["steps"] == 300 and rows[-1]["config"]["learning_starts"] == 100
     assert rows[0]["record"] == "episode" and "return" in rows[0]
     assert "trained dqn" in capsys.readouterr().out
+    import json
+
+    import certrl
+
+    assert json.loads((out / "command.json").read_text())["argv"][:2] == ["certrl", "train"]
+    assert certrl.load(out).env_id == "CartPole-v1"  # a training folder loads its agent.pt
     # a second plain run into the same folder is refused
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err

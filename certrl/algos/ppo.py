@@ -149,7 +149,7 @@ class PPO(Algorithm):
         """Roll the policy for ``num_steps`` vector steps; returns the rollout tensors."""
         cfg, policy, value = self.cfg, self.agent_obj.nets["policy"], self.agent_obj.nets["value"]
         n = cfg.num_envs
-        xs, acts, logps, vals, rews, terms, dones = [], [], [], [], [], [], []
+        xs, acts, logps, vals, rews, dones = [], [], [], [], [], []
         for _ in range(num_steps):
             x = self._input(self._obs, update_stats=True)
             with torch.no_grad():
@@ -172,7 +172,7 @@ class PPO(Algorithm):
                 with torch.no_grad():
                     r_train[i] += cfg.gamma * float(value(self._input(final, False)))
             for i in np.nonzero(done)[0]:
-                rec = {"episode": len(self.episodes), "step": self.global_step + i + 1,
+                rec = {"episode": len(self.episodes), "step": int(self.global_step + i + 1),
                        "return": float(self._ep_ret[i]), "length": int(self._ep_len[i])}
                 self.episodes.append(rec)
                 if on_episode is not None:
@@ -183,7 +183,6 @@ class PPO(Algorithm):
             logps.append(logp)
             vals.append(v)
             rews.append(torch.as_tensor(r_train, dtype=torch.float32))
-            terms.append(torch.as_tensor(term, dtype=torch.float32))
             dones.append(torch.as_tensor(done, dtype=torch.float32))
             self._obs = obs
             self.global_step += n
@@ -192,7 +191,7 @@ class PPO(Algorithm):
         with torch.no_grad():
             last_v = value(self._input(self._obs, update_stats=False)).squeeze(1)
         vals_t, rews_t = torch.stack(vals), torch.stack(rews)
-        terms_t, dones_t = torch.stack(terms), torch.stack(dones)
+        dones_t = torch.stack(dones)
         adv = torch.zeros_like(rews_t)
         gae = torch.zeros(n)
         for t in reversed(range(num_steps)):
@@ -202,7 +201,6 @@ class PPO(Algorithm):
             delta = rews_t[t] + cfg.gamma * next_v * (1.0 - dones_t[t]) - vals_t[t]
             gae = delta + cfg.gamma * cfg.gae_lambda * (1.0 - dones_t[t]) * gae
             adv[t] = gae
-        del terms_t
         flat = lambda t: t.reshape(num_steps * n, *t.shape[2:])  # noqa: E731
         return {"obs": flat(torch.stack(xs)), "actions": flat(torch.stack(acts)),
                 "logprobs": flat(torch.stack(logps)), "values": flat(vals_t),

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         common = {**agent_fields(agent, str(args.checkpoint)), "eps": eps,
                   "norm": threat.to_dict()["norm"], "attack": args.attack,
                   "attack_steps": 1 if args.attack in ("fgsm", "random") else args.steps,
-                  "step_size": args.step_size, "objective": args.objective,
+                  "step_size": args.step_size,
+                  "objective": "mad" if agent.action_space_kind == "continuous"
+                  else args.objective,
                   "eval_seed": args.seed, "threat_model": threat.to_dict()}
         rows += [{"record": "episode", "episode": i, "episode_seed": s, "return": r,
                   "length": n, **common}
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                  if "action_change_rate" in res.extra else "")
         lines.append(f"  eps {eps:.4g}: return {fmt(res.mean)} +- {fmt(res.std)}{extra}")
     path = write_jsonl(args.out or default_out("attack", args.checkpoint, args.attack), rows)
-    print(f"{agent.env_id} {agent.algo}/{agent.loss_name} seed {agent.seed}: {args.attack} "
+    how = " (MAD objective)" if agent.action_space_kind == "continuous" else ""
+    print(f"{agent.env_id} {agent.algo}/{agent.loss_name} seed {agent.seed}: {args.attack}{how} "
           f"(l_{tm.to_dict()['norm'] if args.norm is None else args.norm}, {args.steps} steps, "
           f"eps in {tm.space}), {args.episodes} episodes")
     print("\n".join(lines))

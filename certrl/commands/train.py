@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     every = args.checkpoint_every or max(1, total // 10)
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.json").write_text(json.dumps(
-        {"argv": ["certrl", *sys.argv[1:]] if sys.argv[0].endswith("certrl") else sys.argv,
+        {"argv": getattr(args, "argv", None),
          "config": config_to_dict(cfg)}, indent=2) + "\n")
 
     start_step, t0 = algo.global_step, time.perf_counter()
