@@ -7,13 +7,39 @@ Public contract (see docs/bounds.md)::
     lbm = bounds.margin_lower(net, ball, labels, method="crown", backend="native")
 """
 
+from bounds import exact, lipschitz, smoothing
 from bounds.api import BACKENDS, METHODS, certified, compute, margin_lower, preactivation_bounds
+from bounds.exact import lp_margin, milp_margin
 from bounds.graph import UnsupportedLayerError, unsupported_layers
 from bounds.layers import Normalize
+from bounds.lipschitz import (
+    LinfDistLayer,
+    LipschitzMLP,
+    SortNetLayer,
+    certified_radius,
+    global_lipschitz,
+    lipschitz_margin_certificate,
+    lipsdp_l2,
+)
 from bounds.perturbation import LpBall
+from bounds.smoothing import certified_linf, linf_to_l2
 from bounds.spec import margin_spec
 
 __all__ = [
+    "exact",
+    "lipschitz",
+    "smoothing",
+    "LinfDistLayer",
+    "LipschitzMLP",
+    "SortNetLayer",
+    "certified_radius",
+    "certified_linf",
+    "global_lipschitz",
+    "linf_to_l2",
+    "lipschitz_margin_certificate",
+    "lipsdp_l2",
+    "lp_margin",
+    "milp_margin",
     "BACKENDS",
     "METHODS",
     "LpBall",

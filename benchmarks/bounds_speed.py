@@ -1,0 +1,92 @@
+"""Native bound engine vs auto_LiRPA on the same networks and inputs, one run.
+
+Prints, per (network, batch, method): median wall time of each backend, the
+speed-up native/lirpa, the cost relative to a plain forward pass, and the
+largest disagreement between the two backends' bounds (must be ~1e-6).
+
+    .venv/bin/python benchmarks/bounds_speed.py [--repeats 5] [--threads 2]
+
+Targets (issue 2): native CROWN >= 10x faster than lirpa CROWN on the MLP;
+native CROWN-IBP >= 3x faster than lirpa on the CNN; native IBP <= 3x forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import bounds
+
+warnings.filterwarnings("ignore")
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4)
+    )
+
+
+def nature_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 6),
+    )
+
+
+def timeit(fn, repeats: int) -> tuple[float, object]:
+    out = fn()  # warm-up (and auto_LiRPA graph tracing)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cases = [
+        ("MLP 8-256-256-4", mlp(), (8,), 1024, ["ibp", "crown-ibp", "crown"], 0.05, None),
+        ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 32, ["ibp", "crown-ibp"],
+         1 / 255, (0.0, 1.0)),
+        ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 4, ["crown"], 1 / 255, (0.0, 1.0)),
+    ]
+    print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} "
+          f"(median), seed {args.seed}")
+    header = ("| network | batch | method | forward ms | native ms | lirpa ms | "
+              "lirpa/native | native/forward | max abs diff |")
+    print(header)
+    print("|" + "---|" * 9)
+    for name, net, shape, batch, methods, eps, clip in cases:
+        x = torch.rand((batch, *shape))
+        kw = {} if clip is None else {"lower": clip[0], "upper": clip[1]}
+        ball = bounds.LpBall(x, eps, **kw)
+        with torch.no_grad():
+            t_fwd, _ = timeit(lambda: net(x), args.repeats)
+            for m in methods:
+                reps = args.repeats if m != "crown" or batch < 100 else max(2, args.repeats // 2)
+                t_nat, (ln, un) = timeit(lambda: bounds.compute(net, ball, m), reps)
+                t_lir, (ll, ul) = timeit(
+                    lambda: bounds.compute(net, ball, m, backend="lirpa"), max(1, reps // 2)
+                )
+                diff = max((ln - ll).abs().max().item(), (un - ul).abs().max().item())
+                print(f"| {name} | {batch} | {m} | {t_fwd * 1e3:.1f} | {t_nat * 1e3:.1f} | "
+                      f"{t_lir * 1e3:.1f} | {t_lir / t_nat:.1f}x | {t_nat / t_fwd:.1f}x | "
+                      f"{diff:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
