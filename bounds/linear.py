@@ -85,11 +85,16 @@ def backward(
     Returns (A_in, bias) with A z_K >= A_in x + bias for all x in the set.
     """
     bias = torch.zeros(A.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
-    for k in range(len(layers) - 1, -1, -1):
+    k = len(layers) - 1
+    while k >= 0:
         layer = layers[k]
         m = layer.module
         kind = layer.kind
         Bd, rows = A.shape[0], A.shape[1]
+        if _can_fuse(layers, k, A, alphas):
+            A, bias = _fused_activation_linear(layers, k, A, bias, act_bounds[k])
+            k -= 2
+            continue
         if kind == "linear":
             if m.bias is not None:
                 bias = bias + torch.matmul(A, m.bias)
@@ -133,7 +138,59 @@ def backward(
                 bias = bias + _sum_rest(Ap * lo_b + An * up_b)
         else:  # pragma: no cover - parse() rejects anything else
             raise AssertionError(kind)
+        k -= 1
     return A, bias
+
+
+_FUSE_MAX_IN = 32
+
+
+def _can_fuse(layers, k, A, alphas) -> bool:
+    """Activation k preceded by a narrow Linear, with A shared across the batch."""
+    return (
+        A.shape[0] == 1
+        and k >= 1
+        and layers[k].kind in ("relu", "tanh")
+        and layers[k - 1].kind == "linear"
+        and layers[k - 1].module.in_features <= _FUSE_MAX_IN
+        and (alphas is None or k not in alphas)
+    )
+
+
+def _shared_matmul(A0: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """(r, n) @ (B, n, k) -> (B, r, k) as one GEMM."""
+    B, n, kk = M.shape
+    out = A0 @ M.permute(1, 0, 2).reshape(n, B * kk)
+    return out.reshape(A0.shape[0], B, kk).permute(1, 0, 2)
+
+
+def _fused_activation_linear(layers, k, A, bias, bounds_k):
+    """Backward through activation k and Linear k-1 without materializing the
+    (B, rows, n) coefficient tensor: A D W = A (D W) with D the per-sample slopes.
+
+    Same numbers as the unfused path (only the multiplication order changes).
+    """
+    lin = layers[k - 1].module
+    W = lin.weight  # (n, in)
+    b = lin.bias
+    l, u = bounds_k  # (B, n)
+    A0 = A[0]  # (rows, n)
+    Ap, An = A0.clamp(min=0), A0.clamp(max=0)
+    if layers[k].kind == "relu":
+        up_d, up_b, lo_d = relu_relaxation(l, u)
+        new_A = _shared_matmul(Ap, lo_d.unsqueeze(-1) * W) + _shared_matmul(
+            An, up_d.unsqueeze(-1) * W
+        )
+        bias = bias + (An @ up_b.T).T
+        if b is not None:
+            bias = bias + (Ap @ (lo_d * b).T).T + (An @ (up_d * b).T).T
+    else:
+        s, lo_b, up_b = tanh_relaxation(l, u)
+        new_A = _shared_matmul(A0, s.unsqueeze(-1) * W)
+        bias = bias + (Ap @ lo_b.T).T + (An @ up_b.T).T
+        if b is not None:
+            bias = bias + (A0 @ (s * b).T).T
+    return new_A, bias
 
 
 def _alpha_slope(alpha: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -170,34 +227,40 @@ def _concretize_rows(
     return ball.concretize(A_in, sign=-1.0) + bias
 
 
-def _identity_rows(shape: tuple[int, ...], start: int, stop: int, ref: torch.Tensor):
-    n = math.prod(shape)
-    eye = torch.zeros(stop - start, n, dtype=ref.dtype, device=ref.device)
-    eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-    return eye.reshape(1, stop - start, *shape)
-
-
 def _intermediate_crown(
-    prefix: list[Layer], ball: LpBall, act_bounds: dict[int, Interval]
+    prefix: list[Layer],
+    ball: LpBall,
+    act_bounds: dict[int, Interval],
+    rows: torch.Tensor | None = None,
 ) -> Interval:
-    """Elementwise bounds of the output of ``prefix`` by CROWN (chunked over neurons)."""
+    """Bounds of the output of ``prefix`` by CROWN, chunked over neurons.
+
+    With ``rows`` (flat neuron indices) only those neurons are bounded and
+    (B, len(rows)) tensors are returned; otherwise the full output shape.
+    """
     out_shape = prefix[-1].out_shape
     n = math.prod(out_shape)
+    index = torch.arange(n, device=ball.center.device) if rows is None else rows
+    total = index.numel()
     B = ball.batch_size
     widest = max(math.prod(layer.in_shape) for layer in prefix)
-    chunk = max(1, min(n, _CHUNK_ELEMENTS // max(1, B * widest * 2)))
+    chunk = max(1, min(total, _CHUNK_ELEMENTS // max(1, B * widest * 2)))
     lows, ups = [], []
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        eye = _identity_rows(out_shape, start, stop, ball.center)
+    for start in range(0, total, chunk):
+        sel = index[start : start + chunk]
+        eye = torch.zeros(sel.numel(), n, dtype=ball.center.dtype, device=ball.center.device)
+        eye[torch.arange(sel.numel()), sel] = 1.0
+        eye = eye.reshape(1, sel.numel(), *out_shape)
         A = torch.cat([eye, -eye], dim=1)
         val = _concretize_rows(prefix, ball, A, act_bounds)
-        r = stop - start
+        r = sel.numel()
         lows.append(val[:, :r])
         ups.append(-val[:, r:])
-    lo = torch.cat(lows, 1).reshape(B, *out_shape)
-    up = torch.cat(ups, 1).reshape(B, *out_shape)
-    return lo, up
+    lo = torch.cat(lows, 1)
+    up = torch.cat(ups, 1)
+    if rows is not None:
+        return lo, up
+    return lo.reshape(B, *out_shape), up.reshape(B, *out_shape)
 
 
 def activation_bounds(
@@ -223,6 +286,23 @@ def activation_bounds(
         prefix = rest[:k]
         if intermediate == "ibp" or _is_exact_by_ibp(prefix):
             bounds_[k] = ibp_per_layer[k - 1]
+        elif layer.kind == "relu":
+            # As auto_LiRPA's default: CROWN only for neurons that IBP finds
+            # unstable in some batch element; IBP bounds for the others (their
+            # ReLU relaxation is exact whatever the bound values).
+            lo_i, up_i = ibp_per_layer[k - 1]
+            unstable = ((lo_i < 0) & (up_i > 0)).reshape(lo_i.shape[0], -1).any(0)
+            idx = unstable.nonzero().flatten()
+            if idx.numel() == unstable.numel():
+                bounds_[k] = _intermediate_crown(prefix, folded, bounds_)
+            elif idx.numel() == 0:
+                bounds_[k] = (lo_i, up_i)
+            else:
+                lo_c, up_c = _intermediate_crown(prefix, folded, bounds_, idx)
+                B = lo_i.shape[0]
+                lo = lo_i.reshape(B, -1).index_copy(1, idx, lo_c)
+                up = up_i.reshape(B, -1).index_copy(1, idx, up_c)
+                bounds_[k] = (lo.reshape(lo_i.shape), up.reshape(up_i.shape))
         else:
             bounds_[k] = _intermediate_crown(prefix, folded, bounds_)
     return folded, rest, bounds_
