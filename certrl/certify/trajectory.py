@@ -1,0 +1,260 @@
+"""Trajectory certificates: certify every state of seeded episodes, and return bounds.
+
+* ``rollout``: N deterministic episodes (env seed ``seed + i``), keeping the
+  network inputs, actions and rewards.
+* ``episode_summary``: per episode, return, steps, certified steps, certified
+  fraction and "certified trajectory" (every step certified: in a deterministic
+  env with a deterministic policy no per-step eps attack can change any action,
+  so the return is guaranteed equal to the nominal one). ACR over several
+  episodes = certified steps / steps (``pooled_acr``).
+* ``policy_smoothing_bound`` (Kumar et al. 2022, adaptive adversary with a total
+  l2 budget B over the episode): certified expected return
+  r_0 + sum_k (r_k - r_{k-1}) Phi(PhiInv(LCB_k) - B / sigma), where r_1 < ... < r_m
+  are the distinct smoothed returns, r_0 a known lower bound of the return and
+  LCB_k = max(0, #{R >= r_k} / n - sqrt(ln(1/alpha) / (2n))) a DKW lower
+  confidence bound on P[R >= r_k] (simultaneous over k, level 1 - alpha).
+* ``sdqn_median_bound`` (S-DQN, Sun et al. 2024): the p-quantile of the clean
+  smoothed returns with p = Phi(PhiInv(1/2 - sqrt(ln(1/alpha) / (2N))) - eps sqrt(H) / sigma).
+* ``gwc_rollout`` (RADIAL's greedy worst case): at every step play the lowest-Q
+  action among those whose UB >= max_j LB_j. A *heuristic* (an attack that is
+  not even realizable), never a certificate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import norm as _norm
+
+import bounds
+from certrl.agent import Agent
+from certrl.certify.state import StateCertificates
+from certrl.envs import make_env
+
+# known lower bounds of the episode return (needed by the policy-smoothing bound)
+RETURN_MIN = {"CartPole-v1": 0.0, "Acrobot-v1": -500.0, "MountainCar-v0": -200.0}
+
+
+@dataclass
+class Episode:
+    """One nominal (unattacked, deterministic) episode."""
+
+    index: int
+    seed: int
+    x: torch.Tensor  # (T, *in_shape) network inputs
+    actions: np.ndarray  # (T,)
+    rewards: np.ndarray  # (T,)
+
+    @property
+    def steps(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def ret(self) -> float:
+        return float(self.rewards.sum())
+
+
+def rollout(agent: Agent, episodes: int, seed: int = 0, max_steps: int | None = None,
+            indices: list[int] | None = None) -> list[Episode]:
+    """Run deterministic episodes i (env seed ``seed + i``) and keep their network inputs."""
+    idx = list(range(episodes)) if indices is None else list(indices)
+    env = make_env(agent.env_id, seed)
+    agent.eval()
+    out = []
+    try:
+        for i in idx:
+            obs, _ = env.reset(seed=seed + i)
+            xs, acts, rews, done = [], [], [], False
+            while not done:
+                x = agent.preprocess(np.asarray(obs)[None])
+                a = agent.act(x, True)
+                obs, r, term, trunc, _ = env.step(a[0])
+                xs.append(x[0])
+                acts.append(a[0])
+                rews.append(float(r))
+                done = term or trunc or (max_steps is not None and len(xs) >= max_steps)
+            out.append(Episode(i, seed + i, torch.stack(xs), np.asarray(acts),
+                               np.asarray(rews, dtype=np.float64)))
+    finally:
+        env.close()
+    return out
+
+
+def episode_summary(ep: Episode, cert: StateCertificates) -> dict:
+    """Return, steps, certified steps/fraction, certified trajectory for one episode."""
+    steps = ep.steps
+    given = ep.seed is None  # a batch of given observations, not an episode
+    out = {"return": None if given else ep.ret, "steps": steps}
+    if cert.certified is None:
+        out.update(certified_steps=None, certified_fraction=None, certified_trajectory=None)
+    else:
+        c = int(np.asarray(cert.certified).sum())
+        out.update(certified_steps=c, certified_fraction=c / max(1, steps),
+                   certified_trajectory=None if given else bool(c == steps))
+    if cert.radius is not None:
+        out["mean_radius"] = float(np.mean(cert.radius))
+        out["min_radius"] = float(np.min(cert.radius))
+    if cert.max_deviation is not None:
+        out["mean_max_deviation"] = float(np.mean(cert.max_deviation))
+        out["max_max_deviation"] = float(np.max(cert.max_deviation))
+    if cert.worst_value is not None:
+        out["mean_worst_value"] = float(np.mean(cert.worst_value))
+    if cert.action is not None and cert.method == "smoothing" and not given:
+        out["smoothed_agrees"] = float(np.mean(cert.action == ep.actions))
+    return out
+
+
+def pooled_acr(summaries: list[dict]) -> float:
+    """ACR = sum of certified steps / sum of steps over the episodes."""
+    steps = sum(s["steps"] for s in summaries)
+    return sum(s["certified_steps"] or 0 for s in summaries) / max(1, steps)
+
+
+# ------------------------------------------------------ smoothed episodes
+def smoothed_returns(agent: Agent, n: int, sigma: float, seed: int = 0,
+                     max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of n episodes of the smoothed policy a = pi(x + N(0, sigma^2 I)).
+
+    Episode i uses env seed ``seed + i``; the noise comes from a generator seeded
+    with ``seed`` (fresh noise at every step).
+    """
+    if n < 1:
+        raise ValueError(f"need n >= 1 smoothed episodes; got {n}")
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be positive and finite; got {sigma}")
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    env = make_env(agent.env_id, seed)
+    rets, lens = [], []
+    try:
+        for i in range(n):
+            obs, _ = env.reset(seed=seed + i)
+            total, steps, done = 0.0, 0, False
+            while not done:
+                x = agent.preprocess(np.asarray(obs)[None])
+                x = x + sigma * torch.randn(x.shape, generator=gen)
+                a = agent.act(x, True)
+                obs, r, term, trunc, _ = env.step(a[0])
+                total += float(r)
+                steps += 1
+                done = term or trunc or (max_steps is not None and steps >= max_steps)
+            rets.append(total)
+            lens.append(steps)
+    finally:
+        env.close()
+    return np.asarray(rets), np.asarray(lens)
+
+
+def dkw_margin(n: int, alpha: float) -> float:
+    """One-sided DKW: P[sup_r (F_n(r) - F(r)) > e] <= exp(-2 n e^2); e = sqrt(ln(1/alpha)/(2n))."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
+    return math.sqrt(math.log(1.0 / alpha) / (2.0 * n))
+
+
+def episode_l2_budget(eps: float, dim: int, horizon: int, norm: float = math.inf) -> float:
+    """Total l2 budget B of a per-step eps attack over ``horizon`` steps.
+
+    Per step ||delta||_2 <= eps * sqrt(dim) (l_inf) or eps (l2); over H steps the
+    stacked perturbation has l2 norm <= sqrt(H) times that.
+    """
+    per = eps * math.sqrt(dim) if norm == math.inf else eps
+    return per * math.sqrt(horizon)
+
+
+def policy_smoothing_bound(returns, budget: float, sigma: float, alpha: float,
+                           return_min: float) -> dict:
+    """Kumar et al. certified expected return of the smoothed policy (probabilistic).
+
+    E[R under any adaptive attack with total l2 budget B] >=
+    r_0 + sum_k (r_k - r_{k-1}) Phi(PhiInv(LCB_k) - B / sigma), with r_0 =
+    ``return_min`` (every return is >= r_0) and LCB_k the DKW lower bound of
+    P[R >= r_k]. Holds with probability >= 1 - alpha over the n episodes.
+    """
+    R = np.asarray(returns, dtype=np.float64)
+    if R.size == 0:
+        raise ValueError("need at least one smoothed return")
+    if (R < return_min - 1e-9).any():
+        raise ValueError(f"a return {R.min()} is below return_min={return_min}")
+    n = R.size
+    d = dkw_margin(n, alpha)
+    levels = np.unique(R)
+    levels = levels[levels > return_min]
+    prev = return_min
+    cert = emp = return_min
+    for r in levels:
+        p = float((R >= r).mean())
+        lcb = max(0.0, p - d)
+        shifted = float(_norm.cdf(_norm.ppf(lcb) - budget / sigma)) if lcb > 0 else 0.0
+        cert += (r - prev) * shifted
+        emp += (r - prev) * p
+        prev = r
+    return {"certified_return": float(cert), "smoothed_mean_return": float(emp),
+            "dkw_margin": d, "budget_l2": float(budget), "sigma": float(sigma),
+            "alpha": float(alpha), "n": int(n), "return_min": float(return_min),
+            "bound": "DKW (one-sided)", "adversary": "adaptive, total l2 budget"}
+
+
+def sdqn_median_bound(returns, eps_l2: float, horizon: int, sigma: float,
+                      alpha: float) -> dict:
+    """S-DQN lower bound of the median attacked return (probabilistic).
+
+    p = Phi(PhiInv(1/2 - sqrt(ln(1/alpha) / (2N))) - eps_l2 sqrt(H) / sigma); the bound
+    is the empirical p-quantile of the N clean smoothed returns (the
+    ceil(pN)-th smallest); -inf when p <= 0 or the DKW term leaves nothing.
+    """
+    R = np.sort(np.asarray(returns, dtype=np.float64))
+    N = R.size
+    if N == 0:
+        raise ValueError("need at least one smoothed return")
+    q = 0.5 - dkw_margin(N, alpha)
+    if q <= 0:
+        p = 0.0
+    else:
+        p = float(_norm.cdf(_norm.ppf(q) - eps_l2 * math.sqrt(horizon) / sigma))
+    k = math.ceil(p * N)
+    value = float(R[k - 1]) if k >= 1 else -math.inf
+    return {"median_return_bound": value, "quantile": p, "n": int(N), "alpha": float(alpha),
+            "sigma": float(sigma), "eps_l2": float(eps_l2), "horizon": int(horizon),
+            "bound": "DKW (one-sided)"}
+
+
+# ---------------------------------------------------------------- GWC
+def gwc_rollout(agent: Agent, eps: float, method: str = "ibp", episodes: int = 1,
+                seed: int = 0, max_steps: int | None = None,
+                indices: list[int] | None = None) -> list[dict]:
+    """Greedy worst case (RADIAL): play argmin_{a: UB_a >= max_j LB_j} Q(x, a) at every step.
+
+    A heuristic lower estimate of the attacked return, never a certificate.
+    """
+    if agent.action_space_kind != "discrete":
+        raise ValueError("GWC needs a discrete-action agent")
+    net = agent.bounded_form()
+    tm = agent.threat_model
+    env = make_env(agent.env_id, seed)
+    out = []
+    idx = list(range(episodes)) if indices is None else list(indices)
+    try:
+        for i in idx:
+            obs, _ = env.reset(seed=seed + i)
+            total, steps, changed, done = 0.0, 0, 0, False
+            while not done:
+                x = agent.preprocess(np.asarray(obs)[None])
+                with torch.no_grad():
+                    q = net(x)
+                    lb, ub = bounds.compute(net, tm.ball(x, eps), method=method, backend="auto")
+                possible = ub >= lb.max(dim=1, keepdim=True).values
+                possible[0, q.argmax(1)] = True
+                a = int(torch.where(possible, q, torch.full_like(q, math.inf)).argmin(1)[0])
+                changed += int(a != int(q.argmax(1)[0]))
+                obs, r, term, trunc, _ = env.step(a)
+                total += float(r)
+                steps += 1
+                done = term or trunc or (max_steps is not None and steps >= max_steps)
+            out.append({"episode": i, "episode_seed": seed + i, "return": total, "steps": steps,
+                        "gwc_changed_fraction": changed / max(1, steps)})
+    finally:
+        env.close()
+    return out
