@@ -177,13 +177,21 @@ def _fused_activation_linear(layers, k, A, bias, bounds_k):
     A0 = A[0]  # (rows, n)
     Ap, An = A0.clamp(min=0), A0.clamp(max=0)
     if layers[k].kind == "relu":
+        # Ap D_lo + An D_up = A0 D_lo + An (D_up - D_lo); D_up - D_lo and the
+        # upper intercept vanish off the neurons unstable in some batch element.
         up_d, up_b, lo_d = relu_relaxation(l, u)
-        new_A = _shared_matmul(Ap, lo_d.unsqueeze(-1) * W) + _shared_matmul(
-            An, up_d.unsqueeze(-1) * W
-        )
-        bias = bias + (An @ up_b.T).T
+        delta = up_d - lo_d
+        idx = ((delta != 0) | (up_b != 0)).any(0).nonzero().flatten()
+        new_A = _shared_matmul(A0, lo_d.unsqueeze(-1) * W)
         if b is not None:
-            bias = bias + (Ap @ (lo_d * b).T).T + (An @ (up_d * b).T).T
+            bias = bias + (A0 @ (lo_d * b).T).T
+        if idx.numel():
+            An_i = An[:, idx]
+            d_i = delta[:, idx]
+            new_A = new_A + _shared_matmul(An_i, d_i.unsqueeze(-1) * W[idx])
+            bias = bias + (An_i @ up_b[:, idx].T).T
+            if b is not None:
+                bias = bias + (An_i @ (d_i * b[idx]).T).T
     else:
         s, lo_b, up_b = tanh_relaxation(l, u)
         new_A = _shared_matmul(A0, s.unsqueeze(-1) * W)
