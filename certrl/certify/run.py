@@ -298,7 +298,7 @@ def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: l
                 lower=lower, upper=upper, backend=settings.backend, radius=settings.radius,
                 smoothing=settings.smoothing, exact=settings.exact,
                 alpha_iterations=settings.alpha_iterations,
-                generator=settings.seed * 100003 + episode.seed)
+                generator=settings.seed * 100003 + (episode.seed or 0))
             for cert in certs:
                 rows = []
                 if settings.state_rows:
@@ -384,5 +384,6 @@ def summarize(out: str | os.PathLike, aid: str | None = None) -> dict:
             a["certified_steps"] += r["certified_steps"]
             a["certified_trajectories"] += int(bool(r.get("certified_trajectory")))
     for a in acc.values():
-        a["acr"] = a["certified_steps"] / a["steps"] if a["steps"] else None
+        if "certified_return" not in a:
+            a["acr"] = a["certified_steps"] / a["steps"] if a["steps"] else None
     return acc

@@ -1,0 +1,193 @@
+"""Trajectory certificates, return bounds, the certify CLI (errors, resume, records)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm as _norm
+
+from certrl.agent import shipped_agents
+from certrl.certify import (
+    CertifySettings,
+    SmoothingConfig,
+    append_rows_atomic,
+    dkw_margin,
+    policy_smoothing_bound,
+    pooled_acr,
+    read_rows,
+    run_certify,
+    sdqn_median_bound,
+)
+from certrl.cli import main
+
+SHIPPED = "cartpole-dqn-vanilla"
+has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_policy_smoothing_bound_hand_computed():
+    R = np.array([10.0] * 50 + [20.0] * 50)
+    alpha, sigma, B = 0.05, 1.0, 0.5
+    d = math.sqrt(math.log(1 / alpha) / 200)
+    res = policy_smoothing_bound(R, B, sigma, alpha, return_min=0.0)
+    lcb1, lcb2 = 1.0 - d, 0.5 - d
+    expect = 10 * _norm.cdf(_norm.ppf(lcb1) - B / sigma) + \
+        10 * _norm.cdf(_norm.ppf(lcb2) - B / sigma)
+    assert res["certified_return"] == pytest.approx(expect, rel=1e-12)
+    assert res["smoothed_mean_return"] == pytest.approx(15.0)
+    assert res["dkw_margin"] == pytest.approx(d)
+    # no budget: only the DKW slack remains; larger budget -> smaller bound
+    r0 = policy_smoothing_bound(R, 0.0, sigma, alpha, 0.0)["certified_return"]
+    assert r0 == pytest.approx(10 * lcb1 + 10 * lcb2)
+    assert policy_smoothing_bound(R, 2.0, sigma, alpha, 0.0)["certified_return"] < expect < r0
+    with pytest.raises(ValueError, match="below return_min"):
+        policy_smoothing_bound(R, B, sigma, alpha, return_min=15.0)
+
+
+def test_sdqn_median_bound_hand_computed():
+    R = np.arange(1.0, 101.0)  # returns 1..100
+    alpha, sigma, eps, H = 0.1, 1.0, 0.01, 100
+    q = 0.5 - math.sqrt(math.log(1 / alpha) / 200)
+    p = _norm.cdf(_norm.ppf(q) - eps * math.sqrt(H) / sigma)
+    res = sdqn_median_bound(R, eps, H, sigma, alpha)
+    assert res["quantile"] == pytest.approx(p)
+    assert res["median_return_bound"] == float(math.ceil(p * 100))
+    assert sdqn_median_bound(R, 100.0, H, sigma, alpha)["median_return_bound"] == -math.inf
+    assert dkw_margin(200, 0.1) == pytest.approx(math.sqrt(math.log(10) / 400))
+
+
+def test_pooled_acr():
+    s = [{"steps": 10, "certified_steps": 10}, {"steps": 30, "certified_steps": 15}]
+    assert pooled_acr(s) == pytest.approx(25 / 40)
+
+
+def test_append_rows_atomic(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_rows_atomic(p, [{"a": 1}, {"b": float("inf")}])
+    append_rows_atomic(p, [{"c": np.float32(2.5)}])
+    assert read_rows(p) == [{"a": 1}, {"b": "inf"}, {"c": 2.5}]
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
+
+
+@has_shipped
+def test_run_certify_records_resume_and_trajectory(tmp_path):
+    import certrl
+
+    agent = certrl.load(SHIPPED)
+    out = tmp_path / "c.jsonl"
+    st = CertifySettings(max_steps=25, smoothing=SmoothingConfig(n=100))
+    res = run_certify(agent, SHIPPED, [0.001, 0.01], ["crown", "smoothing"], 2, out, st,
+                      progress=False)
+    assert res["written"] == 8 and res["skipped"] == 0
+    rows = read_rows(out)
+    states = [r for r in rows if r["record"] == "state"]
+    eps_rows = [r for r in rows if r["record"] == "episode"]
+    assert len(states) == 2 * 2 * 2 * 25 and len(eps_rows) == 8
+    need = ("env_id", "env_version", "algo", "loss", "seed", "eps", "norm", "eps_space",
+            "method", "certificate_kind", "action", "certified", "margin_lower", "radius",
+            "time_s", "config", "versions", "settings")
+    for r in states:
+        assert all(k in r for k in need), [k for k in need if k not in r]
+    sm = [r for r in states if r["method"] == "smoothing"]
+    assert all(r["certificate_kind"] == "probabilistic" and r["n"] == 100 and
+               r["bound_type"] == "l2" and r["eps_l2"] == pytest.approx(2 * r["eps"])
+               for r in sm)
+    for r in eps_rows:
+        assert r["steps"] == 25 and r["return"] == 25.0
+        assert r["certified_trajectory"] == (r["certified_steps"] == 25)
+    # resume: nothing new; then one more episode only
+    again = run_certify(agent, SHIPPED, [0.001, 0.01], ["crown", "smoothing"], 2, out, st,
+                        progress=False)
+    assert again["written"] == 0 and len(read_rows(out)) == len(rows)
+    more = run_certify(agent, SHIPPED, [0.001, 0.01], ["crown"], 3, out, st, progress=False)
+    assert more["written"] == 2 and more["skipped"] == 4
+    # different settings on the same file -> clear error, file untouched
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="other settings"):
+        run_certify(agent, SHIPPED, [0.01], ["crown"], 1, out, CertifySettings(max_steps=5),
+                    progress=False)
+    assert out.read_bytes() == before
+
+
+@has_shipped
+def test_trajectory_methods_policy_smoothing_and_gwc(tmp_path):
+    import certrl
+
+    agent = certrl.load(SHIPPED)
+    out = tmp_path / "t.jsonl"
+    st = CertifySettings(max_steps=20, ps_episodes=10, smoothing=SmoothingConfig(sigma=0.05))
+    run_certify(agent, SHIPPED, [0.001], ["policy-smoothing", "gwc"], 1, out, st,
+                progress=False)
+    rows = read_rows(out)
+    ps = [r for r in rows if r["record"] == "trajectory_bound"][0]
+    assert ps["certificate_kind"] == "probabilistic" and ps["n"] == 10
+    assert ps["policy_smoothing"]["budget_l2"] == pytest.approx(0.001 * 2 * math.sqrt(20))
+    assert ps["certified_return"] <= ps["policy_smoothing"]["smoothed_mean_return"]
+    gwc = [r for r in rows if r["method"] == "gwc"][0]
+    assert gwc["certificate_kind"] == "heuristic" and "not a certificate" in gwc["note"]
+    assert "certified" not in gwc
+
+
+# -------------------------------------------------------------------- CLI
+@has_shipped
+def test_cli_certify_smoke_and_resume(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    args = ["certify", SHIPPED, "--eps", "0.005", "0.01", "--method", "ibp", "crown",
+            "--episodes", "1", "--max-steps", "15", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    txt = capsys.readouterr().out
+    assert "ACR" in txt and "4 units certified" in txt
+    n = len(read_rows(out))
+    assert main(args) == 0
+    assert "0 units certified, 4 already" in capsys.readouterr().out
+    assert len(read_rows(out)) == n
+    for line in out.read_text().splitlines():
+        json.loads(line)
+
+
+@has_shipped
+@pytest.mark.parametrize("extra,msg", [
+    (["--eps", "-0.1"], "eps must be >= 0"),
+    (["--eps", "0.1", "--method", "magic"], "unknown method"),
+    (["--eps", "0.1", "--method", "exact", "--max-relus", "10"], "too large"),
+    (["--eps", "0.1", "--method", "lipschitz"], "bounds.lipschitz layers"),
+    (["--eps", "0.1", "--sigma", "0", "--method", "smoothing"], "sigma"),
+])
+def test_cli_certify_bad_input_no_output(tmp_path, capsys, extra, msg):
+    out = tmp_path / "bad.jsonl"
+    rc = main(["certify", SHIPPED, *extra, "--episodes", "1", "--out", str(out),
+               "--no-progress"])
+    assert rc != 0
+    assert msg in capsys.readouterr().err
+    assert not out.exists()
+
+
+@has_shipped
+def test_cli_certify_given_observations(tmp_path, capsys):
+    good = tmp_path / "obs.npy"
+    np.save(good, np.zeros((3, 4), dtype=np.float32))
+    out = tmp_path / "o.jsonl"
+    assert main(["certify", SHIPPED, "--obs", str(good), "--eps", "0.01", "--method", "crown",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = read_rows(out)
+    assert sum(r["record"] == "state" for r in rows) == 3
+    for name, arr, msg in (("nan", np.full((2, 4), np.nan), "NaN"),
+                           ("shape", np.zeros((2, 5)), "do not match")):
+        p = tmp_path / f"{name}.npy"
+        np.save(p, arr)
+        o = tmp_path / f"{name}.jsonl"
+        assert main(["certify", SHIPPED, "--obs", str(p), "--eps", "0.01", "--out", str(o),
+                     "--no-progress"]) == 2
+        assert msg in capsys.readouterr().err
+        assert not o.exists()
