@@ -17,7 +17,7 @@ from pathlib import Path
 from certrl.agent import load, shipped_agents
 from certrl.attacks import make_attack
 from certrl.certify import CertifySettings, RadiusConfig, SmoothingConfig, run_certify
-from certrl.certify.run import agent_id, completed_units
+from certrl.certify.run import agent_id, check_request, completed_units
 from certrl.commands._common import eps_arg, positive_int, set_threads
 from certrl.evaluate import evaluate
 from certrl.records import agent_fields, write_jsonl
@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                                smoothing=SmoothingConfig(sigma=args.sigma, n0=100, n=n,
                                                          alpha=0.001))
     agents = [(name, load(name)) for name in names]  # bad names fail before any output
+    for _, agent in agents:
+        check_request(agent, eps, list(args.methods), settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cert_path, attack_path = out / "certify.jsonl", out / "attack.jsonl"

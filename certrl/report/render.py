@@ -117,7 +117,7 @@ def to_latex(tables: list[Table]) -> str:
             cells = []
             for c in t.columns:
                 cell = r.cells.get(c)
-                s = fmt_cell(cell, c, pm=" \\pm ")
+                s = fmt_cell(cell, c, pm=" \\pm ").replace(" [", r"\ [").replace(", ", r",\ ")
                 if cell is None or math.isnan(cell.center):
                     cells.append("--")
                     continue

@@ -1,0 +1,49 @@
+"""The demo command (quick budget) and the demo agent list."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from certrl.agent import shipped_agents
+from certrl.cli import main
+from certrl.commands.demo import DEMO_AGENTS, default_agents
+from certrl.records import read_jsonl
+
+has_shipped = pytest.mark.skipif("cartpole-dqn-vanilla" not in shipped_agents(),
+                                 reason="no shipped agent")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_default_agents_are_the_shipped_demo_agents():
+    assert set(default_agents()) == set(DEMO_AGENTS) & set(shipped_agents())
+
+
+@has_shipped
+def test_demo_quick(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| Agent | Natural | PGD @0.005" in text and "ACR (CROWN) @0.005" in text
+    assert "ACR (smoothing)" in text and "probabilistic" in text
+    for name in ("certify.jsonl", "attack.jsonl", "table.md", "table.tex", "table.csv"):
+        assert (out / name).exists()
+    rows = read_jsonl(out / "certify.jsonl")
+    assert {r["method"] for r in rows} == {"ibp", "crown", "smoothing"}
+    # re-running resumes: nothing recomputed, same certify rows
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert len(read_jsonl(out / "certify.jsonl")) == len(rows)
+
+
+def test_demo_bad_agent_no_output(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--agents", "no-such-agent", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["demo", "--methods", "magic", "--out", str(out)]) == 2
+    assert not out.exists()
