@@ -204,8 +204,49 @@ class ValueNetwork(_SpecNet):
         return nn.Sequential(*[copy.deepcopy(m) for m in self.body], copy.deepcopy(self.head))
 
 
+class LipschitzQNetwork(_SpecNet):
+    """Q(s, .) = scale * f(x) with f a ``bounds.lipschitz.LipschitzMLP`` (SortNet / l_inf-dist).
+
+    Every f_k is 1-Lipschitz from l_inf, so every Q-value is ``scale``-Lipschitz and the
+    greedy action is certified at eps iff Q_(1) - Q_(2) > 2 * scale * eps: the radius is
+    ``bounds.lipschitz.certified_radius(q, lipschitz=net.lipschitz_linf)``. Spec::
+
+        {"type": "lipschitz_q", "in_dim": 4, "n_out": 2, "hidden": 128, "depth": 3,
+         "kind": "sortnet", "scale": 10.0}
+    """
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        from bounds.lipschitz import LipschitzMLP
+
+        self.spec = copy.deepcopy(spec)
+        self.n_out = int(spec["n_out"])
+        self.scale = float(spec.get("scale", 1.0))
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"lipschitz_q scale must be positive and finite; got {self.scale}")
+        self.mlp = LipschitzMLP(int(spec["in_dim"]), self.n_out,
+                                hidden=int(spec.get("hidden", 128)),
+                                depth=int(spec.get("depth", 3)), kind=spec.get("kind", "sortnet"),
+                                theta_std=float(spec.get("theta_std", 1.0)))
+
+    @property
+    def lipschitz_linf(self) -> float:
+        """Lipschitz constant of every Q-value w.r.t. ||.||_inf of the network input."""
+        return self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.mlp(x)
+
+    def bounded_form(self) -> nn.Sequential:
+        raise ValueError(
+            "a SortNet / l_inf-dist Q-network (lipschitz_q) has no ReLU bounded form; certify it "
+            "in closed form: bounds.lipschitz.lipschitz_margin_certificate(q_values, eps, "
+            f"lipschitz={self.scale:g}) (radius = margin / (2 * {self.scale:g}))")
+
+
 NETWORKS = {
     "q": QNetwork,
+    "lipschitz_q": LipschitzQNetwork,
     "categorical_policy": CategoricalPolicy,
     "gaussian_policy": GaussianPolicy,
     "value": ValueNetwork,

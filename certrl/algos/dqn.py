@@ -54,6 +54,7 @@ class DQNConfig:
     max_grad_norm: float = 10.0
     threat: dict | None = None
     env_kwargs: dict = field(default_factory=dict)
+    q_spec: dict | None = None
     robust_loss: RobustLoss | None = None
 
     @classmethod
@@ -89,10 +90,13 @@ class DQN(Algorithm):
         if family == "atari" and cfg.dueling:  # Nature dueling: 512-unit streams on conv
             spec["body"]["fc"] = 0
             spec["stream_hidden"] = 512
+        if cfg.q_spec is not None:  # another Q-network type (e.g. a SortNet "lipschitz_q")
+            spec = {**cfg.q_spec, "in_dim": int(np.prod(obs_shape)), "n_out": aspace["n"]}
         q = build_network(spec)
         self.target = copy.deepcopy(q)
         nets = {"q": q}
         if cfg.robust_loss is not None:
+            cfg.robust_loss.setup({"q": q}, cfg)
             nets.update(cfg.robust_loss.extra_networks())
         preprocessing = {"kind": "pixels", "scale": 255.0} if family == "atari" else \
             {"kind": "identity"}
@@ -161,14 +165,19 @@ class DQN(Algorithm):
             else:
                 q_next = target(batch["next_obs"]).max(1).values
             y = batch["rewards"] + cfg.gamma * (1.0 - batch["dones"]) * q_next
-        q_a = q(batch["obs"]).gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
-        td = F.huber_loss(q_a, y, reduction="none", delta=cfg.huber_delta)
-        batch.update(td_target=y, q=q_a)
-        logs = {"td_loss": float(td.detach().mean())}
         rl = cfg.robust_loss
         if rl is not None:
             nets = {**self.agent_obj.nets, "target": target}
             threat = self.agent_obj.threat_model
+            with torch.no_grad():
+                y_new = rl.td_target(batch, nets, threat, self.global_step)
+            if y_new is not None:
+                y = y_new.detach()
+        q_a = q(batch["obs"]).gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
+        td = F.huber_loss(q_a, y, reduction="none", delta=cfg.huber_delta)
+        batch.update(td_target=y, q=q_a)
+        logs = {"td_loss": float(td.detach().mean())}
+        if rl is not None:
             loss = rl.modify_td_loss(td, batch, nets, threat, self.global_step)
             extra, extra_logs = rl(batch, nets, threat, self.global_step)
             loss = loss + extra

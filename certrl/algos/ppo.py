@@ -101,6 +101,7 @@ class PPO(Algorithm):
         nets: dict[str, nn.Module] = {"policy": build_network(pspec),
                                       "value": build_network({"type": "value", "body": body})}
         if cfg.robust_loss is not None:
+            cfg.robust_loss.setup(dict(nets), cfg)
             nets.update(cfg.robust_loss.extra_networks())
         if family == "atari":
             preprocessing = {"kind": "pixels", "scale": 255.0}
@@ -246,9 +247,13 @@ class PPO(Algorithm):
                                              (v_clip - batch["returns"]) ** 2).mean()
                 else:
                     v_loss = 0.5 * ((v - batch["returns"]) ** 2).mean()
-                loss = pg - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
                 if cfg.robust_loss is not None:
                     batch["mean"] = out
+                    pg = cfg.robust_loss.modify_policy_loss(pg, batch, self.agent_obj.nets,
+                                                            self.agent_obj.threat_model,
+                                                            self.global_step)
+                loss = pg - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
+                if cfg.robust_loss is not None:
                     extra, extra_logs = cfg.robust_loss(batch, self.agent_obj.nets,
                                                         self.agent_obj.threat_model,
                                                         self.global_step)

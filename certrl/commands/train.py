@@ -21,9 +21,11 @@ from tqdm import tqdm
 
 from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field, config_to_dict
-from certrl.commands._common import positive_int, set_threads
+from certrl.commands._common import eps_arg, positive_int, set_threads
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions
+from certrl.losses import LOSS_NAMES, loss_from_config, make_loss, sortnet_q_spec
+from certrl.losses.common import SOLVERS
 from certrl.records import write_jsonl
 
 
@@ -44,6 +46,47 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 1 for MLPs, torch's default for Atari)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r = p.add_argument_group("robust training (see docs/robust-training.md)")
+    r.add_argument("--loss", choices=LOSS_NAMES, default="vanilla",
+                   help="robust loss (sortnet: DQN with a SortNet Q-network)")
+    r.add_argument("--train-eps", type=eps_arg, default=None,
+                   help="target eps of the robust loss (recorded as the agent's threat model)")
+    r.add_argument("--solver", choices=SOLVERS, default=None,
+                   help="inner solver: ibp, crown-ibp (beta 1 -> 0) or pgd (loss default)")
+    r.add_argument("--pgd-steps", type=positive_int, default=None, help="PGD steps (solver pgd)")
+    r.add_argument("--kappa", type=float, default=None, help="SA / WocaR / SortNet hinge weight")
+    r.add_argument("--kappa-end", type=float, default=None, help="RADIAL final TD weight")
+    r.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="CAR softmax temperature (0 = hard max)")
+    r.add_argument("--reg", type=float, default=None, help="SA-PPO / WocaR-PPO weight")
+    r.add_argument("--hinge-c", dest="c", type=float, default=None, help="hinge cap c")
+    r.add_argument("--worst-weight", type=float, default=None, help="WocaR r")
+    r.add_argument("--kl-coef", type=float, default=None, help="CAR-PPO KL weight")
+    r.add_argument("--warmup", type=float, default=None,
+                   help="fraction of steps with eps = 0 (default 0.2)")
+    r.add_argument("--ramp", type=float, default=None,
+                   help="fraction of steps of the eps ramp (default 0.4)")
+    r.add_argument("--sortnet-hidden", type=positive_int, default=64)
+    r.add_argument("--sortnet-depth", type=positive_int, default=2)
+    r.add_argument("--sortnet-scale", type=float, default=10.0,
+                   help="Lipschitz constant s of the SortNet Q-network (Q = s * f)")
+
+
+def _robust_loss(args: argparse.Namespace, algo: str):
+    """The RobustLoss the flags ask for (None for vanilla)."""
+    params = {k: getattr(args, k) for k in ("kappa", "kappa_end", "lam", "reg", "c",
+                                             "worst_weight", "kl_coef", "pgd_steps",
+                                             "warmup", "ramp", "solver")}
+    if args.loss == "vanilla":
+        given = sorted(k for k, v in params.items() if v is not None)
+        if given:
+            raise ValueError(f"--loss vanilla takes no robust-loss flags (got {given})")
+        return None
+    if args.loss == "sortnet" and algo != "dqn":
+        raise ValueError("--loss sortnet is a DQN agent (use --algo dqn)")
+    if not args.train_eps:
+        raise ValueError(f"--loss {args.loss} needs --train-eps > 0 (the eps it trains for)")
+    return make_loss(algo, args.loss, **params)
 
 
 def _overrides(cfg_cls, items: list[str]) -> dict:
@@ -78,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         if args.steps:
             over["total_steps"] = args.steps
         _threads(args, env_id)
-        algo = algo_cls.resume(latest, **over)
+        rl = loss_from_config((head.get("config") or {}).get("robust_loss"))
+        algo = algo_cls.resume(latest, robust_loss=rl, **over)
     else:
         if not (args.env and args.algo and args.steps):
             raise ValueError("train needs --env, --algo and --steps (or --resume)")
@@ -88,6 +132,14 @@ def run(args: argparse.Namespace) -> int:
         algo_cls, cfg_cls = ALGOS[args.algo]
         over = _overrides(cfg_cls, args.set)
         over.update(total_steps=args.steps, seed=args.seed)
+        rl = _robust_loss(args, args.algo)
+        if rl is not None:
+            over["robust_loss"] = rl
+        if args.train_eps is not None:
+            over["threat"] = {**(over.get("threat") or {}), "eps": args.train_eps}
+        if args.loss == "sortnet":
+            over["q_spec"] = sortnet_q_spec(args.sortnet_hidden, args.sortnet_depth,
+                                            args.sortnet_scale)
         cfg = cfg_cls.for_env(args.env, **over)
         _threads(args, args.env)
         algo = algo_cls(cfg)

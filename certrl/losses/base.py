@@ -18,9 +18,15 @@ PPO batch (a minibatch)::
     mean (policy mean for Gaussian policies, logits for categorical ones; with grad)
 
 PPO nets: {"policy": ..., "value": ...} (+ ``extra_networks()``).
+
+Call order per run: ``setup(nets, cfg)`` once when the algorithm is built (before
+``extra_networks()``); per DQN gradient step ``td_target`` -> ``modify_td_loss`` ->
+``__call__``; per PPO minibatch ``modify_policy_loss`` -> ``__call__``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -31,12 +37,21 @@ class RobustLoss:
     """Base class: override ``__call__``; the default adds nothing.
 
     Subclasses may also override:
+      * ``setup(nets, cfg)``: called once by the algorithm with its networks
+        ({"q"} or {"policy", "value"}) and its config, before ``extra_networks``
+        (e.g. to build a worst-case Q network of the same spec).
       * ``extra_networks()``: extra trainable nets (e.g. WocaR's worst-case Q);
         the algorithm adds their parameters to its optimizer and passes them in
         ``nets``; they are saved with the agent under their dict keys.
+      * ``td_target(batch, nets, threat, step)`` (DQN): a replacement for the
+        detached TD target y (B,), or None to keep the double-DQN target
+        (WocaR's worst-case-aware target).
       * ``modify_td_loss(td_loss_per_sample, batch, nets, threat, step)``: replace
         the per-sample TD loss before reduction (RADIAL's kappa, CAR's softmax
         weights); default: the mean.
+      * ``modify_policy_loss(pg_loss, batch, nets, threat, step)`` (PPO): replace
+        the scalar clipped-surrogate loss (RADIAL-PPO's kappa, CAR-PPO's
+        worst-case surrogate); default: unchanged.
       * ``eps_at(step)``: the eps used at a step (schedules); default threat.eps.
     """
 
@@ -48,13 +63,27 @@ class RobustLoss:
         q = batch.get("q", batch.get("mean"))
         return q.new_zeros(()), {}
 
+    def setup(self, nets: dict[str, nn.Module], cfg: Any) -> None:
+        """Called once with the algorithm's networks and config; default: nothing."""
+
     def extra_networks(self) -> dict[str, nn.Module]:
         return {}
+
+    def td_target(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
+                  threat: ThreatModel, step: int) -> Tensor | None:
+        """A replacement TD target y (B,), detached; default None (keep DQN's)."""
+        return None
 
     def modify_td_loss(self, td_loss: Tensor, batch: dict[str, Tensor],
                        nets: dict[str, nn.Module], threat: ThreatModel, step: int) -> Tensor:
         """Reduce the per-sample TD loss (B,) to a scalar; default the mean."""
         return td_loss.mean()
+
+    def modify_policy_loss(self, pg_loss: Tensor, batch: dict[str, Tensor],
+                           nets: dict[str, nn.Module], threat: ThreatModel,
+                           step: int) -> Tensor:
+        """Replace PPO's scalar clipped-surrogate loss; default unchanged."""
+        return pg_loss
 
     def eps_at(self, step: int, threat: ThreatModel) -> float:
         return threat.eps

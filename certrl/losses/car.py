@@ -1,0 +1,153 @@
+"""CAR-DQN and CAR-PPO (Li et al. 2024, consistent adversarial robustness via the
+Bellman infinity-error).
+
+CAR-DQN replaces the mean TD loss (once eps > 0) by a soft maximum over the batch of
+worst-case TD errors:
+    delta_i = max(|UB Q(s', a_i) - y_i|, |LB Q(s', a_i) - y_i|)   over s' in B(s_i, eps)  (IBP)
+    delta_i = |Q(s_adv, a_i) - y_i|, s_adv = PGD argmax of (Q(s', a_i) - y_i)^2          (PGD)
+    p = softmax(h(delta) / lambda)  (detached),   loss = sum_i p_i h(delta_i),
+h the Huber loss. lambda -> 0 gives the hard max, lambda -> inf the mean.
+
+CAR-PPO replaces the clipped surrogate by the same soft maximum of per-sample clipped
+surrogates l_i at adversarial states (PGD on l_i itself, or the worst-case log-prob
+from bounds), plus kl_coef * KL(pi(.|s) || pi(.|s_adv)) (Gaussian: sum (mu - mu')^2 /
+(2 sigma^2); categorical: the KL of the softmaxes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from certrl.losses.common import ScheduledLoss, SolverConfig, pgd_states
+from certrl.losses.ppo_utils import clipped_surrogate, log_prob, normalized
+from certrl.losses.radial import worst_logprob_bounds
+from certrl.losses.schedule import EpsSchedule
+from certrl.threat import ThreatModel
+
+
+def soft_weights(values: Tensor, lam: float) -> Tensor:
+    """p = softmax(values / lambda), detached; lambda = 0 gives the (tie-shared) hard max."""
+    v = values.detach()
+    if lam <= 0:
+        top = (v == v.max()).to(v.dtype)
+        return top / top.sum()
+    return torch.softmax(v / lam, dim=0)
+
+
+@dataclass
+class CARConfig:
+    """CAR-DQN: softmax temperature lam (lambda), solver (ibp, crown-ibp or pgd), eps schedule."""
+
+    lam: float = 1.0
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("ibp"))
+    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise ValueError(f"CAR lambda must be >= 0; got {self.lam}")
+
+
+class CARDQNLoss(ScheduledLoss):
+    """sum_i softmax(h(delta)/lambda)_i h(delta_i) over worst-case TD errors delta_i."""
+
+    name = "car"
+    algo = "dqn"
+    config_cls = CARConfig
+
+    def worst_td_error(self, batch: dict[str, Tensor], q: nn.Module, eps: float,
+                       threat: ThreatModel, step: int) -> Tensor:
+        """(B,) delta_i: worst-case |Q(s', a_i) - y_i| over the ball (bound or PGD)."""
+        x, a, y = batch["obs"], batch["actions"], batch["td_target"]
+        if self.cfg.solver.kind == "pgd":
+            def obj(z: Tensor) -> Tensor:
+                return (q(z).gather(1, a[:, None]).squeeze(1) - y) ** 2
+            xa = pgd_states(obj, x, threat, eps, self.cfg.solver.pgd_steps,
+                            self.cfg.solver.pgd_step_size)
+            return (q(xa).gather(1, a[:, None]).squeeze(1) - y).abs()
+        lb, ub = self.bounds_of(q, x, eps, threat, step)
+        lb_a = lb.gather(1, a[:, None]).squeeze(1)
+        ub_a = ub.gather(1, a[:, None]).squeeze(1)
+        return torch.maximum((ub_a - y).abs(), (lb_a - y).abs())
+
+    def modify_td_loss(self, td_loss: Tensor, batch: dict[str, Tensor],
+                       nets: dict[str, nn.Module], threat: ThreatModel, step: int) -> Tensor:
+        eps = self.eps_at(step, threat)
+        self._logs = {"train_eps": eps}
+        if eps <= 0:
+            return td_loss.mean()
+        delta = self.worst_td_error(batch, nets["q"], eps, threat, step)
+        hd = float(getattr(self.algo_cfg, "huber_delta", 1.0))
+        h = F.huber_loss(delta, torch.zeros_like(delta), reduction="none", delta=hd)
+        p = soft_weights(h, self.cfg.lam)
+        self._logs.update(car_worst_td=float(delta.detach().max()),
+                          car_weight_max=float(p.max()))
+        return (p * h).sum()
+
+    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
+                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+        return batch["q"].new_zeros(()), dict(getattr(self, "_logs", {}))
+
+
+@dataclass
+class CARPPOConfig:
+    """CAR-PPO: temperature lam (large), KL weight, solver (pgd or ibp / crown-ibp), schedule."""
+
+    lam: float = 10.0
+    kl_coef: float = 0.1
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("pgd"))
+    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+
+
+def policy_kl(policy: nn.Module, out: Tensor, out_adv: Tensor) -> Tensor:
+    """Per-sample KL(pi(.|out) || pi(.|out_adv)) (shared std for Gaussian policies)."""
+    if hasattr(policy, "log_std"):
+        var = policy.log_std.exp().expand_as(out) ** 2
+        return ((out - out_adv) ** 2 / (2 * var)).sum(1)
+    p = torch.log_softmax(out, dim=1)
+    q = torch.log_softmax(out_adv, dim=1)
+    return (p.exp() * (p - q)).sum(1)
+
+
+class CARPPOLoss(ScheduledLoss):
+    """Soft max over the batch of clipped surrogates at adversarial states, plus a KL term."""
+
+    name = "car"
+    algo = "ppo"
+    config_cls = CARPPOConfig
+
+    def modify_policy_loss(self, pg_loss: Tensor, batch: dict[str, Tensor],
+                           nets: dict[str, nn.Module], threat: ThreatModel,
+                           step: int) -> Tensor:
+        eps = self.eps_at(step, threat)
+        self._logs = {"train_eps": eps}
+        if eps <= 0:
+            return pg_loss
+        policy, x = nets["policy"], batch["obs"]
+        adv = normalized(batch["advantages"])
+        old, acts = batch["logprobs"], batch["actions"]
+        clip = float(getattr(self.algo_cfg, "clip_coef", 0.2))
+        out = batch["mean"]
+        if self.cfg.solver.kind == "pgd":
+            def obj(z: Tensor) -> Tensor:
+                return clipped_surrogate(log_prob(policy, policy(z), acts), old, adv, clip)
+            xa = pgd_states(obj, x, threat, eps, self.cfg.solver.pgd_steps,
+                            self.cfg.solver.pgd_step_size)
+            out_adv = policy(xa)
+            l_i = clipped_surrogate(log_prob(policy, out_adv, acts), old, adv, clip)
+            kl = policy_kl(policy, out, out_adv).mean()
+        else:
+            lb, ub = self.bounds_of(policy, x, eps, threat, step)
+            lo, hi = worst_logprob_bounds(policy, lb, ub, acts)
+            l_i = clipped_surrogate(torch.where(adv >= 0, lo, hi), old, adv, clip)
+            kl = out.new_zeros(())
+        p = soft_weights(l_i, self.cfg.lam)
+        self._logs.update(car_kl=float(kl.detach()), car_weight_max=float(p.max()))
+        return (p * l_i).sum() + self.cfg.kl_coef * kl
+
+    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
+                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+        return batch["mean"].new_zeros(()), dict(getattr(self, "_logs", {}))

@@ -1,0 +1,201 @@
+"""Shared pieces of the robust losses: typed solver config and the inner solvers.
+
+The inner problem of every loss is a worst case over the threat model's ball
+B(x, eps). Three solvers:
+
+* ``ibp``: interval bound propagation (sound, cheap, differentiable).
+* ``crown-ibp``: beta * CROWN-IBP + (1 - beta) * IBP bounds, beta annealed 1 -> 0
+  with the eps ramp (ends on pure IBP, as in CROWN-IBP / SA-DQN).
+* ``pgd``: projected gradient ascent on the loss's own inner objective (a lower
+  bound of the worst case, not a certificate).
+
+Bounds are taken through the native engine on an ``nn.Sequential`` that *shares*
+the network's modules (``shared_form``), so gradients reach its parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import bounds
+from certrl.attacks import _pgd_loop
+from certrl.losses.base import RobustLoss
+from certrl.losses.schedule import EpsSchedule
+from certrl.threat import ThreatModel
+
+SOLVERS = ("ibp", "crown-ibp", "pgd")
+
+
+@dataclass
+class SolverConfig:
+    """Inner solver: kind in {"ibp", "crown-ibp", "pgd"}; PGD steps and step size."""
+
+    kind: str = "ibp"
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOLVERS:
+            raise ValueError(f"unknown solver {self.kind!r}; use one of {', '.join(SOLVERS)}")
+        if int(self.pgd_steps) < 1:
+            raise ValueError(f"pgd_steps must be >= 1; got {self.pgd_steps}")
+
+
+def shared_form(net: nn.Module) -> nn.Sequential:
+    """``nn.Sequential`` computing ``net`` that shares its parameters (differentiable bounds).
+
+    Works for the MLP / CNN Q-networks without dueling head and the PPO policy / value
+    networks (body + head). Dueling and Lipschitz networks raise ``ValueError``.
+    """
+    if getattr(net, "dueling", False):
+        raise ValueError("bound-based robust losses need a non-dueling Q-network "
+                         "(the folded dueling head is a copy without gradients)")
+    if hasattr(net, "body") and hasattr(net, "head"):
+        return nn.Sequential(*net.body, net.head)
+    if isinstance(net, nn.Sequential):
+        return net
+    raise ValueError(f"{type(net).__name__} has no bound-able form for robust training")
+
+
+def output_bounds(net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
+                  method: str = "ibp", beta: float = 0.0,
+                  C: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(lb, ub) of C f(x') (or f(x') if C is None) over B(x, eps); differentiable.
+
+    method "ibp": IBP; "crown-ibp": beta * CROWN-IBP + (1 - beta) * IBP (a convex
+    combination of two sound bounds is sound). eps = 0 returns f(x) twice.
+    """
+    seq = shared_form(net)
+    if eps <= 0:
+        out = seq(x)
+        if C is not None:
+            out = torch.einsum("bmk,bk->bm", C, out)
+        return out, out
+    ball = threat.ball(x, eps)
+    lb, ub = bounds.compute(seq, ball, method="ibp", C=C)
+    if method == "crown-ibp" and beta > 0:
+        lc, uc = bounds.compute(seq, ball, method="crown-ibp", C=C)
+        lb = beta * lc + (1 - beta) * lb
+        ub = beta * uc + (1 - beta) * ub
+    elif method not in ("ibp", "crown-ibp"):
+        raise ValueError(f"output_bounds: method must be 'ibp' or 'crown-ibp'; got {method!r}")
+    return lb, ub
+
+
+def margin_lower_bounds(net: nn.Module, x: Tensor, labels: Tensor, eps: float,
+                        threat: ThreatModel, method: str = "ibp", beta: float = 0.0) -> Tensor:
+    """(B, K) lower bounds of f_label(x') - f_j(x') over the ball; +inf at j = label."""
+    with torch.no_grad():
+        k = shared_form(net)(x[:1]).shape[1]
+    C = bounds.margin_spec(labels, k).to(x)
+    lb, _ = output_bounds(net, x, eps, threat, method, beta, C)
+    own = torch.nn.functional.one_hot(labels, k).bool()
+    return lb.masked_fill(own, float("inf"))
+
+
+def pgd_states(objective: Callable[[Tensor], Tensor], x: Tensor, threat: ThreatModel,
+               eps: float, steps: int = 10, step_size: float | None = None) -> Tensor:
+    """argmax of the per-sample ``objective`` over B(x, eps) by PGD (random start); detached.
+
+    Parameter gradients are not touched (only the input is differentiated).
+    """
+    if eps <= 0:
+        return x.detach()
+    return _pgd_loop(objective, x.detach(), threat, eps, steps, step_size, True, None)
+
+
+def pgd_action_states(net: nn.Module, x: Tensor, labels: Tensor, threat: ThreatModel,
+                      eps: float, steps: int = 10, step_size: float | None = None) -> Tensor:
+    """PGD states minimizing the margin f_label - max_{j != label} f_j (the usual action attack)."""
+    def obj(z: Tensor) -> Tensor:
+        out = net(z)
+        own = out.gather(1, labels[:, None]).squeeze(1)
+        other = out.scatter(1, labels[:, None], float("-inf")).max(1).values
+        return other - own
+    return pgd_states(obj, x, threat, eps, steps, step_size)
+
+
+
+
+# ------------------------------------------------------------------ base class
+
+
+def build_config(cls: type, data: dict) -> Any:
+    """Typed config ``cls`` from a plain dict (nested SolverConfig / EpsSchedule); no eval."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
+    kw: dict[str, Any] = {}
+    for k, v in data.items():
+        h = hints.get(k)
+        if h in (SolverConfig, EpsSchedule) and isinstance(v, dict):
+            v = h(**v)
+        kw[k] = v
+    return cls(**kw)
+
+
+class ScheduledLoss(RobustLoss):
+    """A robust loss with a typed config holding ``solver`` and ``schedule``.
+
+    eps(step) = schedule.eps(step, threat.eps) (the threat model's eps is the target);
+    beta(step) = schedule.beta(step) for the CROWN-IBP solver.
+    """
+
+    algo: str = "dqn"
+    config_cls: type = object
+    solvers: tuple[str, ...] = SOLVERS
+
+    def __init__(self, cfg: Any = None):
+        self.cfg = self.config_cls() if cfg is None else cfg
+        if not isinstance(self.cfg, self.config_cls):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}")
+        if self.cfg.solver.kind not in self.solvers:
+            raise ValueError(f"{self.name} ({self.algo}) supports the solvers "
+                             f"{', '.join(self.solvers)}; got {self.cfg.solver.kind!r}")
+        self.algo_cfg: Any = None
+
+    def setup(self, nets: dict[str, nn.Module], cfg: Any) -> None:
+        self.cfg.schedule.total_steps = int(cfg.total_steps)
+        self.algo_cfg = cfg
+
+    def eps_at(self, step: int, threat: ThreatModel) -> float:
+        return self.cfg.schedule.eps(step, threat.eps)
+
+    def beta_at(self, step: int) -> float:
+        return self.cfg.schedule.beta(step)
+
+    def bounds_of(self, net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
+                  step: int, C: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(lb, ub) of the outputs over B(x, eps) with the configured bound solver."""
+        method = "crown-ibp" if self.cfg.solver.kind == "crown-ibp" else "ibp"
+        return output_bounds(net, x, eps, threat, method, self.beta_at(step), C)
+
+    def margins_of(self, net: nn.Module, x: Tensor, labels: Tensor, eps: float,
+                   threat: ThreatModel, step: int) -> Tensor:
+        """(B, K) margin lower bounds (bounds) or margins at a PGD state (pgd); +inf at label."""
+        if self.cfg.solver.kind == "pgd":
+            xa = pgd_action_states(net, x, labels, threat, eps, self.cfg.solver.pgd_steps,
+                                   self.cfg.solver.pgd_step_size)
+            out = net(xa)
+            m = out.gather(1, labels[:, None]) - out
+            own = torch.nn.functional.one_hot(labels, out.shape[1]).bool()
+            return m.masked_fill(own, float("inf"))
+        method = "crown-ibp" if self.cfg.solver.kind == "crown-ibp" else "ibp"
+        return margin_lower_bounds(net, x, labels, eps, threat, method, self.beta_at(step))
+
+    def config(self) -> dict:
+        return {"name": self.name, "algo": self.algo, **dataclasses.asdict(self.cfg)}
+
+
+def hinge_margin(margins: Tensor, c: float) -> Tensor:
+    """Per-sample SA-DQN hinge -min(min_j margins_j, c) = max(-min_j margins_j, -c)."""
+    return -torch.clamp(margins.min(dim=1).values, max=c)

@@ -1,0 +1,108 @@
+"""SA-DQN and SA-PPO (Zhang et al. 2020, state-adversarial MDPs).
+
+SA-DQN: loss = TD + kappa * mean_i max(-min_{j != a*} LB[Q(s', a*) - Q(s', j)], -c),
+a* = argmax_a Q(s_i, a), the lower bound over s' in B(s_i, eps) by IBP or CROWN-IBP
+(beta 1 -> 0), or the margin at a PGD state (solver "pgd").
+
+SA-PPO: loss = PPO + reg * mean_i sum_k max(|LB_k - mu_k|, |UB_k - mu_k|)^2 / sigma_k^2,
+[LB, UB] bounds of the action mean mu(s') over the ball (logits for discrete
+policies, sigma = 1), or the deviation at a MAD-style PGD state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from certrl.losses.common import (
+    ScheduledLoss,
+    SolverConfig,
+    hinge_margin,
+    pgd_states,
+)
+from certrl.losses.schedule import EpsSchedule
+from certrl.threat import ThreatModel
+
+
+@dataclass
+class SAConfig:
+    """SA-DQN: hinge weight kappa, hinge cap c, solver, eps schedule."""
+
+    kappa: float = 0.01
+    c: float = 1.0
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("crown-ibp"))
+    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+
+
+class SADQNLoss(ScheduledLoss):
+    """kappa * mean hinge on the certified (or PGD) action margin; TD loss unchanged."""
+
+    name = "sa"
+    algo = "dqn"
+    config_cls = SAConfig
+
+    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
+                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+        eps = self.eps_at(step, threat)
+        q = nets["q"]
+        if eps <= 0 or self.cfg.kappa == 0:
+            return batch["q"].new_zeros(()), {"train_eps": eps}
+        x = batch["obs"]
+        with torch.no_grad():
+            a_star = q(x).argmax(1)
+        m = self.margins_of(q, x, a_star, eps, threat, step)
+        hinge = hinge_margin(m, self.cfg.c).mean()
+        return self.cfg.kappa * hinge, {"train_eps": eps, "sa_hinge": float(hinge.detach())}
+
+
+@dataclass
+class SAPPOConfig:
+    """SA-PPO: regularizer weight reg, solver, eps schedule."""
+
+    reg: float = 0.1
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("crown-ibp"))
+    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+
+
+def policy_sigma(policy: nn.Module, like: Tensor) -> Tensor:
+    """The Gaussian policy's std (detached), or ones for a categorical policy."""
+    if hasattr(policy, "log_std"):
+        return policy.log_std.detach().exp().expand_as(like)
+    return torch.ones_like(like)
+
+
+def mean_deviation(loss: ScheduledLoss, policy: nn.Module, x: Tensor, mu: Tensor, eps: float,
+                   threat: ThreatModel, step: int) -> Tensor:
+    """Per-sample sum_k dev_k^2 / sigma_k^2 with dev_k the worst change of mu_k over the ball."""
+    sigma = policy_sigma(policy, mu)
+    if loss.cfg.solver.kind == "pgd":
+        mu0 = mu.detach()
+
+        def obj(z: Tensor) -> Tensor:
+            return (((policy(z) - mu0) / sigma) ** 2).sum(1)
+        xa = pgd_states(obj, x, threat, eps, loss.cfg.solver.pgd_steps,
+                        loss.cfg.solver.pgd_step_size)
+        dev = policy(xa) - mu
+    else:
+        lb, ub = loss.bounds_of(policy, x, eps, threat, step)
+        dev = torch.maximum((lb - mu).abs(), (ub - mu).abs())
+    return ((dev / sigma) ** 2).sum(1)
+
+
+class SAPPOLoss(ScheduledLoss):
+    """reg * mean_i sum_k max(|LB_k - mu_k|, |UB_k - mu_k|)^2 / sigma_k^2 (PPO loss unchanged)."""
+
+    name = "sa"
+    algo = "ppo"
+    config_cls = SAPPOConfig
+
+    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
+                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+        eps = self.eps_at(step, threat)
+        if eps <= 0 or self.cfg.reg == 0:
+            return batch["mean"].new_zeros(()), {"train_eps": eps}
+        d = mean_deviation(self, nets["policy"], batch["obs"], batch["mean"], eps, threat, step)
+        r = d.mean()
+        return self.cfg.reg * r, {"train_eps": eps, "sa_reg": float(r.detach())}
