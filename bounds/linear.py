@@ -245,6 +245,31 @@ def _concretize_rows(
 _SPATIAL = ("conv", "relu", "tanh", "normalize", "identity")
 
 
+def _peak_per_row(prefix: list[Layer], B: int) -> int:
+    """Largest number of A entries per spec row during a backward pass from a
+    batch-shared identity spec (follows the same fusion rule as ``backward``)."""
+    shared, peak, k = True, 1, len(prefix) - 1
+    while k >= 0:
+        layer = prefix[k]
+        fusable = (
+            shared
+            and k >= 1
+            and layer.kind in ("relu", "tanh")
+            and prefix[k - 1].kind == "linear"
+            and prefix[k - 1].module.in_features <= _FUSE_MAX_IN
+        )
+        if fusable:
+            shared = False
+            peak = max(peak, B * prefix[k - 1].module.in_features)
+            k -= 2
+            continue
+        if layer.kind in ("relu", "tanh"):
+            shared = False
+        peak = max(peak, (1 if shared else B) * math.prod(layer.in_shape))
+        k -= 1
+    return peak
+
+
 def _crop(t: torch.Tensor, oh: int, ow: int, h: int, w: int) -> torch.Tensor:
     return t[..., oh : oh + h, ow : ow + w]
 
@@ -355,8 +380,7 @@ def _intermediate_crown(
         return lo.reshape(B, *out_shape), up.reshape(B, *out_shape)
     total = index.numel()
     B = ball.batch_size
-    widest = max(math.prod(layer.in_shape) for layer in prefix)
-    chunk = max(1, min(total, _CHUNK_ELEMENTS // max(1, B * widest * 2)))
+    chunk = max(1, min(total, _CHUNK_ELEMENTS // max(1, _peak_per_row(prefix, B) * 2)))
     lows, ups = [], []
     for start in range(0, total, chunk):
         sel = index[start : start + chunk]
