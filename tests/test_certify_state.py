@@ -265,3 +265,23 @@ def test_every_record_has_a_kind():
         c = certify_states(net, x, 0.01, m, smoothing=SmoothingConfig(n=100))[0]
         assert c.state_row(0)["certificate_kind"] in ("sound", "probabilistic")
         assert math.isfinite(c.state_row(0)["time_s"])
+
+
+def test_lipschitz_q_network_with_declared_constant():
+    from certrl.nets import NETWORKS, build_network
+
+    if "lipschitz_q" not in NETWORKS:
+        pytest.skip("no lipschitz_q network type")
+    net = build_network({"type": "lipschitz_q", "in_dim": 4, "n_out": 2, "hidden": 16,
+                         "depth": 2, "scale": 10.0}).eval()
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    c = certify_states(net, x, [0.001, 0.01], "lipschitz")
+    q = net(x).detach().double()
+    t = q.topk(2, 1).values
+    assert np.allclose(c[0].radius, ((t[:, 0] - t[:, 1]) / 20).numpy(), rtol=1e-4, atol=1e-7)
+    pts = x + 0.01 * (2 * torch.rand((200, *x.shape)) - 1)
+    with torch.no_grad():
+        arg = net(pts.reshape(-1, 4)).argmax(-1).reshape(200, -1)
+    assert (arg == q.argmax(1)).all(0).numpy()[c[1].certified].all()
+    with pytest.raises(ValueError, match="use --method lipschitz"):
+        certify_states(net, x, 0.01, "crown")

@@ -180,6 +180,19 @@ def plan_units(episodes: int, eps_list: list[float], methods: list[str],
     return units
 
 
+def certification_net(agent: Agent):
+    """The acting network for certification: its bounded form, or the network itself
+    when it is a Lipschitz (SortNet / l_inf-dist) network without one."""
+    from certrl.certify.state import lipschitz_constant
+
+    try:
+        return agent.bounded_form()
+    except ValueError:
+        if lipschitz_constant(agent.net) is not None:
+            return agent.net.eval()
+        raise
+
+
 def check_request(agent: Agent, eps_list: list[float], methods: list[str],
                   settings: CertifySettings, observations=None) -> None:
     """Raise ValueError for a request that cannot run (before anything is written)."""
@@ -206,7 +219,7 @@ def check_request(agent: Agent, eps_list: list[float], methods: list[str],
     if not methods:
         raise ValueError("give at least one --method")
     known = all_methods()
-    net = agent.bounded_form()
+    net = certification_net(agent)
     for m in methods:
         if m not in known:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(known)}")
@@ -252,7 +265,7 @@ def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: l
     todo = [u for u in units if unit_key(aid, *u) not in done]
     base = agent_fields(agent, checkpoint)
     tm = agent.threat_model
-    net = agent.bounded_form()
+    net = certification_net(agent)
     lower, upper = tm.lower, tm.upper
     bar = tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
                unit="unit", desc=f"certify {Path(str(checkpoint)).name}", file=sys.stderr,

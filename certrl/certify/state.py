@@ -191,10 +191,26 @@ def check_method(method: str) -> str:
 
 
 def is_lipschitz_net(net: nn.Module) -> bool:
-    """True iff every leaf layer is a ``bounds.lipschitz`` 1-Lipschitz (l_inf) layer."""
+    """True iff every leaf layer is a ``bounds.lipschitz`` 1-Lipschitz (l_inf) layer,
+    or the module declares its constant (``lipschitz_linf``, e.g. certrl's lipschitz_q)."""
+    return lipschitz_constant(net) is not None
+
+
+def lipschitz_constant(net: nn.Module) -> float | None:
+    """L with |f_k(x) - f_k(x')| <= L ||x - x'||_inf for every output k, or None.
+
+    A module with a ``lipschitz_linf`` attribute (e.g. ``certrl.nets.LipschitzQNetwork``,
+    Q = scale * SortNet MLP) gives it; a Sequential made only of SortNet / l_inf-dist
+    layers (plus ScalarBias, Flatten, Identity) has L = 1; anything else: None.
+    """
+    declared = getattr(net, "lipschitz_linf", None)
+    if declared is not None and not isinstance(net, _lip.LipschitzMLP):
+        L = float(declared)
+        return L if (L > 0 and math.isfinite(L)) else None
     leaves = _lip._modules(net)
-    return bool(leaves) and all(isinstance(m, _LIP_LAYERS) for m in leaves) and any(
+    ok = bool(leaves) and all(isinstance(m, _LIP_LAYERS) for m in leaves) and any(
         isinstance(m, (_lip.SortNetLayer, _lip.LinfDistLayer)) for m in leaves)
+    return 1.0 if ok else None
 
 
 def count_relus(net: nn.Module, in_shape: tuple[int, ...]) -> int:
@@ -230,6 +246,10 @@ def validate(net: nn.Module, in_shape: tuple[int, ...], method: str, norm: float
     check_method(method)
     if kind not in ("discrete", "continuous"):
         raise ValueError(f"action kind must be 'discrete' or 'continuous'; got {kind!r}")
+    if method in BOUND_METHODS and lipschitz_constant(net) is not None \
+            and not isinstance(net, nn.Sequential):
+        raise ValueError(f"{method} cannot bound this SortNet / l_inf-dist network; use "
+                         "--method lipschitz (closed form, sound)")
     if method == "lipschitz":
         if not is_lipschitz_net(net):
             names = sorted({type(m).__name__ for m in _lip._modules(net)
@@ -271,11 +291,12 @@ def _margins(net, x, eps, labels, method, norm, lower, upper, backend, alpha_ite
                                      alpha_iterations=alpha_iterations)
         return ml.detach().double(), {}
     if method == "lipschitz":
+        L = lipschitz_constant(net)
         with torch.no_grad():
             out = net(x).double()
         e = _eps_tensor(eps, x).reshape(-1, 1).double()
-        c = _lip.lipschitz_margin_certificate(out, 0.0, 1.0, labels)
-        ml = c.margin_lower - 2.0 * e
+        c = _lip.lipschitz_margin_certificate(out, 0.0, L, labels)
+        ml = c.margin_lower - 2.0 * L * e
         atol = 8.0 * torch.finfo(out.dtype).eps * (1.0 + float(out.abs().max()))
         # subtract the rounding tolerance so "> 0" means certified with margin to spare
         return (ml - atol).masked_fill(torch.isinf(c.margin_lower), INF), {}
@@ -466,8 +487,8 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
 
 
 def _lipschitz_radius(net, x, out64, labels, kw) -> np.ndarray:
-    """Closed form (f_a* - f_(2)) / 2, shrunk until re-verified (rounding)."""
-    c = _lip.certified_radius(out64, 1.0, labels).cpu().numpy()
+    """Closed form (f_a* - f_(2)) / (2 L), shrunk until re-verified (rounding)."""
+    c = _lip.certified_radius(out64, lipschitz_constant(net), labels).cpu().numpy()
     r = np.maximum(c, 0.0) * (1 - 1e-6)
     for _ in range(3):
         ok = _verified(net, x, torch.as_tensor(r, dtype=x.dtype), labels, **kw).cpu().numpy()
@@ -482,7 +503,8 @@ def _output_bounds(net, x, out64, e, method, norm, lower, upper, backend, alpha_
     """Per-output [LB, UB] over the ball (exact uses CROWN bounds for this part)."""
     if method == "lipschitz":
         o = out64.cpu().numpy()
-        return o - e, o + e
+        L = lipschitz_constant(net)
+        return o - L * e, o + L * e
     m = "crown" if method == "exact" else method
     ball = bounds.LpBall(x, e, norm=norm, lower=lower, upper=upper)
     with torch.no_grad():
