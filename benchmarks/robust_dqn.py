@@ -1,0 +1,299 @@
+"""Robust DQN table: vanilla, SA, RADIAL, WocaR, CAR (IBP), CAR (PGD), SortNet on
+CartPole-v1 and Acrobot-v1; Natural / PGD / ACR (CROWN) at two eps, training time;
+IQM and 95% bootstrap CIs over seeds.
+
+    .venv/bin/python benchmarks/robust_dqn.py --envs CartPole-v1 --seeds 0 1 2 3 4
+
+Every run trains through the CLI (``certrl train ...``, the exact command is stored in
+the run's result.json) into OUT/<env>/<method>/seed<k>/train, then evaluates:
+  * Natural: mean return over ``--episodes`` episodes (env seeds 1000..).
+  * PGD eps: same episodes, l_inf PGD (10 steps, random start, CE objective) on every
+    observation (``certrl.attacks.make_attack``).
+  * ACR eps: fraction of the natural-trajectory states whose greedy action is certified
+    by ``bounds.margin_lower(agent.bounded_form(), ball, a*, method="crown")`` (all
+    margins > 0); SortNet agents use the closed-form Lipschitz certificate
+    (``bounds.lipschitz.lipschitz_margin_certificate``, margin > 2 L eps), also sound.
+Resumable: a run with result.json is skipped, an interrupted training resumes from its
+checkpoint. ``--workers`` processes (1 torch thread each). Tables are rendered from the
+result.json files into benchmarks/results/robust_dqn.{md,tex,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+# per env: training steps, the eps the robust losses train for, the two evaluation eps
+ENVS = {
+    "CartPole-v1": {"steps": 30_000, "train_eps": 0.05, "eval_eps": (0.05, 0.1)},
+    "Acrobot-v1": {"steps": 40_000, "train_eps": 0.1, "eval_eps": (0.05, 0.1)},
+}
+METHODS = {
+    "vanilla": ("Vanilla DQN", []),
+    "sa": ("SA-DQN (CROWN-IBP)", ["--loss", "sa", "--solver", "crown-ibp"]),
+    "radial": ("RADIAL-DQN (IBP)", ["--loss", "radial"]),
+    "wocar": ("WocaR-DQN (IBP)", ["--loss", "wocar"]),
+    "car-ibp": ("CAR-DQN (IBP)", ["--loss", "car", "--solver", "ibp"]),
+    "car-pgd": ("CAR-DQN (PGD)", ["--loss", "car", "--solver", "pgd", "--pgd-steps", "5"]),
+    "sortnet": ("SortNet DQN", ["--loss", "sortnet"]),
+}
+
+
+def train_argv(env: str, method: str, seed: int, out: Path, steps: int) -> list[str]:
+    """The ``certrl train`` arguments of one run."""
+    spec = ENVS[env]
+    argv = ["train", "--env", env, "--algo", "dqn", "--steps", str(steps), "--seed", str(seed),
+            "--out", str(out)]
+    extra = METHODS[method][1]
+    if extra:
+        argv += extra + ["--train-eps", str(spec["train_eps"]), "--warmup", "0.3"]
+    return argv
+
+
+def acr(agent, states: np.ndarray, eps: float) -> float:
+    """Fraction of states whose greedy action is certified at eps (CROWN or Lipschitz)."""
+    import torch
+
+    import bounds
+
+    x = agent.preprocess(states)
+    with torch.no_grad():
+        q = agent.forward(x)
+    if agent.net.spec.get("type") == "lipschitz_q":
+        cert = bounds.lipschitz_margin_certificate(q, eps, lipschitz=agent.net.lipschitz_linf)
+        return float(cert.certified.float().mean())
+    net = agent.bounded_form()
+    certified = []
+    for i in range(0, len(x), 2048):
+        xb = x[i:i + 2048]
+        with torch.no_grad():
+            m = bounds.margin_lower(net, agent.threat_model.ball(xb, eps), q[i:i + 2048].argmax(1),
+                                    method="crown")
+        certified.append(bounds.certified(m))
+    return float(torch.cat(certified).float().mean())
+
+
+def run_one(task: dict) -> dict:
+    """Train (or resume) and evaluate one (env, method, seed); writes result.json."""
+    import torch
+
+    torch.set_num_threads(1)
+    from certrl.agent import load
+    from certrl.attacks import make_attack
+    from certrl.cli import main
+    from certrl.envs import make_env
+
+    env, method, seed, rdir = task["env"], task["method"], task["seed"], Path(task["dir"])
+    res_path = rdir / "result.json"
+    if res_path.exists():
+        return json.loads(res_path.read_text())
+    tdir = rdir / "train"
+    argv = train_argv(env, method, seed, tdir, task["steps"])
+    t0 = time.perf_counter()
+    if not (tdir / "agent.pt").exists():
+        if (tdir / "checkpoints" / "latest.pt").exists():
+            rc = main(["train", "--out", str(tdir), "--resume", "--no-progress"])
+        else:
+            rc = main([*argv, "--no-progress"])
+        if rc != 0:
+            raise RuntimeError(f"training failed: {argv}")
+    summary = [json.loads(line) for line in (tdir / "train.jsonl").read_text().splitlines()][-1]
+    agent = load(tdir)
+    spec = ENVS[env]
+    n = task["episodes"]
+    # natural episodes (record the states for ACR)
+    states, nat = [], []
+    e = make_env(env, 1000)
+    for i in range(n):
+        obs, _ = e.reset(seed=1000 + i)
+        total, done = 0.0, False
+        while not done:
+            states.append(np.asarray(obs, dtype=np.float32))
+            a = agent.predict(obs)
+            obs, r, term, trunc, _ = e.step(int(a))
+            total += float(r)
+            done = term or trunc
+        nat.append(total)
+    from certrl.evaluate import evaluate
+
+    row = {"env": env, "method": method, "label": METHODS[method][0], "seed": seed,
+           "loss": agent.loss_name, "train_eps": agent.threat_model.eps,
+           "norm": "inf", "eps_space": agent.threat_model.space, "episodes": n,
+           "natural": float(np.mean(nat)), "natural_returns": nat,
+           "train_wall_s": summary.get("wall_s"), "train_steps": summary.get("steps"),
+           "command": "certrl " + " ".join(argv), "cert_method": "crown"}
+    if agent.net.spec.get("type") == "lipschitz_q":
+        row["cert_method"] = "lipschitz (closed form)"
+    st = np.stack(states)
+    for eps in spec["eval_eps"]:
+        atk = make_attack("pgd", agent.forward, agent.threat_model, eps=eps, steps=10,
+                          seed=seed)
+        r = evaluate(agent, episodes=n, seed=1000, attack=atk)
+        row[f"pgd_{eps:g}"] = r.mean
+        row[f"pgd_{eps:g}_returns"] = r.returns
+        row[f"acr_{eps:g}"] = acr(agent, st, eps)
+    row["eval_wall_s"] = time.perf_counter() - t0
+    res_path.write_text(json.dumps(row, indent=1) + "\n")
+    print(f"done {env} {method} seed {seed}: natural {row['natural']:.1f} "
+          + " ".join(f"pgd{eps:g} {row[f'pgd_{eps:g}']:.1f} acr{eps:g} {row[f'acr_{eps:g}']:.2f}"
+                     for eps in spec["eval_eps"])
+          + f" train {row['train_wall_s']:.0f}s", flush=True)
+    return row
+
+
+# ------------------------------------------------------------------ statistics
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean: mean of the middle 50% (scipy's trim_mean with 0.25)."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(np.asarray(x, dtype=float), 0.25))
+
+
+def bootstrap_ci(x, stat=iqm, n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI of ``stat`` over seeds (resampled with replacement)."""
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    if len(x) < 2:
+        return float(x[0]), float(x[0])
+    stats = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)]
+    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+
+
+def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
+    """Markdown / LaTeX / CSV tables from OUT/**/result.json."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/seed*/result.json"))]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md = ["# Robust DQN: natural, PGD and certified (ACR) results", "",
+          "Generated by `benchmarks/robust_dqn.py` from the per-run `result.json` files. "
+          "Cells: IQM over seeds [95% percentile-bootstrap CI over seeds]; each seed's value is "
+          "the mean over its evaluation episodes. PGD: l_inf, 10 steps, random start, per step. "
+          "ACR: fraction of natural-trajectory states whose greedy action is certified "
+          "(CROWN margin bounds; SortNet: closed-form Lipschitz margin > 2 L eps). eps in raw "
+          "observation units (l_inf). Train time: wall-clock seconds of `certrl train` with "
+          "1 torch thread, 2 runs in parallel on 2 shared CPU cores.", ""]
+    tex = []
+    csv_rows = []
+    for env in envs:
+        er = [r for r in rows if r["env"] == env]
+        if not er:
+            continue
+        spec = ENVS[env]
+        e1, e2 = spec["eval_eps"]
+        cols = [("natural", "Natural"), (f"pgd_{e1:g}", f"PGD {e1:g}"),
+                (f"pgd_{e2:g}", f"PGD {e2:g}"), (f"acr_{e1:g}", f"ACR {e1:g}"),
+                (f"acr_{e2:g}", f"ACR {e2:g}"), ("train_wall_s", "Train time (s)")]
+        table = {}
+        for m in METHODS:
+            mr = [r for r in er if r["method"] == m]
+            if not mr:
+                continue
+            cells = {}
+            for key, _ in cols:
+                vals = np.array([r[key] for r in mr], dtype=float)
+                lo, hi = bootstrap_ci(vals)
+                cells[key] = (iqm(vals), lo, hi)
+                csv_rows.append({"env": env, "method": m, "column": key, "iqm": iqm(vals),
+                                 "ci_low": lo, "ci_high": hi, "n_seeds": len(vals),
+                                 "seeds": " ".join(str(r["seed"]) for r in mr),
+                                 "values": " ".join(f"{v:g}" for v in vals)})
+            table[m] = (len(mr), cells)
+        best = {}
+        for key, _ in cols[:-1]:
+            best[key] = max(c[key][0] for _, c in table.values())
+        steps = er[0].get("train_steps")
+        md += [f"## {env} (train eps {spec['train_eps']:g}, {steps} env steps, "
+               f"eval eps {e1:g} / {e2:g}, raw observation, l_inf)", "",
+               "| Method | seeds | " + " | ".join(c for _, c in cols) + " |",
+               "|---|---|" + "---|" * len(cols)]
+        tex += [r"\begin{table}[t]", r"\centering", r"\small",
+                r"\caption{" + env.replace("_", r"\_") + r": IQM over seeds [95\% bootstrap CI]. "
+                f"Robust losses trained at $\\epsilon={spec['train_eps']:g}$ ($\\ell_\\infty$, raw "
+                "observation); PGD: 10 steps; ACR: CROWN (SortNet: closed-form Lipschitz). "
+                r"Best per column in bold.}",
+                r"\begin{tabular}{l" + "c" * (len(cols) + 1) + "}", r"\toprule",
+                "Method & seeds & " + " & ".join(c for _, c in cols) + r" \\", r"\midrule"]
+        for m, (nseeds, cells) in table.items():
+            def fmt(key, v, lo, hi, latex=False):
+                if key.startswith("acr"):
+                    s = f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+                else:
+                    s = f"{v:.1f} [{lo:.1f}, {hi:.1f}]"
+                if key in best and abs(v - best[key]) < 1e-9:
+                    s = (r"\textbf{" + s + "}") if latex else f"**{s}**"
+                return s
+            md.append(f"| {METHODS[m][0]} | {nseeds} | "
+                      + " | ".join(fmt(k, *cells[k]) for k, _ in cols) + " |")
+            tex.append(f"{METHODS[m][0]} & {nseeds} & "
+                       + " & ".join(fmt(k, *cells[k], latex=True) for k, _ in cols) + r" \\")
+        tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        md.append("")
+        md.append("Commands (seed k): " + "; ".join(
+            f"{METHODS[m][0]}: `{train_argv(env, m, 0, Path('DIR'), steps or spec['steps'])}`"
+            .replace("'", "").replace(", ", " ").replace("[", "certrl ").replace("]", "")
+            for m in table))
+        md.append("")
+    if sweep_wall is not None:
+        md.append(f"Sweep wall-clock of the last invocation: {sweep_wall / 60:.1f} min.")
+    (RESULTS / "robust_dqn.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "robust_dqn.tex").write_text("\n".join(tex) + "\n")
+    with open(RESULTS / "robust_dqn.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["env", "method", "column", "iqm", "ci_low", "ci_high",
+                                          "n_seeds", "seeds", "values"])
+        w.writeheader()
+        w.writerows(csv_rows)
+    print(f"wrote {RESULTS / 'robust_dqn.md'} ({len(rows)} runs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--steps", type=int, default=None, help="override the per-env step budget")
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per column")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default="runs/robust_dqn")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    if not args.render_only:
+        tasks = []
+        for env in args.envs:  # seed-major: every method's seed 0 first
+            for seed in args.seeds:
+                for m in args.methods:
+                    d = out / env / m / f"seed{seed}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    tasks.append({"env": env, "method": m, "seed": seed, "dir": str(d),
+                                  "steps": args.steps or ENVS[env]["steps"],
+                                  "episodes": args.episodes})
+        todo = [t for t in tasks if not (Path(t["dir"]) / "result.json").exists()]
+        print(f"{len(tasks)} runs, {len(tasks) - len(todo)} done, {len(todo)} to go, "
+              f"{args.workers} workers", flush=True)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        if args.workers > 1:
+            with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+                for _ in pool.imap_unordered(run_one, todo):
+                    render(out, args.envs)
+        else:
+            for t in todo:
+                run_one(t)
+                render(out, args.envs)
+    render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
