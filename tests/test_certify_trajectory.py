@@ -80,6 +80,17 @@ def test_append_rows_atomic(tmp_path):
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
 
 
+def test_interrupted_write_is_ignored_then_repaired(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_rows_atomic(p, [{"a": 1}])
+    with open(p, "a") as f:
+        f.write('{"a": 2, "trunc')  # a crash in the middle of a write
+    assert read_rows(p) == [{"a": 1}]
+    append_rows_atomic(p, [{"a": 3}])
+    assert read_rows(p) == [{"a": 1}, {"a": 3}]
+    assert p.read_text().endswith("\n")
+
+
 @has_shipped
 def test_run_certify_records_resume_and_trajectory(tmp_path):
     import certrl

@@ -1,10 +1,10 @@
 """Certify an agent along seeded episodes and write JSON lines, resumably.
 
 Work is split in units (episode, eps, method). Each unit's rows (one per state
-plus one per episode) are appended to the results file atomically: the file is
-copied to a temporary file in the same folder, the lines are appended, the copy
-is fsynced and renamed over the original, so readers never see a half-written
-line. Re-running with the same file skips units already present (their episode
+plus one per episode) are appended to the results file in one write and
+fsynced; an unterminated last line (a crash mid-write) is ignored when reading
+and dropped before the next append, so no half-written line is ever used.
+Re-running with the same file skips units already present (their episode
 row, written last in the unit, carries the ``unit`` key).
 """
 
@@ -14,9 +14,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +41,6 @@ from certrl.certify.trajectory import (
     sdqn_median_bound,
     smoothed_returns,
 )
-from certrl.io import _umask
 from certrl.records import _clean, agent_fields
 
 TRAJ_METHODS = ("policy-smoothing", "gwc")
@@ -96,26 +93,45 @@ class CertifySettings:
 
 
 # ------------------------------------------------------------ results file
+def _drop_partial_tail(path: Path) -> None:
+    """Truncate a trailing line that has no newline (left by a crash mid-write)."""
+    with open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                f.truncate(pos - step + i + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
 def append_rows_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append JSON lines to ``path`` so that the file is always complete (copy + rename)."""
+    """Append a unit's JSON lines to ``path`` in one write, then fsync.
+
+    Lines are only ever appended whole: a crash can at worst leave an
+    unterminated last line, which is dropped before the next append (and
+    ignored by ``read_rows``), so a unit is complete exactly when its final
+    episode row is in the file. Cost is linear in what is written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.exists():
-            shutil.copyfile(path, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if path.exists():
+        _drop_partial_tail(path)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -123,6 +139,8 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     rows = []
     with open(path) as f:
         for i, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                break  # unterminated last line: an interrupted write, not a result
             if line.strip():
                 try:
                     rows.append(json.loads(line))
