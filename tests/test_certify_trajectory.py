@@ -107,9 +107,11 @@ def test_run_certify_records_resume_and_trajectory(tmp_path):
     assert len(states) == 2 * 2 * 2 * 25 and len(eps_rows) == 8
     need = ("env_id", "env_version", "algo", "loss", "seed", "eps", "norm", "eps_space",
             "method", "certificate_kind", "action", "certified", "margin_lower", "radius",
-            "time_s", "config", "versions", "settings")
+            "time_s", "settings_hash")
     for r in states:
         assert all(k in r for k in need), [k for k in need if k not in r]
+    for r in eps_rows:  # config, versions and settings: once per unit
+        assert all(k in r for k in ("config", "versions", "settings", "threat_model"))
     sm = [r for r in states if r["method"] == "smoothing"]
     assert all(r["certificate_kind"] == "probabilistic" and r["n"] == 100 and
                r["bound_type"] == "l2" and r["eps_l2"] == pytest.approx(2 * r["eps"])

@@ -92,6 +92,10 @@ class CertifySettings:
         return d
 
 
+# Fields written once per unit (episode row), not repeated on every state row.
+_UNIT_ONLY = ("config", "versions", "train_versions", "settings", "threat_model")
+
+
 # ------------------------------------------------------------ results file
 def _drop_partial_tail(path: Path) -> None:
     """Truncate a trailing line that has no newline (left by a crash mid-write)."""
@@ -330,11 +334,14 @@ def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: l
                 smoothing=settings.smoothing, exact=settings.exact,
                 alpha_iterations=settings.alpha_iterations,
                 generator=settings.seed * 100003 + (episode.seed or 0))
+            # state rows carry the identifying fields of design.md section 5; the
+            # bulky config / versions / settings live once per unit in its episode row
+            lean = {k: v for k, v in common.items() if k not in _UNIT_ONLY}
             for cert in certs:
                 rows = []
                 if settings.state_rows:
                     for t in range(episode.steps):
-                        rows.append({**common, "record": "state", "episode": ep,
+                        rows.append({**lean, "record": "state", "episode": ep,
                                      "episode_seed": episode.seed, "step": t,
                                      **cert.state_row(t)})
                 summ = episode_summary(episode, cert)
