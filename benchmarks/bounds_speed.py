@@ -1,6 +1,7 @@
 """Native bound engine vs auto_LiRPA on the same networks and inputs, one run.
 
-Prints, per (network, batch, method): median wall time of each backend, the
+Prints, per (network, batch, method): best-of-N wall time of each backend
+(calls interleaved, so both see the same machine load), the
 speed-up native/lirpa, the cost relative to a plain forward pass, and the
 largest disagreement between the two backends' bounds (must be ~1e-6).
 
@@ -8,14 +9,13 @@ largest disagreement between the two backends' bounds (must be ~1e-6).
 
 Targets (issue 2): native CROWN >= 10x faster than lirpa CROWN on the MLP;
 native CROWN-IBP >= 3x faster than lirpa on the CNN; native IBP <= 3x forward.
-Full CROWN on the CNN is timed once (no warm-up): the native engine has no
-"patches" mode for convolutions, so it is far slower there than auto_LiRPA.
+Full CROWN on the CNN is timed once after a warm-up (about 10 s a call for
+either backend).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
@@ -42,19 +42,25 @@ def nature_cnn() -> nn.Module:
     )
 
 
-def timeit(fn, repeats: int, warmup: bool = True) -> tuple[float, object]:
-    out = fn() if warmup else None  # warm-up (and auto_LiRPA graph tracing)
-    times = []
+def timeit(fns, repeats: int, warmup: bool = True) -> tuple[list[float], list[object]]:
+    """Best-of-``repeats`` wall time of each function, calls interleaved.
+
+    Interleaving gives every contender the same machine conditions, and the
+    minimum is the estimate least affected by other load on a shared machine.
+    """
+    outs = [fn() if warmup else None for fn in fns]  # warm-up (auto_LiRPA traces)
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best, outs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -67,7 +73,7 @@ def main() -> None:
         ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 4, ["crown"], 1 / 255, (0.0, 1.0)),
     ]
     print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} "
-          f"(median), seed {args.seed}")
+          f"(best of, interleaved), seed {args.seed}")
     header = ("| network | batch | method | forward ms | native ms | lirpa ms | "
               "lirpa/native | native/forward | max abs diff |")
     print(header)
@@ -77,13 +83,17 @@ def main() -> None:
         kw = {} if clip is None else {"lower": clip[0], "upper": clip[1]}
         ball = bounds.LpBall(x, eps, **kw)
         with torch.no_grad():
-            t_fwd, _ = timeit(lambda: net(x), args.repeats)
             for m in methods:
-                slow = m == "crown" and len(shape) > 1  # full CROWN on the CNN: minutes
+                slow = m == "crown" and len(shape) > 1  # full CROWN on the CNN: ~10 s a call
                 reps = 1 if slow else args.repeats
-                t_nat, (ln, un) = timeit(lambda: bounds.compute(net, ball, m), reps, not slow)
-                t_lir, (ll, ul) = timeit(
-                    lambda: bounds.compute(net, ball, m, backend="lirpa"), max(1, reps // 2)
+                (t_fwd, t_nat, t_lir), (_, (ln, un), (ll, ul)) = timeit(
+                    [
+                        lambda: net(x),
+                        lambda: bounds.compute(net, ball, m),
+                        lambda: bounds.compute(net, ball, m, backend="lirpa"),
+                    ],
+                    reps,
+                    warmup=True,
                 )
                 diff = max((ln - ll).abs().max().item(), (un - ul).abs().max().item())
                 print(f"| {name} | {batch} | {m} | {t_fwd * 1e3:.1f} | {t_nat * 1e3:.1f} | "
