@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # per env: training steps, the eps the robust losses train for, the two evaluation eps
 ENVS = {
-    "CartPole-v1": {"steps": 30_000, "train_eps": 0.05, "eval_eps": (0.05, 0.1)},
+    "CartPole-v1": {"steps": 50_000, "train_eps": 0.05, "eval_eps": (0.05, 0.1)},
     "Acrobot-v1": {"steps": 40_000, "train_eps": 0.1, "eval_eps": (0.05, 0.1)},
 }
 METHODS = {
@@ -57,7 +57,8 @@ def train_argv(env: str, method: str, seed: int, out: Path, steps: int) -> list[
             "--out", str(out)]
     extra = METHODS[method][1]
     if extra:
-        argv += extra + ["--train-eps", str(spec["train_eps"]), "--warmup", "0.3"]
+        argv += extra + ["--train-eps", str(spec["train_eps"]), "--warmup", "0.5",
+                         "--ramp", "0.3"]
     return argv
 
 
@@ -256,6 +257,60 @@ def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
     print(f"wrote {RESULTS / 'robust_dqn.md'} ({len(rows)} runs)")
 
 
+SHIP = {"vanilla": "vanilla", "sa": "sa", "radial": "radial", "wocar": "wocar", "car-ibp": "car",
+        "sortnet": "sortnet"}
+
+
+def ship(out: Path, seed: int = 0, episodes: int = 20) -> None:
+    """Copy the seed-``seed`` CartPole agents into certrl/agents/ with JSON sidecars."""
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(1)
+    from certrl.agent import AGENTS_DIR, load
+    from certrl.evaluate import evaluate
+    from certrl.io import library_versions
+
+    for method, short in SHIP.items():
+        rdir = out / "CartPole-v1" / method / f"seed{seed}"
+        if not (rdir / "result.json").exists():
+            print(f"skip {method}: no finished seed-{seed} run")
+            continue
+        res = json.loads((rdir / "result.json").read_text())
+        name = f"cartpole-dqn-{short}"
+        agent = load(rdir / "train")
+        ev = evaluate(agent, episodes=episodes, seed=0)
+        net = agent.net.spec
+        if net["type"] == "lipschitz_q":
+            desc = (f"SortNet Q-network 4-{net['hidden']}x{net['depth'] - 1}-2 "
+                    f"(bounds.lipschitz.LipschitzMLP), Q = {net['scale']:g} * f, "
+                    f"{net['scale']:g}-Lipschitz per output in l_inf")
+        else:
+            desc = "MLP 4-64-64-2 (ReLU), double DQN, not dueling"
+        argv = train_argv("CartPole-v1", method, seed, Path(f"runs/{name}"),
+                          res["train_steps"])
+        side = {
+            "name": name, "env_id": "CartPole-v1", "algo": "dqn", "loss": agent.loss_name,
+            "seed": seed, "network": desc,
+            "command": "certrl " + " ".join(argv),
+            "benchmark": "benchmarks/robust_dqn.py (seed 0 of the committed table)",
+            "eval_command": f"certrl evaluate runs/{name}/agent.pt --episodes {episodes}",
+            "eval_return_mean": ev.mean, "eval_return_std": ev.std,
+            "eval_episodes": episodes, "eval_seeds": f"0..{episodes - 1}",
+            "train_steps": res["train_steps"], "train_wall_s": round(res["train_wall_s"], 1),
+            "robust_loss": agent.config.get("robust_loss"),
+            "threat_model": agent.threat_model.to_dict(),
+            "table_row": {k: res[k] for k in res if k.startswith(("natural", "pgd_", "acr_"))
+                          and not k.endswith("_returns")},
+            "versions": library_versions(),
+        }
+        shutil.copyfile(rdir / "train" / "agent.pt", AGENTS_DIR / f"{name}.pt")
+        (AGENTS_DIR / f"{name}.json").write_text(json.dumps(side, indent=2) + "\n")
+        size = (AGENTS_DIR / f"{name}.pt").stat().st_size
+        print(f"shipped {name}: return {ev.mean:.1f} +- {ev.std:.1f}, {size / 1024:.0f} KB")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
@@ -266,8 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/robust_dqn")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--ship", action="store_true",
+                   help="copy the seed-0 CartPole agents to certrl/agents/ (with sidecars)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.ship:
+        ship(out)
+        return 0
     t0 = time.perf_counter()
     if not args.render_only:
         tasks = []
