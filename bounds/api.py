@@ -33,6 +33,7 @@ def compute(
     C: torch.Tensor | None = None,
     backend: str = "native",
     alpha_iterations: int = 20,
+    bound_upper: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound bounds lb <= C f(x') <= ub for every x' in ``ball`` (clipped to its domain).
 
@@ -43,6 +44,9 @@ def compute(
         method: "ibp", "crown", "crown-ibp" or "alpha-crown".
         C: None (bound the outputs themselves) or a (B, m, out_dim) spec matrix.
         backend: "native", "lirpa" or "auto" (native when every layer is supported).
+        alpha_iterations: optimization steps of alpha-CROWN.
+        bound_upper: False skips the upper bound (about half the work of the
+            linear methods); ub is then None.
     Returns:
         (lb, ub), each (B, m) with m = out_dim when C is None. Differentiable
         with respect to the network's parameters when autograd is enabled.
@@ -55,7 +59,7 @@ def compute(
             with torch.no_grad():
                 out_dim = _as_seq(net)(ball.center[:1]).flatten(1).shape[1]
             C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
-        return compute_lirpa(net, ball, method, C, alpha_iterations)
+        return compute_lirpa(net, ball, method, C, alpha_iterations, bound_upper)
     layers = graph.parse(net, ball.in_shape)
     out_dim = int(torch.tensor(layers[-1].out_shape).prod()) if layers else 0
     if not layers:
@@ -69,12 +73,12 @@ def compute(
         C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
     if method == "ibp":
         (lb, ub), _ = interval.ibp(layers, ball, C)
-        return lb, ub
+        return lb, (ub if bound_upper else None)
     if method == "crown-ibp":
-        return linear.crown(layers, ball, C, intermediate="ibp")
+        return linear.crown(layers, ball, C, intermediate="ibp", upper=bound_upper)
     if method == "crown":
-        return linear.crown(layers, ball, C, intermediate="crown")
-    return linear.alpha_crown(layers, ball, C, iterations=alpha_iterations)
+        return linear.crown(layers, ball, C, intermediate="crown", upper=bound_upper)
+    return linear.alpha_crown(layers, ball, C, iterations=alpha_iterations, upper=bound_upper)
 
 
 def _as_seq(net: nn.Module) -> nn.Module:
@@ -107,7 +111,7 @@ def margin_lower(
         )
     C = spec.margin_spec(labels_t.cpu(), K).to(ball.center)
     lb, _ = compute(net, ball, method=method, C=C, backend=backend,
-                    alpha_iterations=alpha_iterations)
+                    alpha_iterations=alpha_iterations, bound_upper=False)
     own = torch.nn.functional.one_hot(labels_t, K).bool()
     return lb.masked_fill(own, float("inf"))
 

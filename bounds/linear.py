@@ -471,18 +471,23 @@ def crown(
     ball: LpBall,
     C: torch.Tensor | None = None,
     intermediate: str = "crown",
-) -> Interval:
-    """CROWN (intermediate="crown") or CROWN-IBP (intermediate="ibp") bounds of C f."""
+    upper: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CROWN (intermediate="crown") or CROWN-IBP (intermediate="ibp") bounds of C f.
+
+    With ``upper=False`` only the lower bound is computed (half the backward
+    work) and None is returned in its place.
+    """
     folded, rest, act = activation_bounds(layers, ball, intermediate)
     B = ball.batch_size
     spec = _spec_rows(C, layers[-1].out_shape, B, ball.center)
     m = spec.shape[1]
+    A = torch.cat([spec, -spec], dim=1) if upper else spec
     if not rest:  # nothing but folding: f is an affine bijection of the input
-        val = folded.concretize(torch.cat([spec, -spec], 1).expand(B, -1, -1), sign=-1.0)
-        return val[:, :m], -val[:, m:]
-    A = torch.cat([spec, -spec], dim=1)
-    val = _concretize_rows(rest, _reshaped(folded, rest[0]), A, act)
-    return val[:, :m], -val[:, m:]
+        val = folded.concretize(A.expand(B, *A.shape[1:]), sign=-1.0)
+    else:
+        val = _concretize_rows(rest, _reshaped(folded, rest[0]), A, act)
+    return val[:, :m], (-val[:, m:] if upper else None)
 
 
 def alpha_crown(
@@ -491,7 +496,8 @@ def alpha_crown(
     C: torch.Tensor | None = None,
     iterations: int = 20,
     lr: float = 0.25,
-) -> Interval:
+    upper: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """alpha-CROWN: optimize ReLU lower slopes of the final backward pass.
 
     Pre-activation bounds come from CROWN. The slopes alpha in [0, 1] (one per
@@ -503,17 +509,18 @@ def alpha_crown(
     B = ball.batch_size
     spec = _spec_rows(C, layers[-1].out_shape, B, ball.center)
     m = spec.shape[1]
-    A = torch.cat([spec, -spec], dim=1)
+    A = torch.cat([spec, -spec], dim=1) if upper else spec
+    rows = A.shape[1]
     fb = _reshaped(folded, rest[0]) if rest else folded
     if not rest:
-        val = folded.concretize(A.expand(B, -1, -1), sign=-1.0)
-        return val[:, :m], -val[:, m:]
+        val = folded.concretize(A.expand(B, *A.shape[1:]), sign=-1.0)
+        return val[:, :m], (-val[:, m:] if upper else None)
     relus = {k: v for k, v in act.items() if rest[k].kind == "relu"}
     act_d = {k: (lv.detach(), uv.detach()) for k, (lv, uv) in act.items()}
     alphas = {}
     for k, (lv, uv) in relus.items():
         _, _, lo_d = relu_relaxation(lv.detach(), uv.detach())
-        alphas[k] = lo_d.unsqueeze(1).expand(B, 2 * m, *lo_d.shape[1:]).clone()
+        alphas[k] = lo_d.unsqueeze(1).expand(B, rows, *lo_d.shape[1:]).clone()
     with torch.no_grad():
         best = _concretize_rows(rest, fb, A, act_d)
     best_alphas = {k: a.clone() for k, a in alphas.items()}
@@ -536,11 +543,11 @@ def alpha_crown(
                     better = val > best
                     best = torch.where(better, val, best)
                     for k, a in alphas.items():
-                        mask = better.reshape(B, 2 * m, *([1] * (a.dim() - 2)))
+                        mask = better.reshape(B, rows, *([1] * (a.dim() - 2)))
                         best_alphas[k] = torch.where(mask, a.detach(), best_alphas[k])
     if torch.is_grad_enabled():
         # Differentiable recomputation with the optimized slopes (for training).
         val = _concretize_rows(rest, fb, A, act, {k: a.detach() for k, a in best_alphas.items()})
         base = _concretize_rows(rest, fb, A, act)
         best = torch.maximum(val, base)
-    return best[:, :m], -best[:, m:]
+    return best[:, :m], (-best[:, m:] if upper else None)

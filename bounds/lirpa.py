@@ -121,6 +121,7 @@ def compute_lirpa(
     method: str,
     C: torch.Tensor | None = None,
     alpha_iterations: int = 20,
+    bound_upper: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds of C f(x') over ``ball`` computed by auto_LiRPA."""
     al = import_auto_lirpa()
@@ -148,11 +149,16 @@ def compute_lirpa(
             # (it optimizes the slopes by gradient ascent even under torch.no_grad()).
             with torch.enable_grad():
                 lb, _ = bm.compute_bounds(x=(bx,), C=C, method=METHODS[method], bound_upper=False)
-                _, ub = bm.compute_bounds(x=(bx,), C=C, method=METHODS[method], bound_lower=False)
+                ub = None
+                if bound_upper:
+                    _, ub = bm.compute_bounds(
+                        x=(bx,), C=C, method=METHODS[method], bound_lower=False
+                    )
             if not torch.is_grad_enabled():
-                lb, ub = lb.detach(), ub.detach()
+                lb = lb.detach()
+                ub = None if ub is None else ub.detach()
             return lb, ub
-        return bm.compute_bounds(x=(bx,), C=C, method=METHODS[method])
+        return bm.compute_bounds(x=(bx,), C=C, method=METHODS[method], bound_upper=bound_upper)
 
     xl, xu = ball.box()
     if ball.norm == float("inf"):
@@ -163,5 +169,7 @@ def compute_lirpa(
         lb, ub = run(ball.norm, eps, None, None)
         if ball.clipped:
             lb2, ub2 = run(float("inf"), eps, xl, xu)
-            lb, ub = torch.maximum(lb, lb2), torch.minimum(ub, ub2)
-    return lb.reshape(x.shape[0], -1), ub.reshape(x.shape[0], -1)
+            lb = torch.maximum(lb, lb2)
+            ub = None if ub is None else torch.minimum(ub, ub2)
+    B = x.shape[0]
+    return lb.reshape(B, -1), (None if ub is None else ub.reshape(B, -1))

@@ -103,3 +103,28 @@ def test_alpha_crown_never_looser_than_crown_both_backends(name):
             acr = bounds.compute(net, ball, "alpha-crown", backend=backend, alpha_iterations=10)
             assert (acr[0] >= cr[0] - ATOL).all() and (acr[1] <= cr[1] + ATOL).all()
     assert math.isfinite(float(acr[0].sum()))
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown", "alpha-crown"])
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_margin_lower_native_equals_lirpa_and_lower_only_path(name, method):
+    """margin_lower computes lower bounds only; they equal the two-sided call."""
+    net = shared_net(name)
+    x = _inputs(name)
+    ball = bounds.LpBall(x, 0.05, lower=0.0, upper=1.0)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+        C = bounds.margin_spec(labels, net(x).shape[1])
+        nat = bounds.margin_lower(net, ball, labels, method, alpha_iterations=5)
+        both, _ = bounds.compute(net, ball, method, C=C, alpha_iterations=5)
+        lb_only, ub_none = bounds.compute(net, ball, method, C=C, bound_upper=False,
+                                          alpha_iterations=5)
+    assert ub_none is None
+    mask = ~torch.isinf(nat)
+    if method != "alpha-crown":  # alpha-CROWN optimizes per row: same rows, same result
+        torch.testing.assert_close(lb_only, both, rtol=RTOL, atol=ATOL)
+        with torch.no_grad():
+            lir = bounds.margin_lower(net, ball, labels, method, backend="lirpa")
+        torch.testing.assert_close(nat[mask], lir[mask], rtol=RTOL, atol=ATOL)
+    assert (lb_only >= both - 1e-4).all()
+    torch.testing.assert_close(nat[mask], lb_only[mask])
