@@ -67,10 +67,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cases = [
-        ("MLP 8-256-256-4", mlp(), (8,), 1024, ["ibp", "crown-ibp", "crown"], 0.05, None),
+        ("MLP 8-256-256-4", mlp(), (8,), 1024, ["ibp", "crown-ibp", "crown"], 0.05, None,
+         "crown"),
         ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 32, ["ibp", "crown-ibp"],
-         1 / 255, (0.0, 1.0)),
-        ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 4, ["crown"], 1 / 255, (0.0, 1.0)),
+         1 / 255, (0.0, 1.0), "crown-ibp"),
+        ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 4, ["crown"], 1 / 255, (0.0, 1.0),
+         None),
     ]
     print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} "
           f"(best of, interleaved), seed {args.seed}")
@@ -78,7 +80,7 @@ def main() -> None:
               "lirpa/native | native/forward | max abs diff |")
     print(header)
     print("|" + "---|" * 9)
-    for name, net, shape, batch, methods, eps, clip in cases:
+    for name, net, shape, batch, methods, eps, clip, margins in cases:
         x = torch.rand((batch, *shape))
         kw = {} if clip is None else {"lower": clip[0], "upper": clip[1]}
         ball = bounds.LpBall(x, eps, **kw)
@@ -99,6 +101,23 @@ def main() -> None:
                 print(f"| {name} | {batch} | {m} | {t_fwd * 1e3:.1f} | {t_nat * 1e3:.1f} | "
                       f"{t_lir * 1e3:.1f} | {t_lir / t_nat:.1f}x | {t_nat / t_fwd:.1f}x | "
                       f"{diff:.1e} |", flush=True)
+            if margins:
+                # what certification calls: lower bounds of the K-1 margins only
+                labels = net(x).argmax(1)
+                m = margins
+                (t_fwd, t_nat, t_lir), (_, ln, ll) = timeit(
+                    [
+                        lambda: net(x),
+                        lambda: bounds.margin_lower(net, ball, labels, m),
+                        lambda: bounds.margin_lower(net, ball, labels, m, backend="lirpa"),
+                    ],
+                    args.repeats,
+                )
+                fin = torch.isfinite(ln)
+                diff = (ln[fin] - ll[fin]).abs().max().item()
+                print(f"| {name} | {batch} | {m} margin_lower | {t_fwd * 1e3:.1f} | "
+                      f"{t_nat * 1e3:.1f} | {t_lir * 1e3:.1f} | {t_lir / t_nat:.1f}x | "
+                      f"{t_nat / t_fwd:.1f}x | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
