@@ -88,7 +88,7 @@ def abs_affine(layer: Layer, r: torch.Tensor) -> torch.Tensor:
 
 def interval_affine(layer: Layer, lo: torch.Tensor, up: torch.Tensor) -> Interval:
     """IBP through an affine layer: [W mid + b -/+ |W| rad]."""
-    mid, rad = (up + lo) / 2, (up - lo) / 2
+    mid, rad = (up + lo) * 0.5, (up - lo) * 0.5
     c = affine(layer, mid)
     d = abs_affine(layer, rad)
     return c - d, c + d
@@ -139,7 +139,7 @@ def interval_activation(layer: Layer, lo: torch.Tensor, up: torch.Tensor) -> Int
 
 def apply_spec_interval(C: torch.Tensor, lo: torch.Tensor, up: torch.Tensor) -> Interval:
     """Bounds of C z for z in the box [lo, up]; C: (B, m, n), lo/up: (B, n)."""
-    mid, rad = (up + lo) / 2, (up - lo) / 2
+    mid, rad = (up + lo) * 0.5, (up - lo) * 0.5
     c = torch.einsum("bmn,bn->bm", C, mid)
     d = torch.einsum("bmn,bn->bm", C.abs(), rad)
     return c - d, c + d
@@ -168,7 +168,7 @@ def ibp(
                 val_l = ball.concretize(W, sign=-1.0)
                 val_u = ball.concretize(W, sign=1.0)
             else:
-                mid, rad = (up + lo) / 2, (up - lo) / 2
+                mid, rad = (up + lo) * 0.5, (up - lo) * 0.5
                 cen = torch.einsum("bmn,bn->bm", W, mid)
                 dev = torch.einsum("bmn,bn->bm", W.abs(), rad)
                 val_l, val_u = cen - dev, cen + dev

@@ -161,7 +161,7 @@ class LpBall:
             xl, xu = self.box()
             xl = xl.reshape(B, 1, -1)
             xu = xu.reshape(B, 1, -1)
-            mid, rad = (xu + xl) / 2, (xu - xl) / 2
+            mid, rad = (xu + xl) * 0.5, (xu - xl) * 0.5
             box_val = (Af * mid).sum(-1) + sign * (Af.abs() * rad).sum(-1)
             if self.norm == float("inf"):
                 return box_val
