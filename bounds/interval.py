@@ -88,6 +88,14 @@ def abs_affine(layer: Layer, r: torch.Tensor) -> torch.Tensor:
 
 def interval_affine(layer: Layer, lo: torch.Tensor, up: torch.Tensor) -> Interval:
     """IBP through an affine layer: [W mid + b -/+ |W| rad]."""
+    m = layer.module
+    if layer.kind == "linear" and lo.dim() == 2:
+        # the 1/2 of mid and rad folded into the GEMMs: fewer elementwise passes
+        W = m.weight
+        s, t = up + lo, up - lo
+        c = torch.addmm(m.bias, s, W.t(), alpha=0.5) if m.bias is not None else (s @ W.t()) * 0.5
+        d = t @ W.abs().t()
+        return torch.sub(c, d, alpha=0.5), torch.add(c, d, alpha=0.5)
     mid, rad = (up + lo) * 0.5, (up - lo) * 0.5
     c = affine(layer, mid)
     d = abs_affine(layer, rad)
