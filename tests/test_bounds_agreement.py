@@ -128,3 +128,35 @@ def test_margin_lower_native_equals_lirpa_and_lower_only_path(name, method):
         torch.testing.assert_close(nat[mask], lir[mask], rtol=RTOL, atol=ATOL)
     assert (lb_only >= both - 1e-4).all()
     torch.testing.assert_close(nat[mask], lb_only[mask])
+
+
+def test_windowed_conv_crown_equals_lirpa_on_padded_deep_cnn():
+    """Receptive-field windowing (padding and stride at every depth, a Normalize
+    and a Tanh in between) gives auto_LiRPA's CROWN numbers on ReLU parts and
+    sound bounds overall."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 3, stride=1, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 4, 4, stride=2, padding=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 3, 3),
+    )
+    x = torch.rand(2, 2, 9, 9)
+    ball = bounds.LpBall(x, 0.05, lower=0.0, upper=1.0)
+    with torch.no_grad():
+        a = bounds.compute(net, ball, "crown")
+        b = bounds.compute(net, ball, "crown", backend="lirpa")
+    torch.testing.assert_close(a[0], b[0], rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(a[1], b[1], rtol=RTOL, atol=ATOL)
+    tanh_net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Tanh(),
+        bounds.Normalize(torch.full((3, 1, 1), 0.1), torch.full((3, 1, 1), 0.5)),
+        torch.nn.Conv2d(3, 2, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(2 * 5 * 5, 2),
+    )
+    with torch.no_grad():
+        lb, ub = bounds.compute(tanh_net, ball, "crown")
+        pts = x + (torch.rand(400, *x.shape) * 2 - 1) * 0.05
+        out = tanh_net(pts.clamp(0, 1).reshape(-1, 2, 9, 9)).reshape(400, 2, -1)
+    assert (out >= lb - 1e-5).all() and (out <= ub + 1e-5).all()
