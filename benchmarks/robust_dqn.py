@@ -52,7 +52,7 @@ METHODS = {
 }
 
 
-def train_argv(env: str, method: str, seed: int, out: Path, steps: int) -> list[str]:
+def train_argv(env: str, method: str, seed: int | str, out: Path, steps: int) -> list[str]:
     """The ``certrl train`` arguments of one run."""
     spec = ENVS[env]
     argv = ["train", "--env", env, "--algo", "dqn", "--steps", str(steps), "--seed", str(seed),
@@ -242,8 +242,8 @@ def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
                        + " & ".join(fmt(k, *cells[k], latex=True) for k, _ in cols) + r" \\")
         tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
         md.append("")
-        md.append("Commands (seed k): " + "; ".join(
-            f"{METHODS[m][0]}: `{train_argv(env, m, 0, Path('DIR'), steps or spec['steps'])}`"
+        md.append("Commands (seed K = 0..4): " + "; ".join(
+            f"{METHODS[m][0]}: `{train_argv(env, m, 'K', Path('DIR'), steps or spec['steps'])}`"
             .replace("'", "").replace(", ", " ").replace("[", "certrl ").replace("]", "")
             for m in table))
         md.append("")
