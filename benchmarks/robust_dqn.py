@@ -243,8 +243,8 @@ def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
         tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
         md.append("")
         md.append("Commands (seed K = 0..4): " + "; ".join(
-            f"{METHODS[m][0]}: `{train_argv(env, m, 'K', Path('DIR'), steps or spec['steps'])}`"
-            .replace("'", "").replace(", ", " ").replace("[", "certrl ").replace("]", "")
+            f"{METHODS[m][0]}: `certrl "
+            + " ".join(train_argv(env, m, "K", Path("DIR"), steps or spec["steps"])) + "`"
             for m in table))
         md.append("")
     if sweep_wall is not None:
