@@ -73,9 +73,22 @@ def test_margin_of_identity_network_is_exact():
     x = torch.tensor([[1.0, 0.2, 0.9]])
     for m in ALL:
         lbm = bounds.margin_lower(net, bounds.LpBall(x, 0.1), [0], method=m)
-        torch.testing.assert_close(lbm[0, 1:], torch.tensor([0.6, -0.1]))
+        slack = 1e-5 * (1 + 1.0)  # float32 rounding allowance: 1e-5 (1 + max |f(x)|)
+        torch.testing.assert_close(lbm[0, 1:], torch.tensor([0.6, -0.1]) - slack)
         assert math.isinf(lbm[0, 0]) and lbm[0, 0] > 0
     assert not bounds.certified(lbm).item()
+
+
+def test_margin_lower_has_float32_rounding_allowance():
+    """Regression: a margin bound of +3e-7 on outputs near 8 (below one float32 ulp)
+    was reported certified while PGD found a float32 flip. A margin that is only
+    positive within rounding must not certify."""
+    net = nn.Sequential(_linear(torch.eye(2), torch.tensor([8.0, 8.0])))
+    x = torch.tensor([[0.2 + 3e-7, 0.2]])
+    lbm = bounds.margin_lower(net, bounds.LpBall(x, 0.0), [0], method="crown")
+    assert not bounds.certified(lbm).item()
+    far = bounds.margin_lower(net, bounds.LpBall(torch.tensor([[0.3, 0.2]]), 0.01), [0], "crown")
+    assert bounds.certified(far).item()
 
 
 def test_tanh_bounds_contain_exact_range():

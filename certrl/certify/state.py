@@ -308,7 +308,11 @@ def _margins(net, x, eps, labels, method, norm, lower, upper, backend, alpha_ite
         status = ["optimal" if all(s in ("optimal", "label") for s in row) else
                   ("time_limit" if any(s == "time_limit" for s in row) else "error")
                   for row in res.status]
-        return res.values.double(), {"milp_status": np.array(status, dtype=object)}
+        # same float32 rounding allowance as bounds.margin_lower (MILP is exact in reals
+        # up to the solver's 1e-6 tolerance; the network runs in float32)
+        with torch.no_grad():
+            slack = bounds.api.rounding_allowance(net(x).flatten(1)).double() + 1e-6
+        return res.values.double() - slack, {"milp_status": np.array(status, dtype=object)}
     raise ValueError(f"no margin computation for method {method!r}")
 
 
