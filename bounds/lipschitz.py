@@ -44,7 +44,41 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1) if x.dim() != 2 else x
 
 
-class SortNetLayer(nn.Module):
+class _DistanceNeurons(nn.Module):
+    """Shared parts of the distance-based 1-Lipschitz layers: centers theta
+    (out, in), optional bias, optional negation; subclasses give ``distances``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        negate: bool = False,
+        theta_std: float = 1.0,
+    ):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.negate = bool(negate)
+        self.theta = nn.Parameter(torch.randn(out_features, in_features) * theta_std)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def distances(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.distances(_flat(x))
+        if self.negate:
+            y = -y
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, negate={self.negate}"
+
+
+class SortNetLayer(_DistanceNeurons):
     """SortNet neurons: y_j = sum_i w_ji * s_i(|x - theta_j|) (+ b_j), optionally negated.
 
     s_i(v) is the i-th largest entry of v. The weights are parametrized as
@@ -62,71 +96,33 @@ class SortNetLayer(nn.Module):
         negate: bool = False,
         theta_std: float = 1.0,
     ):
-        super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self.negate = bool(negate)
-        self.theta = nn.Parameter(torch.randn(out_features, in_features) * theta_std)
+        super().__init__(in_features, out_features, bias, negate, theta_std)
         # favour the largest entries at init (the l_inf-dist neuron is the limit)
         init = torch.linspace(1.0, -1.0, in_features + 1).repeat(out_features, 1)
         self.weight_logits = nn.Parameter(init)
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @property
     def weight(self) -> torch.Tensor:
         """(out, in) nonnegative weights with row sums < 1."""
         return torch.softmax(self.weight_logits, dim=-1)[:, :-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _flat(x)
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
         d = (x[:, None, :] - self.theta[None]).abs()
         s = d.sort(dim=-1, descending=True).values
-        y = (s * self.weight[None]).sum(-1)
-        if self.negate:
-            y = -y
-        if self.bias is not None:
-            y = y + self.bias
-        return y
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, negate={self.negate}"
+        return (s * self.weight[None]).sum(-1)
 
 
-class LinfDistLayer(nn.Module):
+class LinfDistLayer(_DistanceNeurons):
     """l_inf-distance neurons: y_j = ||x - theta_j||_inf (+ b_j), optionally negated.
 
     Each output is 1-Lipschitz from l_inf (triangle inequality).
     Input (B, in_features) (flattened if needed), output (B, out_features).
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        negate: bool = False,
-        theta_std: float = 1.0,
-    ):
-        super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self.negate = bool(negate)
-        self.theta = nn.Parameter(torch.randn(out_features, in_features) * theta_std)
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _flat(x)
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
         # pairwise l_inf distances (same values and gradients as
         # (x[:, None] - theta[None]).abs().amax(-1), without the (B, out, in) tensor)
-        y = torch.cdist(x, self.theta.to(x.dtype), p=INF)
-        if self.negate:
-            y = -y
-        if self.bias is not None:
-            y = y + self.bias
-        return y
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, negate={self.negate}"
+        return torch.cdist(x, self.theta.to(x.dtype), p=INF)
 
 
 class ScalarBias(nn.Module):
