@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -76,9 +78,9 @@ def compute(
             C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
         return compute_lirpa(net, ball, method, C, alpha_iterations, bound_upper)
     layers = graph.parse(net, ball.in_shape)
-    out_dim = int(torch.tensor(layers[-1].out_shape).prod()) if layers else 0
     if not layers:
         raise ValueError("network has no layers")
+    out_dim = math.prod(layers[-1].out_shape)
     if len(layers[-1].out_shape) != 1:
         raise ValueError(
             f"the network output must be a flat vector (B, out_dim); got shape "

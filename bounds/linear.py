@@ -53,7 +53,6 @@ def tanh_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...
     deriv = 1 - torch.tanh((l + u) / 2) ** 2
     s = torch.where(wide, chord, deriv).clamp(1e-20, 1.0)
     xs = torch.acosh((1 / s.sqrt()).clamp_min(1.0))
-    cands = [l, u]
     g_l = tl - s * l
     g_u = tu - s * u
     lo_b = torch.minimum(g_l, g_u)
@@ -63,7 +62,6 @@ def tanh_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...
         gx = torch.tanh(x) - s * x
         lo_b = torch.where(inside, torch.minimum(lo_b, gx), lo_b)
         up_b = torch.where(inside, torch.maximum(up_b, gx), up_b)
-    del cands
     return s, lo_b - _TANH_SAFETY, up_b + _TANH_SAFETY
 
 
@@ -444,21 +442,7 @@ def activation_bounds(
     return folded, rest, bounds_
 
 
-def _reshaped(ball: LpBall, layer: Layer) -> LpBall:
-    from bounds.interval import _raw_ball
-
-    B = ball.batch_size
-    shape = (B, *layer.in_shape)
-    if tuple(ball.center.shape) == shape:
-        return ball
-    lo = None if ball.lower is None else ball.lower.expand_as(ball.center).reshape(shape)
-    up = None if ball.upper is None else ball.upper.expand_as(ball.center).reshape(shape)
-    return _raw_ball(
-        ball.center.reshape(shape), ball.eps_full().reshape(shape), ball.norm, lo, up
-    )
-
-
-def _spec_rows(C: torch.Tensor | None, out_shape, B: int, ref: torch.Tensor) -> torch.Tensor:
+def _spec_rows(C: torch.Tensor | None, out_shape, ref: torch.Tensor) -> torch.Tensor:
     n = math.prod(out_shape)
     if C is None:
         eye = torch.eye(n, dtype=ref.dtype, device=ref.device).unsqueeze(0)
@@ -480,13 +464,13 @@ def crown(
     """
     folded, rest, act = activation_bounds(layers, ball, intermediate)
     B = ball.batch_size
-    spec = _spec_rows(C, layers[-1].out_shape, B, ball.center)
+    spec = _spec_rows(C, layers[-1].out_shape, ball.center)
     m = spec.shape[1]
     A = torch.cat([spec, -spec], dim=1) if upper else spec
     if not rest:  # nothing but folding: f is an affine bijection of the input
         val = folded.concretize(A.expand(B, *A.shape[1:]), sign=-1.0)
     else:
-        val = _concretize_rows(rest, _reshaped(folded, rest[0]), A, act)
+        val = _concretize_rows(rest, folded, A, act)
     return val[:, :m], (-val[:, m:] if upper else None)
 
 
@@ -507,11 +491,11 @@ def alpha_crown(
     """
     folded, rest, act = activation_bounds(layers, ball, "crown")
     B = ball.batch_size
-    spec = _spec_rows(C, layers[-1].out_shape, B, ball.center)
+    spec = _spec_rows(C, layers[-1].out_shape, ball.center)
     m = spec.shape[1]
     A = torch.cat([spec, -spec], dim=1) if upper else spec
     rows = A.shape[1]
-    fb = _reshaped(folded, rest[0]) if rest else folded
+    fb = folded  # fold_input already shaped it for rest[0]
     if not rest:
         val = folded.concretize(A.expand(B, *A.shape[1:]), sign=-1.0)
         return val[:, :m], (-val[:, m:] if upper else None)
