@@ -83,6 +83,23 @@ def test_wocar_and_sortnet_checkpoints_rebuild(tmp_path):
         assert resumed.global_step == 150
 
 
+def test_wocar_resume_restores_lagged_worst_net(tmp_path):
+    algo = _dqn("wocar", "ibp", steps=200, target_update_interval=10_000)
+    algo.cfg.robust_loss.cfg.target_update_interval = 10_000  # keep Q_w^- lagged
+    algo.learn()
+    lagged = {k: v.clone() for k, v in algo.cfg.robust_loss.worst_target.state_dict().items()}
+    live = algo.cfg.robust_loss.worst.state_dict()
+    assert any(not torch.equal(lagged[k], live[k]) for k in lagged)  # Q_w^- != Q_w
+    path = tmp_path / "wocar.pt"
+    algo.save(path)
+    resumed = DQN.resume(path, robust_loss=make_loss("dqn", "wocar",
+                                                     target_update_interval=10_000))
+    got = resumed.cfg.robust_loss
+    assert got._calls == algo.cfg.robust_loss._calls > 0
+    for k, v in got.worst_target.state_dict().items():
+        torch.testing.assert_close(v, lagged[k])
+
+
 def test_cli_train_robust_records_loss_and_eps(tmp_path, capsys):
     out = tmp_path / "car"
     rc = main(["train", "--env", "CartPole-v1", "--algo", "dqn", "--steps", "200", "--out",

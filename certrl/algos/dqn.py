@@ -258,6 +258,8 @@ class DQN(Algorithm):
             "optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
             "buf_pos": self.buf_pos, "buf_full": self.buf_full, "replay": replay,
             "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "robust_loss": (self.cfg.robust_loss.state_dict()
+                            if self.cfg.robust_loss is not None else {}),
         }
 
     def load_train_state(self, st: dict) -> None:
@@ -265,6 +267,8 @@ class DQN(Algorithm):
         self.episodes = list(st["episodes"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.target.load_state_dict(st["target"])
+        if self.cfg.robust_loss is not None and st.get("robust_loss"):
+            self.cfg.robust_loss.load_state_dict(st["robust_loss"])
         if st.get("replay") is not None:
             for k, v in st["replay"].items():
                 self.buf[k][: len(v)] = v.numpy()

@@ -299,13 +299,17 @@ class PPO(Algorithm):
         return {"global_step": self.global_step, "episodes": list(self.episodes),
                 "optimizer": self.optimizer.state_dict(),
                 "ret_rms": self.ret_rms.state_dict(),
-                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "robust_loss": (self.cfg.robust_loss.state_dict()
+                                if self.cfg.robust_loss is not None else {})}
 
     def load_train_state(self, st: dict) -> None:
         self.global_step = int(st["global_step"])
         self.episodes = list(st["episodes"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.ret_rms.load_state_dict(st["ret_rms"])
+        if self.cfg.robust_loss is not None and st.get("robust_loss"):
+            self.cfg.robust_loss.load_state_dict(st["robust_loss"])
         self.rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
         # envs cannot be checkpointed: restart episodes with derived seeds

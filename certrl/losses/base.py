@@ -53,6 +53,9 @@ class RobustLoss:
         the scalar clipped-surrogate loss (RADIAL-PPO's kappa, CAR-PPO's
         worst-case surrogate); default: unchanged.
       * ``eps_at(step)``: the eps used at a step (schedules); default threat.eps.
+      * ``state_dict()`` / ``load_state_dict(d)``: non-trainable state the loss keeps
+        between updates (WocaR's lagged worst-case net); saved in the training
+        state so that ``--resume`` restores it. Default: nothing.
     """
 
     name: str = "vanilla"
@@ -87,6 +90,13 @@ class RobustLoss:
 
     def eps_at(self, step: int, threat: ThreatModel) -> float:
         return threat.eps
+
+    def state_dict(self) -> dict:
+        """Non-trainable state to checkpoint for resuming; default empty."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned; default: nothing to restore."""
 
     def config(self) -> dict:
         """JSON-able description saved in the checkpoint's training config."""

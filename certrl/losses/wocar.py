@@ -69,6 +69,14 @@ class WocarDQNLoss(ScheduledLoss):
     def extra_networks(self) -> dict[str, nn.Module]:
         return {"worst_q": self.worst}
 
+    def state_dict(self) -> dict:
+        """The lagged worst-case net Q_w^- and the update counter (for ``--resume``)."""
+        return {"worst_target": self.worst_target.state_dict(), "calls": self._calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.worst_target.load_state_dict(state["worst_target"])
+        self._calls = int(state["calls"])
+
     def td_target(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
                   threat: ThreatModel, step: int) -> Tensor | None:
         gamma = float(getattr(self.algo_cfg, "gamma", 0.99))
