@@ -37,13 +37,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 # per env: training steps, the eps the robust losses train for, the two evaluation eps
 ENVS = {
     "CartPole-v1": {"steps": 50_000, "train_eps": 0.05, "eval_eps": (0.05, 0.1)},
-    "Acrobot-v1": {"steps": 40_000, "train_eps": 0.1, "eval_eps": (0.05, 0.1)},
+    "Acrobot-v1": {"steps": 50_000, "train_eps": 0.2, "eval_eps": (0.2, 0.3)},
 }
 METHODS = {
     "vanilla": ("Vanilla DQN", []),
-    "sa": ("SA-DQN (CROWN-IBP)", ["--loss", "sa", "--solver", "crown-ibp"]),
-    "sa-k0.1": ("SA-DQN (CROWN-IBP, kappa 0.1)",
-                ["--loss", "sa", "--solver", "crown-ibp", "--kappa", "0.1"]),
+    "sa": ("SA-DQN (CROWN-IBP, kappa 0.1)",
+           ["--loss", "sa", "--solver", "crown-ibp", "--kappa", "0.1"]),
     "radial": ("RADIAL-DQN (IBP)", ["--loss", "radial"]),
     "wocar": ("WocaR-DQN (IBP)", ["--loss", "wocar"]),
     "car-ibp": ("CAR-DQN (IBP)", ["--loss", "car", "--solver", "ibp"]),

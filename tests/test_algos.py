@@ -142,3 +142,12 @@ def test_ppo_learns_inverted_pendulum():
     algo = PPO(cfg).learn()
     res = evaluate(algo.agent, 5, seed=100)
     assert res.mean >= 500
+
+
+def test_classic_control_env_defaults_and_overrides():
+    cp = DQNConfig.for_env("CartPole-v1")
+    assert (cp.train_freq, cp.gradient_steps, cp.target_update_interval) == (256, 128, 10)
+    assert DQNConfig.for_env("CartPole-v1", lr=1e-4).lr == 1e-4  # --set wins
+    ac = DQNConfig.for_env("Acrobot-v1")
+    assert (ac.batch_size, ac.eps_end) == (128, 0.1)
+    assert DQNConfig.for_env("MountainCar-v0").train_freq == DQNConfig().train_freq

@@ -214,3 +214,27 @@ def test_make_loss_and_config_roundtrip():
         make_loss("dqn", "radial", solver="pgd")
     with pytest.raises(ValueError, match="not available"):
         make_loss("ppo", "sortnet")
+
+
+def test_adversarial_surrogate_uses_the_clean_trust_region():
+    from certrl.losses.ppo_utils import adversarial_surrogate, clipped_surrogate
+
+    old = torch.log(torch.tensor([0.5, 0.5]))
+    adv = torch.tensor([1.0, -1.0])
+    logp = old.clone().requires_grad_(True)           # clean ratio 1 (inside the clip)
+    logp_adv = torch.log(torch.tensor([0.2, 0.9])).requires_grad_(True)  # r' = 0.4 and 1.8
+    # coupled ratio: the adversary shrinks the A > 0 weight and inflates the A < 0 one
+    clipped_surrogate(logp_adv, old, adv, 0.2).sum().backward()
+    torch.testing.assert_close(logp_adv.grad, torch.tensor([-0.4, 1.8]))
+    logp_adv.grad = None
+    loss = adversarial_surrogate(logp_adv, logp, old, adv, 0.2)
+    # value = the clean surrogate (-A r with r = 1), gradient -A r through log pi(a|s_adv)
+    torch.testing.assert_close(loss, torch.tensor([-1.0, 1.0]))
+    loss.sum().backward()
+    torch.testing.assert_close(logp_adv.grad, torch.tensor([-1.0, 1.0]))
+    assert logp.grad is None or float(logp.grad.abs().sum()) == 0
+    # outside the clean trust region (r = 1.5 > 1 + c, A > 0) the term is clipped as in PPO
+    logp2 = (old + torch.log(torch.tensor(1.5))).detach()
+    la = logp_adv.detach().clone().requires_grad_(True)
+    adversarial_surrogate(la, logp2, old, adv, 0.2)[0].backward()
+    assert la.grad[0] == 0

@@ -9,9 +9,14 @@ worst-case TD errors:
 h the Huber loss. lambda -> 0 gives the hard max, lambda -> inf the mean.
 
 CAR-PPO replaces the clipped surrogate by the same soft maximum of per-sample clipped
-surrogates l_i at adversarial states (PGD on l_i itself, or the worst-case log-prob
-from bounds), plus kl_coef * KL(pi(.|s) || pi(.|s_adv)) (Gaussian: sum (mu - mu')^2 /
-(2 sigma^2); categorical: the KL of the softmaxes).
+surrogates at adversarial states (PGD on the surrogate itself, or the worst-case
+log-prob from bounds), plus kl_coef * KL(pi(.|s) || pi(.|s_adv)) (Gaussian: sum
+(mu - mu')^2 / (2 sigma^2); categorical: the KL of the softmaxes). The weights p_i come
+from the worst-case surrogate; each term is ``adversarial_surrogate``: its clip uses the
+clean ratio pi(a|s) / pi_old(a|s) and its gradient flows through log pi(a|s_adv). (With
+the coupled ratio pi(a|s_adv) / pi_old(a|s) PGD inflates the weight of every A < 0 sample
+and shrinks every A > 0 one; that version collapsed InvertedPendulum from 1000 to ~20,
+see docs/robust-training.md.)
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certrl.losses.common import ScheduledLoss, SolverConfig, pgd_states
-from certrl.losses.ppo_utils import clipped_surrogate, log_prob, normalized
+from certrl.losses.ppo_utils import (
+    adversarial_surrogate,
+    clipped_surrogate,
+    log_prob,
+    normalized,
+)
 from certrl.losses.radial import worst_logprob_bounds
 from certrl.losses.schedule import EpsSchedule
 from certrl.threat import ThreatModel
@@ -137,14 +147,16 @@ class CARPPOLoss(ScheduledLoss):
             xa = pgd_states(obj, x, threat, eps, self.cfg.solver.pgd_steps,
                             self.cfg.solver.pgd_step_size)
             out_adv = policy(xa)
-            l_i = clipped_surrogate(log_prob(policy, out_adv, acts), old, adv, clip)
+            logp_adv = log_prob(policy, out_adv, acts)
             kl = policy_kl(policy, out, out_adv).mean()
         else:
             lb, ub = self.bounds_of(policy, x, eps, threat, step)
             lo, hi = worst_logprob_bounds(policy, lb, ub, acts)
-            l_i = clipped_surrogate(torch.where(adv >= 0, lo, hi), old, adv, clip)
+            logp_adv = torch.where(adv >= 0, lo, hi)
             kl = out.new_zeros(())
-        p = soft_weights(l_i, self.cfg.lam)
+        # weights from the worst-case surrogate; gradient with the clean trust region
+        p = soft_weights(clipped_surrogate(logp_adv, old, adv, clip), self.cfg.lam)
+        l_i = adversarial_surrogate(logp_adv, log_prob(policy, out, acts), old, adv, clip)
         self._logs.update(car_kl=float(kl.detach()), car_weight_max=float(p.max()))
         return (p * l_i).sum() + self.cfg.kl_coef * kl
 

@@ -26,3 +26,18 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, clip: float) 
     """Per-sample PPO loss max(-A r, -A clip(r, 1 - c, 1 + c)), r = exp(logp - old_logp)."""
     ratio = (logp - old_logp).exp()
     return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
+
+
+def adversarial_surrogate(logp_adv: Tensor, logp: Tensor, old_logp: Tensor, adv: Tensor,
+                          clip: float) -> Tensor:
+    """Clipped surrogate at an adversarial state with the trust region of the clean one.
+
+    ratio' = r.detach() * exp(logp_adv - logp_adv.detach()), r = pi(a|s) / pi_old(a|s):
+    its value (and so the clip) is the clean ratio r, its gradient is r * grad log pi(a|s_adv).
+    With the coupled ratio pi(a|s_adv) / pi_old(a|s) the adversary scales each sample's
+    gradient: it drives the ratio up for A < 0 (weight >> 1, and the pessimistic branch never
+    clips it) and down for A > 0 (weight << 1), so the update is dominated by "move away
+    from the actions taken" and the policy collapses.
+    """
+    ratio = (logp - old_logp).detach().exp() * (logp_adv - logp_adv.detach()).exp()
+    return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
