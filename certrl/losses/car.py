@@ -13,10 +13,11 @@ surrogates at adversarial states (PGD on the surrogate itself, or the worst-case
 log-prob from bounds), plus kl_coef * KL(pi(.|s) || pi(.|s_adv)) (Gaussian: sum
 (mu - mu')^2 / (2 sigma^2); categorical: the KL of the softmaxes). The weights p_i come
 from the worst-case surrogate; each term is ``adversarial_surrogate``: its clip uses the
-clean ratio pi(a|s) / pi_old(a|s) and its gradient flows through log pi(a|s_adv). (With
-the coupled ratio pi(a|s_adv) / pi_old(a|s) PGD inflates the weight of every A < 0 sample
-and shrinks every A > 0 one; that version collapsed InvertedPendulum from 1000 to ~20,
-see docs/robust-training.md.)
+clean ratio pi(a|s) / pi_old(a|s) and its gradient flows through log pi(a|s_adv), so the
+adversary chooses where the gradient is taken but cannot rescale it (with the coupled ratio
+pi(a|s_adv) / pi_old(a|s) it inflates every A < 0 sample's weight and shrinks every A > 0
+one). On InvertedPendulum both forms train alike: they keep 1000 at train eps 0.1 and both
+collapse at 0.5 (docs/robust-training.md, "CAR-PPO at eps 0.5").
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ def adversarial_surrogate(logp_adv: Tensor, logp: Tensor, old_logp: Tensor, adv:
     its value (and so the clip) is the clean ratio r, its gradient is r * grad log pi(a|s_adv).
     With the coupled ratio pi(a|s_adv) / pi_old(a|s) the adversary scales each sample's
     gradient: it drives the ratio up for A < 0 (weight >> 1, and the pessimistic branch never
-    clips it) and down for A > 0 (weight << 1), so the update is dominated by "move away
-    from the actions taken" and the policy collapses.
+    clips it) and down for A > 0 (weight << 1), biasing the update towards "move away from
+    the actions taken". Here the trust region is PPO's own, measured on clean states.
     """
     ratio = (logp - old_logp).detach().exp() * (logp_adv - logp_adv.detach()).exp()
     return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
