@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robust_dqn import bootstrap_ci, iqm  # noqa: E402
+from _sweep import bootstrap_ci, iqm, run_pool, train_or_resume  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # eval eps 0.5: MAD at 0.1 / 0.2 / 0.3 leaves a 50k-step vanilla agent at 1000, 0.5 -> 208.
@@ -53,7 +52,6 @@ def run_one(task: dict) -> dict:
     torch.set_num_threads(1)
     from certrl.agent import load
     from certrl.attacks import make_attack
-    from certrl.cli import main
     from certrl.evaluate import evaluate
 
     env, method, seed, rdir = task["env"], task["method"], task["seed"], Path(task["dir"])
@@ -62,14 +60,7 @@ def run_one(task: dict) -> dict:
         return json.loads(res.read_text())
     tdir = rdir / "train"
     argv = train_argv(env, method, seed, tdir, task["steps"])
-    if not (tdir / "agent.pt").exists():
-        if (tdir / "checkpoints" / "latest.pt").exists():
-            rc = main(["train", "--out", str(tdir), "--resume", "--no-progress"])
-        else:
-            rc = main([*argv, "--no-progress"])
-        if rc != 0:
-            raise RuntimeError(f"training failed: {argv}")
-    summary = [json.loads(x) for x in (tdir / "train.jsonl").read_text().splitlines()][-1]
+    summary = train_or_resume(tdir, argv)
     agent = load(tdir)
     eps, n = ENVS[env]["eval_eps"], task["episodes"]
     row = {"env": env, "method": method, "label": METHODS[method][0], "seed": seed,
@@ -158,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     tasks.append({"env": env, "method": m, "seed": seed, "dir": str(d),
                                   "steps": args.steps or ENVS[env]["steps"],
                                   "episodes": args.episodes})
-        todo = [t for t in tasks if not (Path(t["dir"]) / "result.json").exists()]
-        print(f"{len(tasks)} runs, {len(todo)} to go", flush=True)
-        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-            for _ in pool.imap_unordered(run_one, todo):
-                render(out)
+        run_pool(run_one, tasks, args.workers, lambda: render(out))
     render(out, None if args.render_only else time.perf_counter() - t0, args.workers)
     return 0
 

@@ -1,0 +1,63 @@
+"""What the robust-training sweeps share: train-or-resume one run through the CLI, run a
+pool of runs, and the statistics of the tables (IQM, percentile-bootstrap CI over seeds)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def train_or_resume(tdir: Path, argv: list[str]) -> dict:
+    """Train ``certrl <argv>`` into ``tdir`` (resume from its checkpoint if one is there; skip
+    if ``agent.pt`` exists); return the run's last train.jsonl record (the summary)."""
+    from certrl.cli import main
+
+    if not (tdir / "agent.pt").exists():
+        if (tdir / "checkpoints" / "latest.pt").exists():
+            rc = main(["train", "--out", str(tdir), "--resume", "--no-progress"])
+        else:
+            rc = main([*argv, "--no-progress"])
+        if rc != 0:
+            raise RuntimeError(f"training failed: {argv}")
+    return json.loads((tdir / "train.jsonl").read_text().splitlines()[-1])
+
+
+def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
+             after_each: Callable[[], None]) -> None:
+    """Run ``fn`` on the tasks without a result.json, ``workers`` processes (1 torch thread
+    each, a fresh process per task); ``after_each`` runs after every finished task."""
+    todo = [t for t in tasks if not (Path(t["dir"]) / "result.json").exists()]
+    print(f"{len(tasks)} runs, {len(tasks) - len(todo)} done, {len(todo)} to go, "
+          f"{workers} workers", flush=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            for _ in pool.imap_unordered(fn, todo):
+                after_each()
+    else:
+        for t in todo:
+            fn(t)
+            after_each()
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean: mean of the middle 50% (scipy's trim_mean with 0.25)."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(np.asarray(x, dtype=float), 0.25))
+
+
+def bootstrap_ci(x, stat=iqm, n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI of ``stat`` over seeds (resampled with replacement)."""
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    if len(x) < 2:
+        return float(x[0]), float(x[0])
+    stats = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)]
+    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
