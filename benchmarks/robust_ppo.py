@@ -1,7 +1,7 @@
 """Robust PPO check: vanilla vs SA-PPO vs CAR-PPO on InvertedPendulum-v5; Natural / MAD /
 random-noise returns; IQM and 95% bootstrap CIs over seeds.
 
-    .venv/bin/python benchmarks/robust_ppo.py --seeds 0 1 2 --workers 2
+    .venv/bin/python benchmarks/robust_ppo.py --seeds 0 1 2 3 4 --workers 2
 
 Runs train through ``certrl train`` into OUT/<env>/<method>/seed<k>/train (resumable: runs
 with result.json are skipped) and are evaluated with deterministic actions (the mean) on
@@ -130,7 +130,7 @@ def render(out: Path, wall: float | None = None, workers: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--episodes", type=int, default=10)
