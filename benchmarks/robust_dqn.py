@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sweep import bootstrap_ci, iqm, run_pool, train_or_resume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -93,7 +94,6 @@ def run_one(task: dict) -> dict:
     torch.set_num_threads(1)
     from certrl.agent import load
     from certrl.attacks import make_attack
-    from certrl.cli import main
     from certrl.envs import make_env
 
     env, method, seed, rdir = task["env"], task["method"], task["seed"], Path(task["dir"])
@@ -103,14 +103,7 @@ def run_one(task: dict) -> dict:
     tdir = rdir / "train"
     argv = train_argv(env, method, seed, tdir, task["steps"])
     t0 = time.perf_counter()
-    if not (tdir / "agent.pt").exists():
-        if (tdir / "checkpoints" / "latest.pt").exists():
-            rc = main(["train", "--out", str(tdir), "--resume", "--no-progress"])
-        else:
-            rc = main([*argv, "--no-progress"])
-        if rc != 0:
-            raise RuntimeError(f"training failed: {argv}")
-    summary = [json.loads(line) for line in (tdir / "train.jsonl").read_text().splitlines()][-1]
+    summary = train_or_resume(tdir, argv)
     agent = load(tdir)
     spec = ENVS[env]
     n = task["episodes"]
@@ -155,24 +148,6 @@ def run_one(task: dict) -> dict:
 
 
 # ------------------------------------------------------------------ statistics
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean: mean of the middle 50% (scipy's trim_mean with 0.25)."""
-    from scipy.stats import trim_mean
-
-    return float(trim_mean(np.asarray(x, dtype=float), 0.25))
-
-
-def bootstrap_ci(x, stat=iqm, n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) CI of ``stat`` over seeds (resampled with replacement)."""
-    x = np.asarray(x, dtype=float)
-    rng = np.random.default_rng(seed)
-    if len(x) < 2:
-        return float(x[0]), float(x[0])
-    stats = [stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)]
-    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
-
-
 def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
     """Markdown / LaTeX / CSV tables from OUT/**/result.json."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/seed*/result.json"))]
@@ -351,18 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                     tasks.append({"env": env, "method": m, "seed": seed, "dir": str(d),
                                   "steps": args.steps or ENVS[env]["steps"],
                                   "episodes": args.episodes})
-        todo = [t for t in tasks if not (Path(t["dir"]) / "result.json").exists()]
-        print(f"{len(tasks)} runs, {len(tasks) - len(todo)} done, {len(todo)} to go, "
-              f"{args.workers} workers", flush=True)
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        if args.workers > 1:
-            with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-                for _ in pool.imap_unordered(run_one, todo):
-                    render(out, args.envs)
-        else:
-            for t in todo:
-                run_one(t)
-                render(out, args.envs)
+        run_pool(run_one, tasks, args.workers, lambda: render(out, args.envs))
     render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
     return 0
 
