@@ -64,7 +64,8 @@ def run(name: str) -> dict:
             rr = [e["return"] for e in algo.episodes if s - 5000 < e["step"] <= s]
             eps_curve.append(round(sum(rr) / max(1, len(rr))))
         row = {"name": name, "natural": nat, "mad0.5": mad, "train_curve": eps_curve,
-               "log_std": float(ag.nets["policy"].log_std.mean()), "wall": time.time() - t0,
+               "log_std": float(ag.nets["policy"].log_std.detach().mean()),
+               "wall": time.time() - t0,
                "logs": {k: round(float(v), 4) for k, v in algo.logs.items()}}
     except Exception as e:  # noqa: BLE001 - report and go on with the other variants
         row = {"name": name, "error": repr(e)}
