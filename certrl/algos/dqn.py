@@ -73,7 +73,7 @@ class DQNConfig:
     def for_env(cls, env_id: str, **overrides) -> DQNConfig:
         """Env defaults (``CLASSIC_DEFAULTS``; Atari: Nature-DQN settings) plus overrides."""
         base: dict = {"env_id": env_id}
-        base.update(CLASSIC_DEFAULTS.get(env_id.split("/")[-1], {}))
+        base.update(CLASSIC_DEFAULTS.get(env_id, {}))
         if env_family(env_id) == "atari":
             base.update(lr=1e-4, buffer_size=100_000, batch_size=32, learning_starts=20_000,
                         train_freq=4, target_update_interval=1_000, eps_end=0.01,
