@@ -11,6 +11,7 @@ from pathlib import Path
 
 from certrl.agent import Agent
 from certrl.envs import env_version
+from certrl.identity import agent_identity
 from certrl.io import _umask, library_versions
 
 
@@ -54,9 +55,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def agent_fields(agent: Agent, checkpoint: str | None = None) -> dict:
-    """The fields every result row about ``agent`` carries."""
+    """The fields every result row about ``agent`` carries.
+
+    ``agent_id`` is the sha256 identity (``certrl.identity.agent_identity``);
+    ``agent_label`` (and the older ``checkpoint``) is the path or shipped name the
+    user gave, a label only; ``run_group`` is the training run's group (a hash of
+    its config without the seed) or None.
+    """
     tm = agent.threat_model
     return {
+        "agent_id": agent_identity(agent), "agent_label": checkpoint,
+        "run_group": (agent.metadata or {}).get("run_group"),
         "env_id": agent.env_id, "env_version": env_version(agent.env_id),
         "algo": agent.algo, "loss": agent.loss_name, "seed": agent.seed,
         "norm": tm.to_dict()["norm"], "eps_space": tm.space,
