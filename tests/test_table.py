@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,14 +19,24 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("CERTRL_UPDATE_GOLDEN") == "1"
 
 
+def _hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def synthetic_rows() -> list[dict]:
-    """A fixed small set of evaluate / attack / certify rows (two envs, 1 and 3 seeds)."""
+    """A fixed small set of evaluate / attack / certify rows.
+
+    Two envs: Pong has one agent (one truncated episode); CartPole has two run groups
+    of 3 seeds each (smoothing results for 2 of the 3 car seeds only).
+    """
     rows = []
     base_cp = {"env_id": "CartPole-v1", "env_version": "v1", "norm": "inf",
                "eps_space": "raw observation"}
     for loss, seeds, shift in (("vanilla", (0, 1, 2), 0.0), ("car", (0, 1, 2), 0.2)):
         for seed in seeds:
-            a = {**base_cp, "algo": "dqn", "loss": loss, "seed": seed}
+            a = {**base_cp, "algo": "dqn", "loss": loss, "seed": seed,
+                 "agent_id": _hex(f"{loss}{seed}"), "agent_label": f"runs/{loss}-s{seed}",
+                 "run_group": _hex(loss)[:16]}
             for ep in range(3):
                 ret = 500.0 - 10 * ep - 5 * seed
                 rows.append({**a, "record": "episode", "attack": "none", "eps": 0.0,
@@ -36,6 +47,8 @@ def synthetic_rows() -> list[dict]:
                                  "return": ret * (1 - eps * (10 - 40 * shift)) - seed})
                     for m, kind in (("ibp", "sound"), ("crown", "sound"),
                                     ("smoothing", "probabilistic")):
+                        if m == "smoothing" and (loss, seed) == ("car", 2):
+                            continue
                         frac = min(1.0, 0.9 - 8 * eps + shift + 0.01 * ep - 0.02 * seed
                                    - (0.3 if m == "ibp" else 0.0))
                         r = {**a, "record": "episode", "source": "certify", "method": m,
@@ -47,10 +60,18 @@ def synthetic_rows() -> list[dict]:
                             r.update(n=1000, alpha=0.001, sigma=0.1)
                         rows.append(r)
     at = {"env_id": "ALE/Pong-v5", "env_version": "v5", "norm": "inf",
-          "eps_space": "[0,1]-scaled pixels", "algo": "dqn", "loss": "sa-dqn", "seed": 0}
-    for ep in range(2):
+          "eps_space": "[0,1]-scaled pixels", "algo": "dqn", "loss": "sa-dqn", "seed": 0,
+          "agent_id": _hex("pong"), "agent_label": "pong-dqn-sa", "run_group": None}
+    for ep in range(3):
+        cut = {"truncated": ep == 2}
         rows.append({**at, "record": "episode", "attack": "none", "eps": 0.0, "episode": ep,
-                     "episode_seed": ep, "return": 21.0 - ep})
+                     "episode_seed": ep, "return": 0.0 if ep == 2 else 21.0 - ep, **cut})
+        if ep == 2:
+            rows.append({**at, "record": "episode", "source": "certify", "method": "crown",
+                         "eps": 1 / 255, "episode": ep, "episode_seed": ep, **cut,
+                         "certificate_kind": "sound", "return": 0.0, "steps": 50,
+                         "certified_steps": 25, "certified_fraction": 0.5})
+            continue
         rows.append({**at, "record": "episode", "attack": "pgd", "eps": 1 / 255, "episode": ep,
                      "episode_seed": ep, "return": 19.0 + ep})
         rows.append({**at, "record": "episode", "source": "certify", "method": "crown",
@@ -84,12 +105,17 @@ def test_table_model_aggregation():
     pong, cp = tables
     assert "3/255" not in render([pong], "md") and "1/255" in render([pong], "md")
     assert "[0,1]-scaled pixels" in pong.caption() and "v5" in pong.caption()
-    # one seed: mean +- std over episodes
+    # one agent: mean +- std over its complete episodes (the truncated one is excluded)
     row = pong.rows[0]
     nat = [c for c in pong.columns if c.group == "natural"][0]
+    assert row.kind == "agent" and row.label.startswith("pong-dqn-sa #")
     assert row.cells[nat].center == pytest.approx(20.5) and row.cells[nat].spread == 0.5
-    # three seeds: IQM over seed means and a bootstrap CI around it
-    assert [r.label for r in cp.rows] == ["DQN (car)", "DQN (vanilla)"]
+    assert row.cells[nat].n_truncated == 1 and row.cells[nat].n_episodes == 2
+    # a run group of three seeds: IQM over seed means and a bootstrap CI around it
+    assert [r.kind for r in cp.rows] == ["group", "group"]
+    assert "DQN, car; 3 seeds" in cp.rows[0].label
+    assert "DQN, vanilla; 3 seeds" in cp.rows[1].label
+    assert [r.seeds for r in cp.rows] == [[0, 1, 2], [0, 1, 2]]
     cell = cp.rows[1].cells[nat]
     means = [490 - 5 * s for s in (0, 1, 2)]
     assert cell.n_seeds == 3 and cell.center == pytest.approx(np.mean(means))

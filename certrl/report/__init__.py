@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from certrl.report.grouping import GroupSpec, parse_group
 from certrl.report.model import AgentRow, Cell, Column, Table, bootstrap_ci, build_tables
 from certrl.report.render import FORMATS, render, to_csv, to_latex, to_markdown
 
@@ -34,5 +35,6 @@ def load_rows(paths: list[str | os.PathLike]) -> list[dict]:
     return rows
 
 
-__all__ = ["AgentRow", "Cell", "Column", "FORMATS", "Table", "bootstrap_ci", "build_tables",
-           "load_rows", "render", "to_csv", "to_latex", "to_markdown"]
+__all__ = ["AgentRow", "Cell", "Column", "FORMATS", "GroupSpec", "Table", "bootstrap_ci",
+           "build_tables", "load_rows", "parse_group", "render", "to_csv", "to_latex",
+           "to_markdown"]

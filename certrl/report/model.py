@@ -1,20 +1,25 @@
 """Result rows -> table model (one verification table per environment).
 
 Rows come from ``certrl evaluate`` / ``certrl attack`` / ``certrl certify``
-JSON lines (``record == "episode"``, plus certify's ``trajectory_bound``).
-Table rows are agents (env, algorithm, loss); columns, in the papers' order:
+JSON lines (``record == "episode"``, plus certify's ``trajectory_bound``);
+``certrl train`` logs (episode rows without an ``attack`` field) are never
+tabulated. Table rows are agent identities or declared seed groups (see
+``certrl.report.grouping``). Columns, keyed by (kind, method, norm, eps, eps
+space), in the papers' order:
 
 * Natural: the episode return without attack (evaluate rows; otherwise the
   nominal return of certify's episodes);
-* <ATTACK>@eps: attacked return (attack rows), e.g. PGD@0.01;
-* ACR@eps per certification method: certified fraction of the episode's steps;
-* GWC@eps (heuristic, never a certificate) and PS@eps (policy-smoothing
-  certified expected return, probabilistic) when present.
+* <ATTACK> l_p @eps: attacked return (attack rows), e.g. PGD l_inf @0.01;
+* ACR per certification method: certified fraction of the episode's steps;
+* GWC (heuristic, never a certificate) and PS (policy-smoothing certified
+  expected return, probabilistic) when present.
 
-Each cell aggregates per-episode values: with one training seed, mean +- std
-(ddof 0) over episodes; with several seeds, the IQM (interquartile mean,
-``scipy.stats.trim_mean(., 0.25)``) of the per-seed means and a 95% percentile
-bootstrap CI over seeds (seeded numpy resampling, so tables are reproducible).
+Aggregation is uniform within a table row: an agent row shows mean +- std
+(ddof 0) over its episodes; a group row shows the IQM (``trim_mean(., 0.25)``)
+of the per-seed means with a 95% percentile bootstrap CI over seeds (seeded,
+so tables are reproducible). Episodes with ``truncated: true`` (cut by
+``--max-steps``) are excluded from return cells and counted; ACR cells keep
+them and count them.
 """
 
 from __future__ import annotations
@@ -25,64 +30,97 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import trim_mean
 
+from certrl.report.grouping import (
+    GroupSpec,
+    Identity,
+    RowSpec,
+    assign_rows,
+    identity_of,
+    merge_identity,
+    row_label,
+)
+
 METHOD_ORDER = ("ibp", "crown-ibp", "crown", "alpha-crown", "lipschitz", "exact", "smoothing")
 METHOD_LABEL = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN",
                 "alpha-crown": "alpha-CROWN", "lipschitz": "Lipschitz", "exact": "MILP",
                 "smoothing": "smoothing", "gwc": "GWC", "policy-smoothing": "PS"}
 GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "gwc": 3, "ps": 4}
+NORM_ORDER = {"inf": 0, "2": 1, "1": 2}
+RETURN_GROUPS = ("natural", "attack", "gwc")  # truncated episodes excluded here
 N_BOOT = 2000
 
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: its group (natural / attack / acr / gwc / ps), name and eps."""
+    """One table column: kind (natural / attack / acr / gwc / ps), name, eps, norm, space."""
 
     group: str
     name: str  # attack name or method ("" for natural)
     eps: float | None
+    norm: str | None = None  # "inf", "2", "1" (None for natural)
+    eps_space: str | None = None
 
     def sort_key(self) -> tuple:
         m = METHOD_ORDER.index(self.name) if self.name in METHOD_ORDER else 99
-        return (GROUP_ORDER[self.group], m, self.name, -1.0 if self.eps is None else self.eps)
+        return (GROUP_ORDER[self.group], m, self.name, NORM_ORDER.get(self.norm or "", 9),
+                self.norm or "", self.eps_space or "", -1.0 if self.eps is None else self.eps)
 
     @property
     def is_fraction(self) -> bool:
         return self.group == "acr"
 
+    @property
+    def is_return(self) -> bool:
+        return self.group in RETURN_GROUPS
+
 
 @dataclass
 class Cell:
-    """Aggregate of one (agent, column): values per seed, each a list over episodes."""
+    """Aggregate of one (table row, column): values per seed, each a list over episodes."""
 
     per_seed: dict[int, list[float]]
-    center: float = math.nan  # mean (one seed) or IQM (several)
-    spread: float = math.nan  # std over episodes (one seed)
-    ci: tuple[float, float] | None = None  # 95% bootstrap CI over seeds
+    center: float = math.nan  # mean (agent row) or IQM (group row)
+    spread: float = math.nan  # std over episodes (agent row)
+    ci: tuple[float, float] | None = None  # 95% bootstrap CI over seeds (group row)
     n_episodes: int = 0
     best: bool = False
+    n_truncated: int = 0  # truncated episodes: excluded (returns) or kept (ACR)
+    n_group: int = 1  # seeds in the row's group
 
     @property
     def n_seeds(self) -> int:
         return len(self.per_seed)
 
+    @property
+    def partial(self) -> bool:
+        """A group cell with results for fewer seeds than the group has."""
+        return self.n_group > 1 and self.n_seeds < self.n_group
+
+    @property
+    def empty(self) -> bool:
+        return not math.isfinite(self.center)
+
 
 @dataclass
 class AgentRow:
+    """One table row: an agent identity or a group of seeds."""
+
     env_id: str
     algo: str
     loss: str
     cells: dict[Column, Cell] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.algo.upper()} ({self.loss})"
+    label: str = ""
+    kind: str = "agent"  # "agent": mean +- std over episodes; "group": IQM over seeds
+    source: str = "agent"  # "agent", "legacy", "run_group" or "group"
+    members: list[Identity] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
-        s = set()
-        for c in self.cells.values():
-            s |= set(c.per_seed)
-        return sorted(s)
+        return sorted({i.seed for i in self.members})
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return [i.key for i in self.members if not i.legacy]
 
 
 @dataclass
@@ -91,60 +129,134 @@ class Table:
 
     env_id: str
     env_version: str
-    eps_space: str
-    norm: str
     columns: list[Column]
     rows: list[AgentRow]
     kinds: dict[str, str]  # method -> certificate kind
     details: dict[str, str]  # method -> settings in words (smoothing n, alpha, sigma ...)
 
+    @property
+    def norms(self) -> list[str]:
+        return sorted({c.norm for c in self.columns if c.norm}, key=lambda n: NORM_ORDER.get(n, 9))
+
+    @property
+    def spaces(self) -> list[str]:
+        return sorted({c.eps_space for c in self.columns if c.eps_space})
+
     def caption(self) -> str:
-        methods = [c.name for c in self.columns if c.group == "acr"]
-        meth = []
-        for m in dict.fromkeys(methods):
-            bits = f"{METHOD_LABEL.get(m, m)} ({self.kinds.get(m, '?')}"
-            if self.details.get(m):
-                bits += f"; {self.details[m]}"
-            meth.append(bits + ")")
-        seeds = max((len(r.seeds) for r in self.rows), default=1)
-        agg = ("IQM over seeds with 95% bootstrap CI" if seeds > 1
-               else "mean +- std over episodes")
         parts = [f"Verification results on {self.env_id} (env version {self.env_version})",
-                 f"l_{self.norm} perturbations, eps measured in {self.eps_space}"]
+                 self._threat_words()]
+        meth = self._method_words()
         if meth:
             parts.append("ACR = certified steps / steps, certified by " + ", ".join(meth))
         if any(c.group == "attack" for c in self.columns):
-            parts.append("attacked returns per attack and eps")
+            parts.append("attacked returns per attack, norm and eps")
         if any(c.group == "gwc" for c in self.columns):
             parts.append("GWC is a heuristic (greedy worst case), not a certificate")
         if any(c.group == "ps" for c in self.columns):
             parts.append("PS = policy-smoothing certified expected return (probabilistic)")
-        parts.append(agg)
+        parts += self._aggregation_words()
         return "; ".join(parts) + "."
 
+    def _threat_words(self) -> str:
+        norms, spaces = self.norms, self.spaces
+        if len(norms) == 1:
+            words = f"l_{norms[0]} perturbations"
+        elif norms:
+            words = "norm per column (" + ", ".join(f"l_{n}" for n in norms) + ")"
+        else:
+            words = "norm not recorded"
+        if len(spaces) == 1:
+            return f"{words}, eps measured in {spaces[0]}"
+        if spaces:
+            return f"{words}, eps space per column ({', '.join(spaces)})"
+        return words
 
+    def _method_words(self) -> list[str]:
+        meth = []
+        for m in dict.fromkeys(c.name for c in self.columns if c.group == "acr"):
+            bits = f"{METHOD_LABEL.get(m, m)} ({self.kinds.get(m, '?')}"
+            if self.details.get(m):
+                bits += f"; {self.details[m]}"
+            meth.append(bits + ")")
+        return meth
+
+    def _aggregation_words(self) -> list[str]:
+        kinds = {r.kind for r in self.rows}
+        words = []
+        if "agent" in kinds:
+            words.append("an agent row (label #agent-id prefix) is one agent: mean +- std "
+                         "over its episodes")
+        if "group" in kinds:
+            words.append("a group row (k seeds) is a seed group: IQM of the per-seed means "
+                         "with 95% bootstrap CI over seeds")
+        if kinds == {"agent", "group"}:
+            words.append("bold marks the best per column among rows of the same kind")
+        return words
+
+    def notes(self) -> list[str]:
+        """Footnotes for the marks that appear in this table."""
+        cells = [c for r in self.rows for c in r.cells.values()]
+        cols = [(col, cell) for r in self.rows for col, cell in r.cells.items()]
+        out = []
+        if any(cell.n_truncated and col.is_return for col, cell in cols):
+            n = sum(cell.n_truncated for col, cell in cols if col.is_return)
+            out.append(f"† k: k episodes cut short by --max-steps excluded from the cell "
+                       f"({n} in all; n/a: no complete episode)")
+        if any(cell.n_truncated and not col.is_return for col, cell in cols):
+            out.append("‡ k: k episodes cut short by --max-steps are included; their ACR "
+                       "covers only the steps played")
+        if any(c.partial for c in cells):
+            out.append("n=k/m: only k of the group's m seeds have results in this cell")
+        if any(r.source == "legacy" for r in self.rows):
+            out.append("legacy: the results record no agent_id (older file); such rows are "
+                       "keyed by checkpoint and seed, so different weights saved at the same "
+                       "path cannot be told apart")
+        return out
+
+
+# ----------------------------------------------------------------- rows -> values
 def _column_of(r: dict) -> tuple[Column, float] | None:
     """The column and value a result row contributes, or None."""
     rec = r.get("record")
+    norm, space = _norm_name(r.get("norm")), r.get("eps_space") or None
     if r.get("source") == "certify":
         m = r.get("method")
         if rec == "trajectory_bound":
-            return Column("ps", m, float(r["eps"])), float(r["certified_return"])
+            return Column("ps", m, float(r["eps"]), norm, space), float(r["certified_return"])
         if rec != "episode":
             return None
         if m == "gwc":
-            return Column("gwc", m, float(r["eps"])), float(r["gwc_return"])
+            return Column("gwc", m, float(r["eps"]), norm, space), float(r["gwc_return"])
         if r.get("certified_fraction") is None:
             return None
-        return Column("acr", m, float(r["eps"])), float(r["certified_fraction"])
-    if rec != "episode" or "return" not in r:
-        return None
+        return Column("acr", m, float(r["eps"]), norm, space), float(r["certified_fraction"])
+    if rec != "episode" or "return" not in r or "attack" not in r:
+        return None  # summaries, and certrl train's logs (no attack field)
     attack = r.get("attack")
     if attack in (None, "none") or not float(r.get("eps") or 0.0):
         return Column("natural", "", None), float(r["return"])
-    return Column("attack", str(attack), float(r["eps"])), float(r["return"])
+    return Column("attack", str(attack), float(r["eps"]), norm, space), float(r["return"])
 
 
+def _norm_name(v) -> str | None:
+    """'inf' / 'linf' / inf -> 'inf'; 2 / '2' / 'l2' -> '2'; None stays None."""
+    if v is None or v == "":
+        return None
+    s = str(v).strip().lower().replace("_", "").removeprefix("l")
+    if s in ("inf", "infinity"):
+        return "inf"
+    try:
+        f = float(s)
+    except ValueError:
+        return s
+    return "inf" if math.isinf(f) else f"{f:g}"
+
+
+def _truncated(r: dict) -> bool:
+    return r.get("truncated") is True
+
+
+# ----------------------------------------------------------------- statistics
 def _iqm(v: np.ndarray) -> float:
     return float(trim_mean(v, 0.25))
 
@@ -172,72 +284,68 @@ def bootstrap_ci(values, stat=_iqm_rows, n_boot: int = N_BOOT, level: float = 0.
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
-def build_tables(rows: list[dict]) -> list[Table]:
-    """Group result rows by env and agent (env, algo, loss) into verification tables."""
-    # (env, algo, loss) -> column -> seed -> episode key -> value (dedup, last wins)
-    data: dict[tuple, dict[Column, dict[int, dict]]] = {}
-    natural_certify: dict[tuple, dict[int, dict]] = {}
-    meta: dict[str, dict] = {}
-    kinds: dict[str, dict[str, str]] = {}
-    details: dict[str, dict[str, str]] = {}
-    for r in rows:
-        if not isinstance(r, dict) or "env_id" not in r:
-            continue
+# ----------------------------------------------------------------- collection
+Episodes = dict[tuple, tuple[float, bool]]  # (episode_seed, episode) -> (value, truncated)
+
+
+@dataclass
+class _Collected:
+    """Result rows sorted by identity and column."""
+
+    identities: dict[str, Identity] = field(default_factory=dict)
+    values: dict[str, dict[Column, Episodes]] = field(default_factory=dict)
+    nominal: dict[str, Episodes] = field(default_factory=dict)  # certify's natural returns
+    env_version: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, dict[str, str]] = field(default_factory=dict)
+    details: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def add(self, r: dict) -> None:
         col = _column_of(r)
         if col is None:
-            continue
+            return
         column, value = col
-        env = r["env_id"]
-        key = (env, str(r.get("algo", "?")), str(r.get("loss", "?")))
-        seed = int(r.get("seed", 0))
-        ep = (r.get("episode_seed"), r.get("episode"))
-        m = meta.setdefault(env, {"env_version": r.get("env_version", ""),
-                                  "eps_space": set(), "norm": set()})
-        if r.get("eps_space"):
-            m["eps_space"].add(str(r["eps_space"]))
-        if r.get("norm"):
-            m["norm"].add(str(r["norm"]))
-        data.setdefault(key, {}).setdefault(column, {}).setdefault(seed, {})[ep] = value
+        ident = identity_of(r)
+        prev = self.identities.get(ident.key)
+        self.identities[ident.key] = ident if prev is None else merge_identity(prev, ident)
+        ep, trunc = (r.get("episode_seed"), r.get("episode")), _truncated(r)
+        self.values.setdefault(ident.key, {}).setdefault(column, {})[ep] = (value, trunc)
+        self.env_version.setdefault(ident.env_id, str(r.get("env_version", "")))
         if column.group in ("acr", "gwc", "ps"):
-            kinds.setdefault(env, {})[column.name] = str(r.get("certificate_kind", "?"))
-            if column.name == "smoothing":
-                details.setdefault(env, {})["smoothing"] = (
-                    f"Cohen et al., n={r.get('n')}, alpha={r.get('alpha')}, "
-                    f"sigma={r.get('sigma')}, l2 radius vs eps*sqrt(d)")
+            self._method_info(ident.env_id, column.name, r)
         if column.group == "acr" and r.get("return") is not None:
-            natural_certify.setdefault(key, {}).setdefault(seed, {})[ep] = float(r["return"])
-    tables = []
-    for env in sorted({k[0] for k in data}):
-        keys = sorted(k for k in data if k[0] == env)
-        agent_rows = []
-        for key in keys:
-            cols = data[key]
-            nat = Column("natural", "", None)
-            if nat not in cols and key in natural_certify:
-                cols[nat] = natural_certify[key]
-            row = AgentRow(*key)
-            for column, per_seed in cols.items():
-                row.cells[column] = _aggregate({s: list(v.values()) for s, v in per_seed.items()})
-            agent_rows.append(row)
-        columns = sorted({c for r in agent_rows for c in r.cells}, key=Column.sort_key)
-        for c in columns:
-            vals = [r.cells[c].center for r in agent_rows if c in r.cells]
-            if len(vals) >= 2 and np.isfinite(vals).any():
-                best = np.nanmax(vals)
-                for r in agent_rows:
-                    if c in r.cells and math.isclose(r.cells[c].center, best, rel_tol=1e-12,
-                                                     abs_tol=1e-12):
-                        r.cells[c].best = True
-        m = meta[env]
-        tables.append(Table(env, m["env_version"], " / ".join(sorted(m["eps_space"])) or "?",
-                            " / ".join(sorted(m["norm"])) or "?", columns, agent_rows,
-                            kinds.get(env, {}), details.get(env, {})))
-    return tables
+            self.nominal.setdefault(ident.key, {})[ep] = (float(r["return"]), trunc)
+
+    def _method_info(self, env: str, method: str, r: dict) -> None:
+        self.kinds.setdefault(env, {})[method] = str(r.get("certificate_kind", "?"))
+        if method == "smoothing":
+            self.details.setdefault(env, {})["smoothing"] = (
+                f"Cohen et al., n={r.get('n')}, alpha={r.get('alpha')}, "
+                f"sigma={r.get('sigma')}, l2 radius vs eps*sqrt(d)")
+
+    def columns_of(self, ident: Identity) -> dict[Column, Episodes]:
+        """The identity's columns; Natural falls back to certify's nominal returns."""
+        cols = dict(self.values.get(ident.key, {}))
+        nat = Column("natural", "", None)
+        if nat not in cols and ident.key in self.nominal:
+            cols[nat] = self.nominal[ident.key]
+        return cols
 
 
-def _aggregate(per_seed: dict[int, list[float]]) -> Cell:
-    cell = Cell(per_seed=per_seed, n_episodes=sum(len(v) for v in per_seed.values()))
-    if len(per_seed) == 1:
+# ----------------------------------------------------------------- aggregation
+def _cell(column: Column, per_member: dict[Identity, Episodes], n_group: int,
+          kind: str) -> Cell:
+    """Aggregate one column of one table row (truncation rules per column kind)."""
+    per_seed, n_trunc, n_eps = {}, 0, 0
+    for ident, eps in per_member.items():
+        kept = [v for v, t in eps.values() if not (t and column.is_return)]
+        n_trunc += sum(t for _, t in eps.values())
+        n_eps += len(kept)
+        if kept:
+            per_seed[ident.seed] = kept
+    cell = Cell(per_seed=per_seed, n_episodes=n_eps, n_truncated=n_trunc, n_group=n_group)
+    if not per_seed:
+        return cell
+    if kind == "agent":
         v = np.asarray(next(iter(per_seed.values())), dtype=np.float64)
         cell.center, cell.spread = float(v.mean()), float(v.std())
     else:
@@ -245,3 +353,53 @@ def _aggregate(per_seed: dict[int, list[float]]) -> Cell:
         cell.center = _iqm(means)
         cell.ci = bootstrap_ci(means)
     return cell
+
+
+def _table_row(spec: RowSpec, data: _Collected) -> AgentRow:
+    first = spec.members[0]
+    row = AgentRow(first.env_id, first.algo, first.loss, label=row_label(spec),
+                   kind=spec.kind, source=spec.source, members=list(spec.members))
+    per_col: dict[Column, dict[Identity, Episodes]] = {}
+    for ident in spec.members:
+        for column, eps in data.columns_of(ident).items():
+            per_col.setdefault(column, {})[ident] = eps
+    for column, per_member in per_col.items():
+        row.cells[column] = _cell(column, per_member, len(spec.members), spec.kind)
+    return row
+
+
+def _mark_best(rows: list[AgentRow], columns: list[Column]) -> None:
+    """Bold the best cell per column among rows of the same kind (comparable cells)."""
+    for c in columns:
+        for kind in ("agent", "group"):
+            cells = [r.cells[c] for r in rows
+                     if r.kind == kind and c in r.cells and not r.cells[c].empty]
+            if len(cells) < 2:
+                continue
+            best = max(x.center for x in cells)
+            for x in cells:
+                x.best = math.isclose(x.center, best, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def build_tables(rows: list[dict], groups: list[GroupSpec] = (),
+                 by_agent: bool = False) -> list[Table]:
+    """Result rows -> one verification table per env.
+
+    ``groups``: declared seed groups; ``by_agent``: one row per agent identity even
+    when agents share a ``run_group``. ValueError for an inconsistent group.
+    """
+    data = _Collected()
+    for r in rows:
+        if isinstance(r, dict) and "env_id" in r:
+            data.add(r)
+    owner = assign_rows(list(data.identities.values()), groups, by_agent)
+    specs = list({id(s): s for s in owner.values()}.values())
+    tables = []
+    for env in sorted({s.members[0].env_id for s in specs}):
+        agent_rows = [_table_row(s, data) for s in specs if s.members[0].env_id == env]
+        agent_rows.sort(key=lambda r: (r.algo, r.loss, r.kind, r.label))
+        columns = sorted({c for r in agent_rows for c in r.cells}, key=Column.sort_key)
+        _mark_best(agent_rows, columns)
+        tables.append(Table(env, data.env_version.get(env, ""), columns, agent_rows,
+                            data.kinds.get(env, {}), data.details.get(env, {})))
+    return tables

@@ -1,0 +1,274 @@
+"""certrl table keys rows by agent identity or declared seed group, columns by norm and
+eps space, and never tabulates truncated episodes as complete (issue 9)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+
+import pytest
+
+from certrl.cli import main
+from certrl.report import build_tables, parse_group, render
+
+
+def _hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def agent(name: str, seed: int = 0, loss: str = "vanilla", run_group: str | None = None,
+          env: str = "CartPole-v1", norm: str = "inf", space: str = "raw observation",
+          legacy: bool = False) -> dict:
+    """The fields every result row of one agent carries."""
+    a = {"env_id": env, "env_version": env.rsplit("-", 1)[-1], "algo": "dqn", "loss": loss,
+         "seed": seed, "norm": norm, "eps_space": space, "checkpoint": name}
+    if not legacy:
+        a.update(agent_id=_hex(name), agent_label=name, run_group=run_group)
+    return a
+
+
+def natural(a: dict, returns, truncated=()) -> list[dict]:
+    return [{**a, "record": "episode", "attack": "none", "eps": 0.0, "episode": i,
+             "episode_seed": i, "return": float(r), "truncated": i in truncated}
+            for i, r in enumerate(returns)]
+
+
+def attacked(a: dict, eps: float, returns, norm: str | None = None,
+             truncated=()) -> list[dict]:
+    n = {"norm": norm} if norm else {}
+    return [{**a, **n, "record": "episode", "attack": "pgd", "eps": eps, "episode": i,
+             "episode_seed": i, "return": float(r), "truncated": i in truncated}
+            for i, r in enumerate(returns)]
+
+
+def acr(a: dict, eps: float, fractions, truncated=(), method: str = "crown") -> list[dict]:
+    return [{**a, "record": "episode", "source": "certify", "method": method, "eps": eps,
+             "episode": i, "episode_seed": i, "certificate_kind": "sound", "return": 100.0,
+             "steps": 100, "certified_fraction": float(f), "truncated": i in truncated}
+            for i, f in enumerate(fractions)]
+
+
+def write(tmp_path, rows, name="r.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def only(tables):
+    assert len(tables) == 1
+    return tables[0]
+
+
+# ------------------------------------------------------------------ rows = identities
+def test_two_agents_with_same_env_algo_loss_are_two_rows():
+    mine, shipped = agent("runs/mine.pt", seed=0), agent("cartpole-dqn-vanilla", seed=1)
+    t = only(build_tables(natural(mine, [100, 110]) + natural(shipped, [500, 500])))
+    assert len(t.rows) == 2 and {r.kind for r in t.rows} == {"agent"}
+    labels = sorted(r.label for r in t.rows)
+    assert labels[0].startswith("cartpole-dqn-vanilla #" + _hex("cartpole-dqn-vanilla")[:8])
+    assert labels[1].startswith("runs/mine.pt #" + _hex("runs/mine.pt")[:8])
+    assert all("(DQN, vanilla)" in s for s in labels)
+    nat = t.columns[0]
+    by_label = {r.label.split(" #")[0]: r.cells[nat] for r in t.rows}
+    assert by_label["runs/mine.pt"].center == 105 and by_label["runs/mine.pt"].spread == 5
+    assert by_label["cartpole-dqn-vanilla"].center == 500
+
+
+def test_run_group_merges_seeds_and_aggregation_is_uniform():
+    """A group row is IQM [CI] in every cell, even one only some seeds have (marked)."""
+    seeds = [agent(f"runs/s{s}", seed=s, run_group="cfg1") for s in range(3)]
+    rows = [r for s, a in enumerate(seeds) for r in natural(a, [400 + 10 * s, 410 + 10 * s])]
+    rows += attacked(seeds[0], 0.05, [300, 310])  # only seed 0 was attacked
+    t = only(build_tables(rows))
+    (row,) = t.rows
+    assert row.kind == "group" and row.seeds == [0, 1, 2] and "3 seeds" in row.label
+    nat, pgd = t.columns
+    assert row.cells[nat].ci is not None and row.cells[nat].n_seeds == 3
+    assert row.cells[pgd].ci == (305.0, 305.0) and math.isnan(row.cells[pgd].spread)
+    assert row.cells[pgd].partial
+    md = render([t], "md")
+    assert "305.0 [305.0, 305.0] n=1/3" in md and "±" not in md.split("\n\n")[1]
+    assert "IQM" in t.caption() and "mean +- std" not in t.caption()
+
+
+def test_caption_names_both_row_kinds_when_present():
+    g = [agent(f"runs/s{s}", seed=s, run_group="cfg1") for s in range(2)]
+    rows = natural(g[0], [1, 2]) + natural(g[1], [3, 4]) + natural(agent("other"), [5, 6])
+    t = only(build_tables(rows))
+    assert sorted(r.kind for r in t.rows) == ["agent", "group"]
+    cap = t.caption()
+    assert "mean +- std over its episodes" in cap and "IQM of the per-seed means" in cap
+
+
+def test_no_run_group_no_merge_and_by_agent_splits_run_groups():
+    rows = natural(agent("a", seed=0), [1]) + natural(agent("b", seed=1), [2])
+    assert len(only(build_tables(rows)).rows) == 2
+    grouped = natural(agent("a", 0, run_group="g"), [1]) + natural(agent("b", 1, run_group="g"),
+                                                                    [2])
+    assert len(only(build_tables(grouped)).rows) == 1
+    assert len(only(build_tables(grouped, by_agent=True)).rows) == 2
+
+
+def test_declared_group_by_label_and_id_prefix():
+    rows = (natural(agent("runs/a", 0), [1, 1]) + natural(agent("runs/b", 1), [3, 3])
+            + natural(agent("runs/c", 2), [9, 9]))
+    g = parse_group(f"mine=runs/a,{_hex('runs/b')[:6]}")
+    t = only(build_tables(rows, groups=[g]))
+    kinds = {r.label: r.kind for r in t.rows}
+    assert kinds == {"mine (DQN, vanilla; 2 seeds)": "group",
+                     f"runs/c #{_hex('runs/c')[:8]} (DQN, vanilla)": "agent"}
+
+
+def test_same_seed_twice_in_a_group_is_refused():
+    twin = natural(agent("runs/a", 0, run_group="g"), [1]) + \
+        natural(agent("runs/a-perturbed", 0, run_group="g"), [2])
+    with pytest.raises(ValueError, match="two different agents with seed 0.*--by-agent"):
+        build_tables(twin)
+    assert len(only(build_tables(twin, by_agent=True)).rows) == 2
+    plain = natural(agent("runs/a", 0), [1]) + natural(agent("runs/b", 0), [2])
+    with pytest.raises(ValueError, match="group 'x' holds two different agents with seed 0"):
+        build_tables(plain, groups=[parse_group("x=runs/a,runs/b")])
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("x=nothing", "no agent in the results matches 'nothing'"),
+    ("x=runs/a,runs/v", "mixes agents of different env/algo/loss"),
+    ("x=runs/a;x=runs/b", "declared twice"),
+    ("x=runs/a;y=runs/a", "is in two groups"),
+])
+def test_group_errors(spec, match):
+    rows = (natural(agent("runs/a", 0), [1]) + natural(agent("runs/b", 1), [2])
+            + natural(agent("runs/v", 2, loss="car"), [3]))
+    with pytest.raises(ValueError, match=match):
+        build_tables(rows, groups=[parse_group(s) for s in spec.split(";")])
+
+
+@pytest.mark.parametrize("text", ["x", "=a", "x=", "x=,"])
+def test_parse_group_rejects(text):
+    with pytest.raises(ValueError, match="LABEL=ID_OR_LABEL"):
+        parse_group(text)
+
+
+def test_ambiguous_id_prefix_is_refused():
+    a, b = agent("p", 0), agent("q", 1)
+    a["agent_id"], b["agent_id"] = "abcdef01" + "0" * 56, "abcdef02" + "0" * 56
+    with pytest.raises(ValueError, match="ambiguous id prefix"):
+        build_tables(natural(a, [1]) + natural(b, [2]), groups=[parse_group("x=abcdef")])
+
+
+def test_legacy_rows_are_each_their_own_row():
+    """Files without agent_id: one row per (checkpoint, seed), labelled legacy, never merged."""
+    rows = natural(agent("runs/cp", 0, legacy=True), [10, 20]) + \
+        natural(agent("runs/cp", 1, legacy=True), [30, 30])
+    t = only(build_tables(rows))
+    assert [r.label for r in t.rows] == ["runs/cp (DQN, vanilla; seed 0; legacy)",
+                                         "runs/cp (DQN, vanilla; seed 1; legacy)"]
+    assert [r.cells[t.columns[0]].center for r in t.rows] == [15, 30]
+    assert any("legacy" in n for n in t.notes())
+    assert "no agent_id" in render([t], "md")
+
+
+def test_training_logs_are_not_tabulated():
+    """certrl train's episode rows (exploration, no attack field) are not Natural returns."""
+    a = agent("runs/cp", 0)
+    train = [{k: a[k] for k in ("env_id", "env_version", "algo", "loss", "seed")}
+             | {"record": "episode", "episode": i, "return": 9.0, "step": 10 * i}
+             for i in range(3)]
+    t = only(build_tables(natural(a, [500]) + train))
+    assert len(t.rows) == 1 and t.rows[0].cells[t.columns[0]].center == 500
+    assert build_tables(train) == []
+
+
+# ------------------------------------------------------------------ columns
+def test_l2_and_linf_never_share_a_column():
+    a = agent("cartpole-dqn-vanilla")
+    rows = attacked(a, 0.05, [100, 100], norm="2") + attacked(a, 0.05, [20, 30], norm="inf")
+    t = only(build_tables(rows))
+    md = render([t], "md")
+    assert "| PGD l∞ @0.05 | PGD l2 @0.05 |" in md
+    assert [(c.norm, c.eps) for c in t.columns] == [("inf", 0.05), ("2", 0.05)]
+    row = t.rows[0]
+    assert [row.cells[c].center for c in t.columns] == [25, 100]
+    cap = t.caption()
+    assert "norm per column (l_inf, l_2)" in cap and "l_inf perturbations" not in cap
+    tex = render([t], "latex")
+    assert r"PGD $\ell_\infty$ & PGD $\ell_2$" in tex
+    assert r"norm per column ($\ell_\infty$, $\ell_2$)" in tex
+
+
+def test_acr_header_names_norm():
+    t = only(build_tables(acr(agent("x"), 0.01, [0.5, 0.7])))
+    assert "ACR (CROWN) l∞ @0.01" in render([t], "md")
+    assert "ACR (CROWN) $\\ell_\\infty$" in render([t], "latex")
+
+
+def test_eps_spaces_never_share_a_column():
+    a = agent("raw", space="raw observation")
+    b = agent("norm", seed=1, space="normalized observation")
+    t = only(build_tables(attacked(a, 0.1, [1]) + attacked(b, 0.1, [2])))
+    assert len(t.columns) == 2 and "eps space per column" in t.caption()
+    md = render([t], "md")
+    assert "PGD l∞ (normalized observation) @0.1" in md
+    assert "PGD l∞ (raw observation) @0.1" in md
+
+
+# ------------------------------------------------------------------ truncation
+def test_truncated_episodes_are_excluded_and_marked():
+    a = agent("pong", env="ALE/Pong-v5")
+    rows = natural(a, [0.0, 0.0, 0.0], truncated=(0, 1, 2))
+    rows += attacked(a, 0.01, [5.0, 7.0, 0.0], truncated=(2,))
+    rows += acr(a, 0.01, [0.4, 0.6], truncated=(1,))
+    t = only(build_tables(rows))
+    md = render([t], "md")
+    assert "0.0 ± 0.0" not in md
+    row = t.rows[0]
+    nat, pgd, cert = t.columns
+    assert row.cells[nat].empty and row.cells[nat].n_truncated == 3
+    assert row.cells[pgd].center == 6.0 and row.cells[pgd].n_episodes == 2
+    assert row.cells[cert].center == 0.5 and row.cells[cert].n_truncated == 1
+    assert "| n/a †3 | 6.0 ± 1.0 †1 | 0.500 ± 0.100 ‡1 |" in md
+    assert "cut short by --max-steps" in md
+    tex = render([t], "latex")
+    assert r"$\mathrm{n/a}^{\dagger 3}$" in tex and r"^{\ddagger 1}$" in tex
+    lines = list(csv.DictReader(io.StringIO(render([t], "csv"))))
+    assert [x["n_truncated"] for x in lines] == ["3", "1", "1"]
+    assert lines[0]["text"] == "n/a †3" and lines[0]["mean"] == ""
+
+
+def test_truncated_only_cell_is_not_best():
+    rows = natural(agent("a", 0), [0.0], truncated=(0,)) + natural(agent("b", 1), [-5.0]) + \
+        natural(agent("c", 2), [-7.0])
+    t = only(build_tables(rows))
+    best = [r.label.split(" ")[0] for r in t.rows if r.cells[t.columns[0]].best]
+    assert best == ["b"]
+
+
+def test_best_is_per_row_kind():
+    """Bold compares like with like: agent rows among themselves, group rows likewise."""
+    g = [agent(f"g{s}", seed=s, run_group="cfg") for s in range(2)]
+    rows = natural(agent("a", 5, loss="x"), [100]) + natural(agent("b", 6, loss="y"), [200])
+    rows += natural(g[0], [300]) + natural(g[1], [300])
+    t = only(build_tables(rows))
+    best = {r.kind + ":" + r.loss: r.cells[t.columns[0]].best for r in t.rows}
+    assert best == {"agent:x": False, "agent:y": True, "group:vanilla": False}
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_group_and_by_agent(tmp_path, capsys):
+    rows = natural(agent("runs/a", 0, run_group="g"), [1]) + \
+        natural(agent("runs/b", 0, run_group="g"), [2])
+    p = write(tmp_path, rows)
+    assert main(["table", str(p)]) == 2
+    assert "two different agents with seed 0" in capsys.readouterr().err
+    assert main(["table", str(p), "--by-agent"]) == 0
+    out = capsys.readouterr().out
+    assert "runs/a #" in out and "runs/b #" in out
+    assert main(["table", str(p), "--by-agent", "--group", "both=runs/a"]) == 0
+    assert "both: runs/a #" in capsys.readouterr().out
+    assert main(["table", str(p), "--group", "oops"]) == 2
+    assert "expected LABEL=ID_OR_LABEL" in capsys.readouterr().err
+    assert main(["table", str(p), "--group", "x=runs/zzz"]) == 2
+    assert "no agent in the results matches 'runs/zzz'" in capsys.readouterr().err
