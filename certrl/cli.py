@@ -1,29 +1,19 @@
 """``certrl`` command line: one subcommand per module in ``certrl.commands``.
 
 Each command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
-Modules that are not (yet) present are skipped, so the CLI works while parts of
-the toolkit are missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import os
 import sys
+from pathlib import Path
 
-COMMANDS = ("train", "evaluate", "attack", "agents", "certify", "table", "demo")
+from certrl.commands import agents, attack, certify, demo, evaluate, table, train
 
-
-def _load_commands() -> dict:
-    mods = {}
-    for name in COMMANDS:
-        modname = f"certrl.commands.{name}"
-        try:
-            mods[name] = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:  # a real missing dependency inside the module
-                raise
-    return mods
+COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
+            "certify": certify, "table": table, "demo": demo}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -35,10 +25,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
     parser.add_argument("--version", action="version", version=f"certrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    mods = _load_commands()
-    for mod in mods.values():
+    for mod in COMMANDS.values():
         mod.add_parser(sub)
-    return parser, mods
+    return parser, dict(COMMANDS)
+
+
+def _about_out(e: OSError, args: argparse.Namespace) -> bool:
+    """Whether ``e`` concerns the command's ``--out`` path (the file, a folder above it, or
+    a file inside an ``--out`` folder): a user error, not a bug."""
+    out = getattr(args, "out", None)
+    if not out or e.filename is None:
+        return False
+    f = Path(os.fsdecode(e.filename)).absolute()
+    o = Path(out).absolute()
+    return f == o or f in o.parents or o in f.parents
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(mods[args.command].run(args) or 0)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"certrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not _about_out(e, args):
+            raise
+        print(f"certrl {args.command}: error: cannot write {os.fsdecode(e.filename)}: "
+              f"{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"certrl {args.command}: interrupted", file=sys.stderr)

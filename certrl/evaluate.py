@@ -1,13 +1,23 @@
-"""Natural and attacked returns over N seeded episodes.
+"""Natural and attacked returns over N seeded episodes, and their resumable results files.
 
 Episode i is reset with seed ``seed + i``; actions are deterministic by default,
-so a deterministic env gives the same returns every run. An attack (a callable
-on network-input batches, see ``certrl.attacks.make_attack``) perturbs the
-observation before each action (per-step budget); the env itself is untouched.
+so a deterministic env gives the same returns every run (stochastic actions use
+a generator seeded from (seed, i), so an episode's result does not depend on
+which other episodes ran before it). An attack (a callable on network-input
+batches, see ``certrl.attacks.make_attack``) perturbs the observation before
+each action (per-step budget); the env itself is untouched.
+
+``run_episodes`` writes one row per episode to a results file, unit by unit
+(unit = agent identity, eps, norm, attack, episode), under the file lock of
+``certrl.records``: re-running the same command finishes only the missing
+episodes, and several processes may share one file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -16,11 +26,20 @@ import torch
 
 from certrl.agent import Agent
 from certrl.envs import make_env
+from certrl.identity import agent_identity
+from certrl.records import UnitLog, agent_fields, read_rows, reset_file
+
+Attack = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class EvalResult:
-    """Per-episode returns and lengths with their summary."""
+    """Per-episode returns and lengths with their summary.
+
+    ``truncated[i]``: episode i was cut by ``max_steps`` before the env itself
+    ended it (by termination or its own time limit). ``action_changes[i]``: steps
+    of episode i where the attack changed a discrete agent's action.
+    """
 
     returns: list[float]
     lengths: list[int]
@@ -28,54 +47,217 @@ class EvalResult:
     mean: float = 0.0
     std: float = 0.0
     extra: dict = field(default_factory=dict)
+    truncated: list[bool] = field(default_factory=list)
+    action_changes: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def evaluate(agent: Agent, episodes: int = 10, seed: int = 0,
-             attack: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             deterministic: bool = True, max_steps: int | None = None,
-             on_episode: Callable[[int, float, int], None] | None = None,
-             env_kwargs: dict | None = None) -> EvalResult:
-    """Run ``episodes`` episodes (seeds seed..seed+N-1); mean and std (ddof 0) of returns."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1; got {episodes}")
-    env = make_env(agent.env_id, seed, **(env_kwargs or {}))
+@dataclass
+class _Episode:
+    ret: float
+    length: int
+    truncated: bool
+    action_changes: int
+
+
+def episode_rng_seed(seed: int, index: int) -> int:
+    """Seed of episode ``index``'s own random generator (actions, attack noise)."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**63)
+
+
+def check_env_shape(agent: Agent, env) -> None:
+    """ValueError if the env's observations do not fit the agent."""
     shape = tuple(env.observation_space.shape)
     if shape != agent.obs_shape:
         raise ValueError(f"env {agent.env_id} gives observations of shape {shape} but the "
                          f"agent expects {agent.obs_shape}")
-    gen = torch.Generator().manual_seed(int(seed))
-    agent.eval()
-    returns, lengths, seeds = [], [], []
-    flipped = steps_total = 0
+
+
+def _run_episode(env, agent: Agent, env_seed: int, gen: torch.Generator, attack: Attack | None,
+                 deterministic: bool, max_steps: int | None) -> _Episode:
+    obs, _ = env.reset(seed=env_seed)
+    total, length, flipped, ended = 0.0, 0, 0, False
+    while not ended and not (max_steps is not None and length >= max_steps):
+        x = agent.preprocess(np.asarray(obs)[None])
+        if attack is not None:
+            action = agent.act(attack(x), deterministic, gen)
+            if agent.action_space_kind == "discrete":
+                flipped += int(action[0] != agent.act(x, True)[0])
+        else:
+            action = agent.act(x, deterministic, gen)
+        obs, r, term, trunc, _ = env.step(action[0])
+        total += float(r)
+        length += 1
+        ended = term or trunc
+    return _Episode(total, length, not ended, flipped)
+
+
+def evaluate(agent: Agent, episodes: int = 10, seed: int = 0, attack: Attack | None = None,
+             deterministic: bool = True, max_steps: int | None = None,
+             on_episode: Callable[[int, float, int], None] | None = None,
+             env_kwargs: dict | None = None, indices: list[int] | None = None) -> EvalResult:
+    """Run ``episodes`` episodes (seeds seed..seed+N-1), or the episode ``indices`` given;
+    mean and std (ddof 0) of their returns."""
+    idx = list(range(episodes)) if indices is None else [int(i) for i in indices]
+    if not idx:
+        raise ValueError(f"episodes must be >= 1; got {episodes}")
+    env = make_env(agent.env_id, seed, **(env_kwargs or {}))
+    res = EvalResult([], [], [])
     try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            total, length, done = 0.0, 0, False
-            while not done:
-                x = agent.preprocess(np.asarray(obs)[None])
-                if attack is not None:
-                    x_adv = attack(x)
-                    action = agent.act(x_adv, deterministic, gen)
-                    if agent.action_space_kind == "discrete":
-                        flipped += int(action[0] != agent.act(x, True)[0])
-                else:
-                    action = agent.act(x, deterministic, gen)
-                obs, r, term, trunc, _ = env.step(action[0])
-                total += float(r)
-                length += 1
-                done = term or trunc or (max_steps is not None and length >= max_steps)
-            returns.append(total)
-            lengths.append(length)
-            seeds.append(seed + i)
-            steps_total += length
+        check_env_shape(agent, env)
+        agent.eval()
+        for i in idx:
+            gen = torch.Generator().manual_seed(episode_rng_seed(seed, i))
+            ep = _run_episode(env, agent, seed + i, gen, attack, deterministic, max_steps)
+            res.returns.append(ep.ret)
+            res.lengths.append(ep.length)
+            res.seeds.append(seed + i)
+            res.truncated.append(ep.truncated)
+            res.action_changes.append(ep.action_changes)
             if on_episode is not None:
-                on_episode(i, total, length)
+                on_episode(i, ep.ret, ep.length)
     finally:
         env.close()
-    res = EvalResult(returns, lengths, seeds, float(np.mean(returns)), float(np.std(returns)))
+    res.mean, res.std = float(np.mean(res.returns)), float(np.std(res.returns))
     if attack is not None and agent.action_space_kind == "discrete":
-        res.extra["action_change_rate"] = flipped / max(1, steps_total)
+        res.extra["action_change_rate"] = sum(res.action_changes) / max(1, sum(res.lengths))
     return res
+
+
+# ------------------------------------------------------------ results files
+@dataclass(frozen=True)
+class EpisodeRun:
+    """An evaluate / attack request: its episodes, radii, and every setting that
+    changes their numbers (hashed into each row's ``settings_hash``)."""
+
+    source: str  # "evaluate" or "attack"
+    episodes: int
+    eps: tuple[float, ...] = (0.0,)
+    attack: str = "none"
+    norm: str = "inf"
+    seed: int = 0
+    max_steps: int | None = None
+    deterministic: bool = True
+    attack_steps: int = 0
+    step_size: float | None = None
+    objective: str | None = None
+
+    def settings(self) -> dict:
+        return {"seed": self.seed, "max_steps": self.max_steps,
+                "deterministic": self.deterministic, "attack_steps": self.attack_steps,
+                "step_size": self.step_size, "norm": self.norm, "objective": self.objective}
+
+    def settings_hash(self) -> str:
+        blob = json.dumps(self.settings(), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+    def group(self, aid: str, eps: float) -> str:
+        """The unit key without the episode: agent, eps, norm and attack."""
+        return f"{aid}|eps={float(eps)!r}|norm={self.norm}|{self.attack}"
+
+    def unit_key(self, aid: str, eps: float, episode: int) -> str:
+        return f"{self.group(aid, eps)}|ep={int(episode)}"
+
+    def unit_keys(self, aid: str) -> list[tuple[float, int, str]]:
+        return [(e, i, self.unit_key(aid, e, i)) for e in self.eps for i in range(self.episodes)]
+
+
+def episode_log(path: str | os.PathLike, run: EpisodeRun, aid: str) -> UnitLog:
+    """Finished episode units of ``run`` in ``path``; refreshing raises ValueError for
+    rows of another kind, or of this agent and radius made with other settings."""
+    groups = {run.group(aid, e) for e in run.eps}
+    want = run.settings_hash()
+
+    def key_of(r: dict) -> str | None:
+        if r.get("source") != run.source:
+            raise ValueError(f"{path} holds {r.get('source') or 'non-certrl'} rows, not only "
+                             f"{run.source} results: use another --out, or --force")
+        key = r.get("unit")
+        if r.get("record") != "episode" or not isinstance(key, str):
+            return None
+        if key.rsplit("|ep=", 1)[0] not in groups:
+            return None
+        if r.get("settings_hash") != want:
+            raise ValueError(f"{path} already holds {run.source} results for this agent at eps "
+                             f"{r.get('eps')} made with other settings ({r.get('settings')}): "
+                             "use another --out, the same settings, or --force")
+        return key
+
+    return UnitLog(path, key_of)
+
+
+def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLike,
+                 fields: Callable[[float], dict],
+                 attack_for: Callable[[float, int], Attack | None] | None = None,
+                 fresh: bool = False, env_kwargs: dict | None = None) -> list[dict]:
+    """Run the episodes of ``run`` missing from ``out`` and append one row each.
+
+    ``fields(eps)`` gives the row fields of a radius (attack name, threat model,
+    ...); ``attack_for(eps, episode)`` the attack of one episode (None: natural).
+    Before each unit the finished units are re-read and one finished by another
+    process is skipped; ``fresh`` empties ``out`` first (``--force``), after the
+    request is checked. Returns the episode rows of ``run`` now in ``out``.
+    """
+    aid = agent_identity(agent)
+    _preflight(agent, run, attack_for, env_kwargs)
+    if fresh:
+        reset_file(out)
+    log = episode_log(out, run, aid)
+    base = {**agent_fields(agent, label), "source": run.source,
+            "settings": run.settings(), "settings_hash": run.settings_hash(),
+            "eval_seed": run.seed, "deterministic": run.deterministic}
+    for eps, i, key in run.unit_keys(aid):
+        if key in log.refresh():
+            continue
+        atk = attack_for(eps, i) if attack_for is not None else None
+        res = evaluate(agent, seed=run.seed, attack=atk, deterministic=run.deterministic,
+                       max_steps=run.max_steps, env_kwargs=env_kwargs, indices=[i])
+        row = {**base, **fields(eps), "record": "episode", "unit": key, "episode": i,
+               "episode_seed": res.seeds[0], "return": res.returns[0],
+               "length": res.lengths[0], "truncated": res.truncated[0]}
+        if atk is not None and agent.action_space_kind == "discrete":
+            row["action_changes"] = res.action_changes[0]
+        log.commit(key, [row])
+    return run_rows(out, run, aid)
+
+
+def _preflight(agent: Agent, run: EpisodeRun, attack_for, env_kwargs: dict | None) -> None:
+    """Raise the request's errors (env shape, attack settings) before anything is written."""
+    if run.episodes < 1:
+        raise ValueError(f"episodes must be >= 1; got {run.episodes}")
+    env = make_env(agent.env_id, run.seed, **(env_kwargs or {}))
+    try:
+        check_env_shape(agent, env)
+    finally:
+        env.close()
+    if attack_for is not None:
+        for eps in run.eps:
+            attack_for(eps, 0)
+
+
+def run_rows(out: str | os.PathLike, run: EpisodeRun, aid: str) -> list[dict]:
+    """The episode rows of ``run`` for agent ``aid`` in ``out`` (first row per unit)."""
+    want = {key for _, _, key in run.unit_keys(aid)}
+    rows: dict[str, dict] = {}
+    for r in read_rows(out):
+        if r.get("record") == "episode" and r.get("unit") in want:
+            rows.setdefault(r["unit"], r)
+    return list(rows.values())
+
+
+def summarize_episodes(rows: list[dict]) -> dict[float, dict]:
+    """Per eps: episodes, mean and std (ddof 0) of returns, truncated episodes and
+    (attacks on discrete agents) the fraction of steps whose action changed."""
+    out: dict[float, dict] = {}
+    for eps in sorted({float(r["eps"]) for r in rows}):
+        sel = [r for r in rows if float(r["eps"]) == eps]
+        rets = np.asarray([r["return"] for r in sel], dtype=np.float64)
+        s = {"episodes": len(sel), "mean": float(rets.mean()), "std": float(rets.std()),
+             "truncated": sum(bool(r.get("truncated")) for r in sel)}
+        if all("action_changes" in r for r in sel):
+            s["action_change_rate"] = (sum(r["action_changes"] for r in sel)
+                                       / max(1, sum(r["length"] for r in sel)))
+        out[eps] = s
+    return out

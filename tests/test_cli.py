@@ -7,7 +7,7 @@ import torch
 
 from certrl.agent import shipped_agents
 from certrl.cli import main
-from certrl.records import read_jsonl
+from certrl.records import read_rows
 
 SHIPPED = "cartpole-dqn-vanilla"
 has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
@@ -21,8 +21,14 @@ def one_thread():
 
 
 def _summary(path):
-    rows = read_jsonl(path)
+    rows = read_rows(path)
     assert rows[-1]["record"] == "summary"
+    return rows
+
+
+def _episodes(path):
+    rows = read_rows(path)
+    assert rows and all(r["record"] == "episode" for r in rows)
     return rows
 
 
@@ -52,16 +58,17 @@ def test_train_dqn_resume_evaluate_attack(tmp_path, capsys):
     ev = tmp_path / "ev.jsonl"
     assert main(["evaluate", str(out / "agent.pt"), "--episodes", "2", "--out", str(ev),
                  "--max-steps", "50"]) == 0
-    rows = _summary(ev)
-    assert len(rows) == 3
+    rows = _episodes(ev)
+    assert len(rows) == 2
     for key in ("env_id", "algo", "loss", "seed", "eps", "norm", "eps_space", "attack",
-                "return", "config", "versions"):
+                "return", "config", "versions", "agent_id", "agent_label", "run_group",
+                "truncated", "length", "source"):
         assert key in rows[0], key
     at = tmp_path / "at.jsonl"
     assert main(["attack", str(out / "agent.pt"), "--attack", "fgsm", "--eps", "0.1", "0.2",
                  "--episodes", "1", "--max-steps", "30", "--out", str(at)]) == 0
-    rows = read_jsonl(at)
-    assert [r["eps"] for r in rows if r["record"] == "summary"] == [0.1, 0.2]
+    rows = _episodes(at)
+    assert [r["eps"] for r in rows] == [0.1, 0.2]
     assert "eps 0.2" in capsys.readouterr().out
 
 
@@ -75,7 +82,7 @@ def test_train_ppo_mujoco_and_mad(tmp_path):
     at = tmp_path / "mad.jsonl"
     assert main(["attack", str(out / "agent.pt"), "--attack", "mad", "--eps", "0.075",
                  "--steps", "2", "--episodes", "1", "--max-steps", "20", "--out", str(at)]) == 0
-    s = read_jsonl(at)[-1]
+    s = _episodes(at)[-1]
     assert s["eps_space"].startswith("running-mean/std") and s["attack"] == "mad"
 
 
@@ -87,7 +94,7 @@ def test_train_atari_smoke(tmp_path):
     at = tmp_path / "at.jsonl"
     assert main(["attack", str(out / "agent.pt"), "--attack", "pgd", "--eps", "1/255",
                  "--steps", "2", "--episodes", "1", "--max-steps", "5", "--out", str(at)]) == 0
-    s = read_jsonl(at)[-1]
+    s = _episodes(at)[-1]
     assert s["eps"] == pytest.approx(1 / 255) and s["eps_space"] == "[0,1]-scaled pixels"
 
 
@@ -95,11 +102,13 @@ def test_train_atari_smoke(tmp_path):
 def test_agents_and_shipped_by_name(tmp_path, capsys):
     assert main(["agents", "--out", str(tmp_path / "a.jsonl")]) == 0
     assert SHIPPED in capsys.readouterr().out
-    assert SHIPPED in [r["name"] for r in read_jsonl(tmp_path / "a.jsonl")]
+    assert SHIPPED in [r["name"] for r in read_rows(tmp_path / "a.jsonl")]
     ev = tmp_path / "ev.jsonl"
     assert main(["evaluate", SHIPPED, "--episodes", "1", "--max-steps", "20",
                  "--out", str(ev)]) == 0
-    assert read_jsonl(ev)[-1]["mean"] == 20
+    assert [r["return"] for r in _episodes(ev)] == [20.0]
+    assert "natural return 20.00 +- 0.00 over 1 episodes (1 of 1 episodes cut" in (
+        capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -13,8 +13,6 @@ from certrl.certify.run import (
     TRAJ_METHODS,
     CertifySettings,
     all_methods,
-    append_rows_atomic,
-    read_rows,
     run_certify,
     summarize,
 )
@@ -42,6 +40,7 @@ from certrl.certify.trajectory import (
     sdqn_median_bound,
     smoothed_returns,
 )
+from certrl.records import append_rows_atomic, read_rows  # the shared reader / appender
 
 __all__ = [
     "BOUND_METHODS", "KIND", "STATE_METHODS", "TRAJ_METHODS", "CertifySettings", "Episode",

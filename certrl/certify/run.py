@@ -1,11 +1,13 @@
 """Certify an agent along seeded episodes and write JSON lines, resumably.
 
-Work is split in units (episode, eps, method). Each unit's rows (one per state
-plus one per episode) are appended to the results file in one write and
-fsynced; an unterminated last line (a crash mid-write) is ignored when reading
-and dropped before the next append, so no half-written line is ever used.
-Re-running with the same file skips units already present (their episode
-row, written last in the unit, carries the ``unit`` key).
+Work is split in units (agent identity, episode, eps, method). Each unit's rows
+(one per state plus one per episode) are appended to the results file in one
+write under an exclusive file lock and fsynced (``certrl.records``); an
+unterminated last line (a crash mid-write) is skipped when reading and dropped
+before the next append, so no half-written line is ever used. Re-running with
+the same file skips units already present (their episode row, written last in
+the unit, carries the ``unit`` key); several processes may work on one file at
+once and no unit is written twice.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from certrl.certify.trajectory import (
     sdqn_median_bound,
     smoothed_returns,
 )
-from certrl.records import _clean, agent_fields
+from certrl.identity import agent_identity
+from certrl.records import UnitLog, agent_fields, read_rows, reset_file
 
 TRAJ_METHODS = ("policy-smoothing", "gwc")
 
@@ -97,64 +100,12 @@ _UNIT_ONLY = ("config", "versions", "train_versions", "settings", "threat_model"
 
 
 # ------------------------------------------------------------ results file
-def _drop_partial_tail(path: Path) -> None:
-    """Truncate a trailing line that has no newline (left by a crash mid-write)."""
-    with open(path, "r+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
-            return
-        pos = end
-        while pos > 0:
-            step = min(65536, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            i = chunk.rfind(b"\n")
-            if i >= 0:
-                f.truncate(pos - step + i + 1)
-                return
-            pos -= step
-        f.truncate(0)
+UNIT_RECORDS = ("episode", "batch", "trajectory_bound")  # rows that finish a unit
 
 
-def append_rows_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append a unit's JSON lines to ``path`` in one write, then fsync.
-
-    Lines are only ever appended whole: a crash can at worst leave an
-    unterminated last line, which is dropped before the next append (and
-    ignored by ``read_rows``), so a unit is complete exactly when its final
-    episode row is in the file. Cost is linear in what is written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode()
-    if path.exists():
-        _drop_partial_tail(path)
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSON lines file (ValueError naming the line if one is not JSON)."""
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break  # unterminated last line: an interrupted write, not a result
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not a JSON line ({e})") from None
-    return rows
-
-
-def agent_id(agent: Agent, checkpoint: str) -> str:
-    return f"{checkpoint}|{agent.env_id}|{agent.algo}|{agent.loss_name}|seed{agent.seed}"
+def agent_id(agent: Agent) -> str:
+    """The agent part of certify unit keys: its sha256 identity (never the path)."""
+    return agent_identity(agent)
 
 
 def unit_key(aid: str, episode, eps: float, method: str) -> str:
@@ -165,26 +116,37 @@ def settings_hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def unit_log(path: str | os.PathLike, aid: str, settings: CertifySettings,
+             methods: list[str] | None = None) -> UnitLog:
+    """The finished certify units of agent ``aid`` in ``path`` (see ``records.UnitLog``).
+
+    Refreshing it raises ValueError when the file holds results for this agent
+    and one of ``methods`` made with other settings.
+    """
+    path = Path(path)
+
+    def key_of(r: dict) -> str | None:
+        key = r.get("unit")
+        if r.get("record") not in UNIT_RECORDS or not isinstance(key, str):
+            return None
+        if not key.startswith(aid + "|"):
+            return None
+        if methods is not None and r.get("method") not in methods:
+            return None
+        if r.get("settings_hash") != settings_hash(settings.for_method(r["method"])):
+            raise ValueError(
+                f"{path} already holds {r['method']} results for this agent made with other "
+                f"settings ({r.get('settings')}); use another --out, the same settings, or "
+                "--force to overwrite it")
+        return key
+
+    return UnitLog(path, key_of)
+
+
 def completed_units(path: str | os.PathLike, aid: str, settings: CertifySettings,
                     methods: list[str] | None = None) -> set[str]:
     """Unit keys already in ``path`` for this agent; ValueError if their settings differ."""
-    p = Path(path)
-    if not p.exists():
-        return set()
-    done = set()
-    for r in read_rows(p):
-        key = r.get("unit")
-        if r.get("record") not in ("episode", "batch", "trajectory_bound") or not key:
-            continue
-        if not key.startswith(aid + "|") or (methods is not None and r["method"] not in methods):
-            continue
-        want = settings_hash(settings.for_method(r["method"]))
-        if r.get("settings_hash") != want:
-            raise ValueError(
-                f"{path} already holds {r['method']} results for this agent made with other "
-                f"settings ({r.get('settings')}); use another --out or the same settings")
-        done.add(key)
-    return done
+    return set(unit_log(path, aid, settings, methods).refresh())
 
 
 # ------------------------------------------------------------------ runner
@@ -248,13 +210,21 @@ def check_request(agent: Agent, eps_list: list[float], methods: list[str],
         if m in TRAJ_METHODS:
             if agent.action_space_kind != "discrete":
                 raise ValueError(f"{m} needs a discrete-action agent")
-            if m == "policy-smoothing" and _return_min(agent, settings) is None:
-                raise ValueError(f"policy-smoothing needs a lower bound of the return for "
-                                 f"{agent.env_id}: pass --return-min")
+            if m == "policy-smoothing":
+                _check_return_min(agent, settings)
             continue
         check_method(m)
         validate(net, agent.obs_shape, m, agent.threat_model.norm, agent.action_space_kind,
                  settings.exact)
+
+
+def _check_return_min(agent: Agent, settings: CertifySettings) -> None:
+    rmin = _return_min(agent, settings)
+    if rmin is None:
+        raise ValueError(f"policy-smoothing needs a lower bound of the return for "
+                         f"{agent.env_id}: pass --return-min")
+    if not math.isfinite(rmin):
+        raise ValueError(f"--return-min must be a finite number; got {rmin}")
 
 
 def _return_min(agent: Agent, settings: CertifySettings) -> float | None:
@@ -265,132 +235,179 @@ def _return_min(agent: Agent, settings: CertifySettings) -> float | None:
 
 def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: list[str],
                 episodes: int, out: str | os.PathLike, settings: CertifySettings | None = None,
-                progress: bool = True, observations=None) -> dict:
+                progress: bool = True, observations=None, fresh: bool = False) -> dict:
     """Certify ``agent`` over ``episodes`` seeded episodes; append rows to ``out``.
 
-    Returns {"units": total, "skipped": already done, "written": new units,
-    "summary": {(method, eps): {"acr", "episodes", "certified_trajectories", ...}}}
-    computed over every episode row of this agent now in ``out``. With
-    ``observations`` (raw observations (N, *obs_shape)) those states are certified
-    instead of episodes (one unit per eps and method, episode "obs").
-    """
-    from tqdm import tqdm
+    ``checkpoint`` is the label the user gave (path or shipped name); units are
+    keyed by the agent's sha256 identity. Before each unit the finished units
+    are re-read (under the file lock) and a unit another process finished is
+    skipped; a unit finished meanwhile is discarded instead of written twice.
+    ``fresh`` empties ``out`` first (``--force``), after the request is checked.
 
+    Returns {"units": total, "skipped": done by earlier runs or other processes,
+    "written": new units, "summary": {(method, eps): {"acr", "episodes",
+    "certified_trajectories", ...}}} computed over every episode row of this
+    agent now in ``out``. With ``observations`` (raw observations (N, *obs_shape))
+    those states are certified instead of episodes (one unit per eps and method,
+    episode "obs").
+    """
     settings = settings or CertifySettings()
     eps_list = [float(e) for e in eps_list]
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     check_request(agent, eps_list, methods, settings, observations)
-    aid = agent_id(agent, checkpoint)
-    done = completed_units(out, aid, settings, methods)
+    aid = agent_id(agent)
+    if fresh:
+        reset_file(out)
+    log = unit_log(out, aid, settings, methods)
+    done = log.refresh()
     units = plan_units(episodes, eps_list, methods, observations is not None)
-    todo = [u for u in units if unit_key(aid, *u) not in done]
-    base = agent_fields(agent, checkpoint)
-    tm = agent.threat_model
-    net = certification_net(agent)
-    lower, upper = tm.lower, tm.upper
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
-               unit="unit", desc=f"certify {Path(str(checkpoint)).name}", file=sys.stderr,
-               dynamic_ncols=True)
-    episodes_cache: dict[int, object] = {}
+    ctx = _RunContext(agent, aid, settings, out, log, observations, checkpoint)
+    bar = _progress_bar(progress, len(units), sum(unit_key(aid, *u) in done for u in units),
+                        checkpoint)
     try:
-        # group state-method units by (episode, method) so one radius search serves all eps
+        # group units by (episode, method) so one rollout / radius search serves all eps
         groups: dict[tuple, list[float]] = {}
-        for ep, e, m in todo:
+        for ep, e, m in units:
             groups.setdefault((ep, m), []).append(e)
-        for (ep, m), eps_todo in groups.items():
-            st = settings.for_method(m)
-            common = {**base, "source": "certify", "method": m, "settings": st,
-                      "settings_hash": settings_hash(st), "eval_seed": settings.seed,
-                      "threat_model": tm.to_dict()}
-            if m == "policy-smoothing":
-                _policy_smoothing_units(agent, aid, eps_todo, settings, common, out, bar)
-                continue
-            if m == "gwc":
-                for e in eps_todo:
-                    t0 = time.perf_counter()
-                    res = gwc_rollout(agent, e, settings.gwc_method, seed=settings.seed,
-                                      max_steps=settings.max_steps, indices=[ep])[0]
-                    res["gwc_return"] = res.pop("return")
-                    row = {**common, "record": "episode", "unit": unit_key(aid, ep, e, m),
-                           "eps": e, "certificate_kind": "heuristic",
-                           "note": "greedy worst case (RADIAL); not a certificate",
-                           **res,
-                           "time_s": time.perf_counter() - t0}
-                    append_rows_atomic(out, [row])
-                    bar.update(1)
-                continue
-            if ep == "obs" and ep not in episodes_cache:
-                xo = agent.preprocess(np.asarray(observations))
-                episodes_cache[ep] = Episode("obs", None, xo, np.full(len(xo), -1),
-                                             np.full(len(xo), np.nan))
-            if ep not in episodes_cache:
-                episodes_cache[ep] = rollout(agent, 1, settings.seed, settings.max_steps,
-                                             indices=[ep])[0]
-            episode = episodes_cache[ep]
-            certs = certify_states(
-                net, episode.x, eps_todo, m, kind=agent.action_space_kind, norm=tm.norm,
-                lower=lower, upper=upper, backend=settings.backend, radius=settings.radius,
-                smoothing=settings.smoothing, exact=settings.exact,
-                alpha_iterations=settings.alpha_iterations,
-                generator=settings.seed * 100003 + (episode.seed or 0))
-            # state rows carry the identifying fields of design.md section 5; the
-            # bulky config / versions / settings live once per unit in its episode row
-            lean = {k: v for k, v in common.items() if k not in _UNIT_ONLY}
-            for cert in certs:
-                rows = []
-                if settings.state_rows:
-                    for t in range(episode.steps):
-                        rows.append({**lean, "record": "state", "episode": ep,
-                                     "episode_seed": episode.seed, "step": t,
-                                     **cert.state_row(t)})
-                summ = episode_summary(episode, cert)
-                extra = {}
-                if m == "smoothing":
-                    extra = {k: cert.extra[k] for k in
-                             ("n0", "n", "alpha", "sigma", "bound", "bound_type", "eps_l2",
-                              "conversion", "input_dim", "policy")}
-                rows.append({**common, "record": "batch" if ep == "obs" else "episode",
-                             "unit": unit_key(aid, ep, cert.eps, m),
-                             "episode": ep, "episode_seed": episode.seed, "eps": cert.eps,
-                             "certificate_kind": cert.certificate_kind, **extra, **summ,
-                             "length": summ["steps"], "time_s": cert.time_s})
-                append_rows_atomic(out, rows)
-                bar.update(1)
+        for (ep, m), eps_all in groups.items():
+            eps_todo = [e for e in eps_all if unit_key(aid, ep, e, m) not in log.refresh()]
+            bar.update(len(eps_all) - len(eps_todo))
+            if eps_todo:
+                ctx.run_group(ep, m, eps_todo, bar)
     finally:
         bar.close()
-    return {"units": len(units), "skipped": len(units) - len(todo), "written": len(todo),
+    return {"units": len(units), "skipped": len(units) - ctx.written, "written": ctx.written,
             "summary": summarize(out, aid)}
 
 
-def _policy_smoothing_units(agent, aid, eps_todo, settings, common, out, bar) -> None:
-    s = settings.smoothing
-    t0 = time.perf_counter()
-    rets, lens = smoothed_returns(agent, settings.ps_episodes, s.sigma, settings.seed,
-                                  settings.max_steps)
-    dt = time.perf_counter() - t0
-    H = int(settings.max_steps or lens.max())
-    d = int(np.prod(agent.obs_shape))
-    rmin = _return_min(agent, settings)
-    for e in eps_todo:
-        budget = episode_l2_budget(e, d, H, agent.threat_model.norm)
-        ps = policy_smoothing_bound(rets, budget, s.sigma, s.alpha, rmin)
-        per_step = budget / math.sqrt(H)
-        med = sdqn_median_bound(rets, per_step, H, s.sigma, s.alpha)
-        row = {**common, "record": "trajectory_bound", "unit": unit_key(aid, "all", e,
-                                                                        "policy-smoothing"),
-               "episode": "all", "eps": e, "certificate_kind": "probabilistic",
-               "policy": "smoothed", "bound_type": "l2", "horizon": H, "input_dim": d,
-               "conversion": ("B = eps * sqrt(d) * sqrt(H) (per-step l_inf ball inside the l2 "
-                              "ball, H steps)" if agent.threat_model.norm == math.inf
-                              else "B = eps * sqrt(H)"),
-               "policy_smoothing": ps, "sdqn_median": med,
-               "certified_return": ps["certified_return"],
-               "median_return_bound": med["median_return_bound"],
-               "smoothed_returns": rets.tolist(), "n": int(rets.size), "alpha": s.alpha,
-               "bound": "DKW (one-sided)", "time_s": dt / len(eps_todo)}
-        append_rows_atomic(out, [row])
+def _progress_bar(progress: bool, total: int, initial: int, checkpoint: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not progress, unit="unit",
+                desc=f"certify {Path(str(checkpoint)).name}", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+class _RunContext:
+    """What the units of one ``run_certify`` call share; counts the units it wrote."""
+
+    def __init__(self, agent: Agent, aid: str, settings: CertifySettings, out, log: UnitLog,
+                 observations, checkpoint: str):
+        self.agent, self.aid, self.settings, self.out = agent, aid, settings, out
+        self.log, self.observations = log, observations
+        self.base = agent_fields(agent, checkpoint)
+        self.net = certification_net(agent)
+        self.written = 0
+        self._episodes: dict = {}
+
+    def commit(self, key: str, rows: list[dict], bar) -> None:
+        self.written += int(self.log.commit(key, rows))
         bar.update(1)
+
+    def common(self, m: str) -> dict:
+        st = self.settings.for_method(m)
+        tm = self.agent.threat_model
+        return {**self.base, "source": "certify", "method": m, "settings": st,
+                "settings_hash": settings_hash(st), "eval_seed": self.settings.seed,
+                "threat_model": tm.to_dict()}
+
+    def run_group(self, ep, m: str, eps_todo: list[float], bar) -> None:
+        """Compute and commit the units (ep, e, m) for e in ``eps_todo``."""
+        if m == "policy-smoothing":
+            self.policy_smoothing(eps_todo, bar)
+        elif m == "gwc":
+            self.gwc(ep, eps_todo, bar)
+        else:
+            self.states(ep, m, eps_todo, bar)
+
+    def episode(self, ep) -> Episode:
+        if ep not in self._episodes:
+            if ep == "obs":
+                xo = self.agent.preprocess(np.asarray(self.observations))
+                self._episodes[ep] = Episode("obs", None, xo, np.full(len(xo), -1),
+                                             np.full(len(xo), np.nan))
+            else:
+                st = self.settings
+                self._episodes[ep] = rollout(self.agent, 1, st.seed, st.max_steps,
+                                             indices=[ep])[0]
+        return self._episodes[ep]
+
+    def gwc(self, ep: int, eps_todo: list[float], bar) -> None:
+        st, common = self.settings, self.common("gwc")
+        for e in eps_todo:
+            t0 = time.perf_counter()
+            res = gwc_rollout(self.agent, e, st.gwc_method, seed=st.seed,
+                              max_steps=st.max_steps, indices=[ep])[0]
+            res["gwc_return"] = res.pop("return")
+            key = unit_key(self.aid, ep, e, "gwc")
+            row = {**common, "record": "episode", "unit": key, "eps": e,
+                   "certificate_kind": "heuristic",
+                   "note": "greedy worst case (RADIAL); not a certificate",
+                   **res, "length": res["steps"], "time_s": time.perf_counter() - t0}
+            self.commit(key, [row], bar)
+
+    def states(self, ep, m: str, eps_todo: list[float], bar) -> None:
+        st, tm, agent = self.settings, self.agent.threat_model, self.agent
+        common = self.common(m)
+        episode = self.episode(ep)
+        certs = certify_states(
+            self.net, episode.x, eps_todo, m, kind=agent.action_space_kind, norm=tm.norm,
+            lower=tm.lower, upper=tm.upper, backend=st.backend, radius=st.radius,
+            smoothing=st.smoothing, exact=st.exact, alpha_iterations=st.alpha_iterations,
+            generator=st.seed * 100003 + (episode.seed or 0))
+        # state rows carry the identifying fields of design.md section 5; the
+        # bulky config / versions / settings live once per unit in its episode row
+        lean = {k: v for k, v in common.items() if k not in _UNIT_ONLY}
+        for cert in certs:
+            rows = []
+            if st.state_rows:
+                rows = [{**lean, "record": "state", "episode": ep, "episode_seed": episode.seed,
+                         "step": t, **cert.state_row(t)} for t in range(episode.steps)]
+            summ = episode_summary(episode, cert)
+            extra = {}
+            if m == "smoothing":
+                extra = {k: cert.extra[k] for k in
+                         ("n0", "n", "alpha", "sigma", "bound", "bound_type", "eps_l2",
+                          "conversion", "input_dim", "policy")}
+            key = unit_key(self.aid, ep, cert.eps, m)
+            last = {**common, "record": "batch" if ep == "obs" else "episode", "unit": key,
+                    "episode": ep, "episode_seed": episode.seed, "eps": cert.eps,
+                    "certificate_kind": cert.certificate_kind, **extra, **summ,
+                    "length": summ["steps"], "time_s": cert.time_s}
+            if ep != "obs":
+                last["truncated"] = episode.truncated
+            self.commit(key, [*rows, last], bar)
+
+    def policy_smoothing(self, eps_todo: list[float], bar) -> None:
+        agent, settings = self.agent, self.settings
+        common = self.common("policy-smoothing")
+        s = settings.smoothing
+        t0 = time.perf_counter()
+        rets, lens = smoothed_returns(agent, settings.ps_episodes, s.sigma, settings.seed,
+                                      settings.max_steps)
+        dt = time.perf_counter() - t0
+        H = int(settings.max_steps or lens.max())
+        d = int(np.prod(agent.obs_shape))
+        rmin = _return_min(agent, settings)
+        for e in eps_todo:
+            budget = episode_l2_budget(e, d, H, agent.threat_model.norm)
+            ps = policy_smoothing_bound(rets, budget, s.sigma, s.alpha, rmin)
+            per_step = budget / math.sqrt(H)
+            med = sdqn_median_bound(rets, per_step, H, s.sigma, s.alpha)
+            key = unit_key(self.aid, "all", e, "policy-smoothing")
+            row = {**common, "record": "trajectory_bound", "unit": key,
+                   "episode": "all", "eps": e, "certificate_kind": "probabilistic",
+                   "policy": "smoothed", "bound_type": "l2", "horizon": H, "input_dim": d,
+                   "conversion": ("B = eps * sqrt(d) * sqrt(H) (per-step l_inf ball inside "
+                                  "the l2 ball, H steps)" if agent.threat_model.norm == math.inf
+                                  else "B = eps * sqrt(H)"),
+                   "policy_smoothing": ps, "sdqn_median": med,
+                   "certified_return": ps["certified_return"],
+                   "median_return_bound": med["median_return_bound"],
+                   "smoothed_returns": rets.tolist(), "n": int(rets.size), "alpha": s.alpha,
+                   "bound": "DKW (one-sided)", "time_s": dt / len(eps_todo)}
+            self.commit(key, [row], bar)
 
 
 def summarize(out: str | os.PathLike, aid: str | None = None) -> dict:

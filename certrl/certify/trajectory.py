@@ -1,7 +1,8 @@
 """Trajectory certificates: certify every state of seeded episodes, and return bounds.
 
 * ``rollout``: N deterministic episodes (env seed ``seed + i``), keeping the
-  network inputs, actions and rewards.
+  network inputs, actions and rewards, and whether ``max_steps`` cut the
+  episode before the env ended it (``Episode.truncated``).
 * ``episode_summary``: per episode, return, steps, certified steps, certified
   fraction and "certified trajectory" (every step certified: in a deterministic
   env with a deterministic policy no per-step eps attack can change any action,
@@ -47,6 +48,7 @@ class Episode:
     x: torch.Tensor  # (T, *in_shape) network inputs
     actions: np.ndarray  # (T,)
     rewards: np.ndarray  # (T,)
+    truncated: bool = False  # cut by max_steps before the env itself ended it
 
     @property
     def steps(self) -> int:
@@ -67,20 +69,25 @@ def rollout(agent: Agent, episodes: int, seed: int = 0, max_steps: int | None = 
     try:
         for i in idx:
             obs, _ = env.reset(seed=seed + i)
-            xs, acts, rews, done = [], [], [], False
-            while not done:
+            xs, acts, rews, ended = [], [], [], False
+            while not ended and not _cut(len(xs), max_steps):
                 x = agent.preprocess(np.asarray(obs)[None])
                 a = agent.act(x, True)
                 obs, r, term, trunc, _ = env.step(a[0])
                 xs.append(x[0])
                 acts.append(a[0])
                 rews.append(float(r))
-                done = term or trunc or (max_steps is not None and len(xs) >= max_steps)
+                ended = term or trunc
             out.append(Episode(i, seed + i, torch.stack(xs), np.asarray(acts),
-                               np.asarray(rews, dtype=np.float64)))
+                               np.asarray(rews, dtype=np.float64), truncated=not ended))
     finally:
         env.close()
     return out
+
+
+def _cut(steps: int, max_steps: int | None) -> bool:
+    """True once the user's ``max_steps`` is reached."""
+    return max_steps is not None and steps >= max_steps
 
 
 def episode_summary(ep: Episode, cert: StateCertificates) -> dict:
@@ -239,8 +246,8 @@ def gwc_rollout(agent: Agent, eps: float, method: str = "ibp", episodes: int = 1
     try:
         for i in idx:
             obs, _ = env.reset(seed=seed + i)
-            total, steps, changed, done = 0.0, 0, 0, False
-            while not done:
+            total, steps, changed, ended = 0.0, 0, 0, False
+            while not ended and not _cut(steps, max_steps):
                 x = agent.preprocess(np.asarray(obs)[None])
                 with torch.no_grad():
                     q = net(x)
@@ -252,8 +259,9 @@ def gwc_rollout(agent: Agent, eps: float, method: str = "ibp", episodes: int = 1
                 obs, r, term, trunc, _ = env.step(a)
                 total += float(r)
                 steps += 1
-                done = term or trunc or (max_steps is not None and steps >= max_steps)
+                ended = term or trunc
             out.append({"episode": i, "episode_seed": seed + i, "return": total, "steps": steps,
+                        "truncated": not ended,
                         "gwc_changed_fraction": changed / max(1, steps)})
     finally:
         env.close()

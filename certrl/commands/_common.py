@@ -54,3 +54,15 @@ def default_out(kind: str, ckpt: str, *parts) -> Path:
 
 def fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.2f}"
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --out even if it holds other results (default: refuse a "
+                        "file of another kind or settings, resume one of the same)")
+
+
+def truncation_note(summary: dict) -> str:
+    """', k of n episodes cut by --max-steps' when some were."""
+    k = summary.get("truncated", 0)
+    return f" ({k} of {summary['episodes']} episodes cut by --max-steps)" if k else ""

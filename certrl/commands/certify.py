@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +16,8 @@ from certrl.certify import (
     all_methods,
     run_certify,
 )
-from certrl.commands._common import default_out, eps_arg, positive_int, set_threads
+from certrl.commands._common import add_force, default_out, eps_arg, positive_int, set_threads
+from certrl.records import check_out
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
         description="Roll out seeded episodes with the agent and certify every visited state "
                     "at each eps with each method. Writes one JSON line per state and per "
                     "episode; re-running with the same --out skips finished "
-                    "(episode, eps, method) units. eps is measured in the agent's "
+                    "(episode, eps, method) units (and refuses a file of other results; "
+                    "--force overwrites it). eps is measured in the agent's "
                     "threat-model space (network input). Methods: ibp, crown, crown-ibp, "
                     "alpha-crown, lipschitz, exact (sound); smoothing, policy-smoothing "
                     "(probabilistic); gwc (heuristic, not a certificate).")
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
     p.add_argument("--max-steps", type=positive_int, default=None, help="cut episodes")
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
+    add_force(p)
     p.add_argument("--backend", choices=("auto", "native", "lirpa"), default="auto")
     p.add_argument("--no-radius", action="store_true", help="skip the certified-radius search")
     p.add_argument("--radius-rtol", type=float, default=0.01,
@@ -75,6 +77,8 @@ def settings_from_args(args: argparse.Namespace) -> CertifySettings:
         raise ValueError(f"--radius-rtol must lie in (0, 1); got {args.radius_rtol}")
     if not (math.isfinite(args.milp_time_limit) and args.milp_time_limit > 0):
         raise ValueError("--milp-time-limit must be positive")
+    if args.return_min is not None and not math.isfinite(args.return_min):
+        raise ValueError(f"--return-min must be a finite number; got {args.return_min}")
     return CertifySettings(
         seed=args.seed, max_steps=args.max_steps, backend=args.backend,
         radius=RadiusConfig(enabled=not args.no_radius, rtol=args.radius_rtol,
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     for m in args.method:
         if m not in known:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(known)}")
+    out = check_out(args.out or default_out("certify", args.checkpoint), "certify", args.force)
     agent = load(args.checkpoint)
     obs = None
     if args.obs is not None:
@@ -118,10 +123,9 @@ def run(args: argparse.Namespace) -> int:
             obs = np.load(args.obs, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise ValueError(f"--obs {args.obs}: cannot read a .npy array ({e})") from None
-    out = Path(args.out) if args.out else default_out("certify", args.checkpoint)
     res = run_certify(agent, str(args.checkpoint), list(args.eps), list(args.method),
                       args.episodes, out, settings, progress=not args.no_progress,
-                      observations=obs)
+                      observations=obs, fresh=args.force)
     print_summary(agent, res, out)
     print(f"results: {out}")
     return 0

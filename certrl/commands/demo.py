@@ -4,7 +4,8 @@ For every agent (default: each shipped one among cartpole-dqn-vanilla and
 cartpole-dqn-car), over a few seeded episodes: certify every visited state with
 IBP, CROWN (sound) and randomized smoothing (probabilistic) at several eps,
 attack with PGD at the same eps, and render the table. Writes
-OUT/certify.jsonl (resumable), OUT/attack.jsonl and OUT/table.{md,tex,csv}.
+OUT/certify.jsonl and OUT/attack.jsonl (both resumable; results made with other
+settings are refused unless --force) and OUT/table.{md,tex,csv}.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from certrl.agent import load, shipped_agents
 from certrl.attacks import make_attack
 from certrl.certify import CertifySettings, RadiusConfig, SmoothingConfig, run_certify
 from certrl.certify.run import agent_id, check_request, completed_units
-from certrl.commands._common import eps_arg, positive_int, set_threads
-from certrl.evaluate import evaluate
-from certrl.records import agent_fields, write_jsonl
+from certrl.commands._common import add_force, eps_arg, positive_int, set_threads
+from certrl.evaluate import EpisodeRun, episode_log, episode_rng_seed, run_episodes
+from certrl.records import check_out
 from certrl.report import build_tables, load_rows, render
 
 DEMO_AGENTS = ("cartpole-dqn-vanilla", "cartpole-dqn-car")
@@ -43,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma", type=float, default=0.1, help="smoothing noise std")
     p.add_argument("--n", type=positive_int, default=1000, help="smoothing samples")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    add_force(p)
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (1 episode of <= 60 steps, 2 eps, n=200): a smoke test")
     p.add_argument("--no-progress", action="store_true")
@@ -69,37 +71,26 @@ def run(args: argparse.Namespace) -> int:
                                radius=RadiusConfig(rtol=0.02, max_iter=8),
                                smoothing=SmoothingConfig(sigma=args.sigma, n0=100, n=n,
                                                          alpha=0.001))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; --out of demo is a folder")
+    cert_path = check_out(out / "certify.jsonl", "certify", args.force)
+    attack_path = check_out(out / "attack.jsonl", "attack", args.force)
     agents = [(name, load(name)) for name in names]  # bad names fail before any output
     for _, agent in agents:
         check_request(agent, eps, list(args.methods), settings)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cert_path, attack_path = out / "certify.jsonl", out / "attack.jsonl"
-    attack_rows = []
-    for name, agent in agents:  # a previous demo with other settings: start afresh
-        try:
-            completed_units(cert_path, agent_id(agent, name), settings, list(args.methods))
-        except ValueError:
-            cert_path.unlink()
-    for name, agent in agents:
+        if not args.force:  # results made with other settings: refuse before any work
+            completed_units(cert_path, agent_id(agent), settings, list(args.methods))
+            episode_log(attack_path, _attack_run(agent, eps, episodes, max_steps,
+                                                 args.attack_steps), agent_id(agent)).refresh()
+    for k, (name, agent) in enumerate(agents):
+        fresh = args.force and k == 0
         print(f"[{name}] certify ({', '.join(args.methods)}) at eps {', '.join(map(str, eps))} "
               f"over {episodes} episode(s)", file=sys.stderr)
         run_certify(agent, name, eps, list(args.methods), episodes, cert_path, settings,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, fresh=fresh)
         print(f"[{name}] PGD attack ({args.attack_steps} steps)", file=sys.stderr)
-        for e in eps:
-            threat = agent.threat_model.with_eps(e)
-            atk = make_attack("pgd", agent.forward, threat, e, args.attack_steps, None, 0,
-                              agent.action_space_kind, "ce")
-            res = evaluate(agent, episodes, 0, atk, True, max_steps)
-            common = {**agent_fields(agent, name), "eps": e, "norm": threat.to_dict()["norm"],
-                      "attack": "pgd", "attack_steps": args.attack_steps, "step_size": None,
-                      "objective": "ce", "eval_seed": 0, "threat_model": threat.to_dict()}
-            attack_rows += [{"record": "episode", "episode": i, "episode_seed": s,
-                             "return": r, "length": k, **common}
-                            for i, (r, k, s) in enumerate(zip(res.returns, res.lengths,
-                                                              res.seeds))]
-    write_jsonl(attack_path, attack_rows)
+        _attack(agent, name, eps, episodes, max_steps, args.attack_steps, attack_path, fresh)
     tables = build_tables(load_rows([cert_path, attack_path]))
     md = render(tables, "md")
     for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
@@ -108,3 +99,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"results: {cert_path}, {attack_path}; tables: {out}/table.{{md,tex,csv}} "
           f"({time.perf_counter() - t_start:.0f} s)")
     return 0
+
+
+def _attack_run(agent, eps: list[float], episodes: int, max_steps: int | None,
+                steps: int) -> EpisodeRun:
+    norm = agent.threat_model.to_dict()["norm"]
+    return EpisodeRun("attack", episodes, tuple(eps), "pgd", norm, 0, max_steps, True, steps,
+                      None, "ce")
+
+
+def _attack(agent, name: str, eps: list[float], episodes: int, max_steps: int | None,
+            steps: int, path: Path, fresh: bool) -> None:
+    """PGD-attacked episodes at each eps, appended (resumably) to ``path``."""
+    norm = agent.threat_model.to_dict()["norm"]
+    run_ = _attack_run(agent, eps, episodes, max_steps, steps)
+
+    def attack_for(e: float, episode: int):
+        return make_attack("pgd", agent.forward, agent.threat_model.with_eps(e), e, steps,
+                           None, episode_rng_seed(0, episode), agent.action_space_kind, "ce")
+
+    def fields(e: float) -> dict:
+        return {"eps": e, "norm": norm, "attack": "pgd", "attack_steps": steps,
+                "step_size": None, "objective": "ce",
+                "threat_model": agent.threat_model.with_eps(e).to_dict()}
+
+    run_episodes(agent, name, run_, path, fields, attack_for, fresh=fresh)
