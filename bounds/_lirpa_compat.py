@@ -15,10 +15,16 @@ things it relies on are gone; we restore exactly those, before it is imported:
    ``node.kindOf(key)`` (e.g. ``node.t('value')``).
 
 Each shim is idempotent and is tested in ``tests/test_lirpa_compat.py``.
+
+Importing auto_LiRPA also calls ``logging.basicConfig(stream=sys.stdout)``,
+which gives the *root* logger a stdout handler: every later log record of any
+library would then land on stdout, mixed with a command's output. After the
+import we remove that one handler again (the root logger is left as it was).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
@@ -85,6 +91,9 @@ def import_auto_lirpa():
     Raises ImportError with install instructions when auto_LiRPA is missing.
     """
     apply_shims()
+    first = "auto_LiRPA" not in sys.modules
+    root = logging.getLogger()
+    before = list(root.handlers)
     try:
         import auto_LiRPA
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -92,4 +101,20 @@ def import_auto_lirpa():
             "auto_LiRPA is not installed; run `make install` or "
             "`pip install --no-deps auto-lirpa==0.3 tqdm appdirs pyyaml packaging`"
         ) from exc
+    if first:
+        _drop_stdout_root_handlers(before)
     return auto_LiRPA
+
+
+_LIRPA_LOG_FORMAT = "%(levelname)-8s %(asctime)-12s %(message)s"
+
+
+def _drop_stdout_root_handlers(before: list[logging.Handler]) -> None:
+    """Remove the stdout handler auto_LiRPA's ``logging.basicConfig`` put on the root logger."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if h in before or not isinstance(h, logging.StreamHandler):
+            continue
+        fmt = getattr(h.formatter, "_fmt", None)
+        if h.stream is sys.stdout and fmt == _LIRPA_LOG_FORMAT:
+            root.removeHandler(h)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -29,7 +30,10 @@ def rounding_allowance(outputs: torch.Tensor) -> torch.Tensor:
 BACKENDS = ("native", "lirpa", "auto")
 
 
-def _check(net: nn.Module, ball: LpBall, method: str, backend: str) -> str:
+def _check(net: nn.Module, ball: LpBall, method: str, backend: str,
+           alpha_iterations=20) -> tuple[str, list[str]]:
+    """Validate the arguments (cheap: types, names, dtypes); return the backend to use
+    and, for "auto" falling back to auto_LiRPA, the layers the native engine lacks."""
     if not isinstance(ball, LpBall):
         raise TypeError(f"ball must be a bounds.LpBall, got {type(ball).__name__}")
     if not isinstance(net, nn.Module):
@@ -38,9 +42,58 @@ def _check(net: nn.Module, ball: LpBall, method: str, backend: str) -> str:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if (isinstance(alpha_iterations, bool) or not isinstance(alpha_iterations, numbers.Integral)
+            or alpha_iterations < 0):
+        raise ValueError(
+            f"alpha_iterations must be an integer >= 0; got {alpha_iterations!r}"
+        )
+    _check_dtype(net, ball)
+    missing: list[str] = []
     if backend == "auto":
-        backend = "native" if not graph.unsupported_layers(net) else "lirpa"
-    return backend
+        missing = graph.unsupported_layers(net)
+        backend = "lirpa" if missing else "native"
+    return backend, missing
+
+
+def _check_dtype(net: nn.Module, ball: LpBall) -> None:
+    """The ball and the network must share a floating dtype (no silent conversion: rounding
+    a float64 ball to float32 could move it, and the bounds would cover another set)."""
+    ref = next(net.parameters(), None)
+    if ref is None:
+        ref = next(net.buffers(), None)
+    if ref is None or not ref.is_floating_point() or ref.dtype == ball.center.dtype:
+        return
+    want = str(ref.dtype).removeprefix("torch.")
+    have = str(ball.center.dtype).removeprefix("torch.")
+    raise ValueError(
+        f"the ball is {have} but the network's parameters are {want}: build the ball from "
+        f"x.to(torch.{want}) (or convert the network with net.to(torch.{have}))"
+    )
+
+
+def _lirpa(net, ball, method, C, alpha_iterations, bound_upper, missing):
+    from bounds.lirpa import compute_lirpa
+
+    try:
+        return compute_lirpa(net, ball, method, C, alpha_iterations, bound_upper)
+    except graph.UnsupportedLayerError as exc:
+        if not missing:
+            raise
+        raise graph.UnsupportedLayerError(
+            f'backend="auto": the native backend does not support layer(s) '
+            f"{', '.join(missing)}, and {exc}"
+        ) from None
+
+
+def _check_labels(labels, device) -> torch.Tensor:
+    """Labels as a flat long tensor; ValueError unless they are of an integer dtype."""
+    t = torch.as_tensor(labels, device=device) if not isinstance(labels, torch.Tensor) else labels
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be integer action indices in [0, K); got dtype "
+            f"{str(t.dtype).removeprefix('torch.')}"
+        )
+    return t.to(device).long().reshape(-1)
 
 
 def compute(
@@ -68,15 +121,21 @@ def compute(
         (lb, ub), each (B, m) with m = out_dim when C is None. Differentiable
         with respect to the network's parameters when autograd is enabled.
     """
-    backend = _check(net, ball, method, backend)
-    if backend == "lirpa":
-        from bounds.lirpa import compute_lirpa
+    backend, missing = _check(net, ball, method, backend, alpha_iterations)
+    return _compute(net, ball, method, C, backend, missing, alpha_iterations, bound_upper)
 
+
+def _compute(net, ball, method, C, backend, missing, alpha_iterations, bound_upper):
+    """``compute`` after ``_check`` (backend resolved to "native" or "lirpa")."""
+    if backend == "lirpa":
         if C is not None:
+            seq = _as_seq(net)
+            if isinstance(seq, nn.Sequential):
+                graph.check_input(graph.flatten_modules(seq), ball.in_shape)
             with torch.no_grad():
-                out_dim = _as_seq(net)(ball.center[:1]).flatten(1).shape[1]
+                out_dim = seq(ball.center[:1]).flatten(1).shape[1]
             C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
-        return compute_lirpa(net, ball, method, C, alpha_iterations, bound_upper)
+        return _lirpa(net, ball, method, C, alpha_iterations, bound_upper, missing)
     layers = graph.parse(net, ball.in_shape)
     if not layers:
         raise ValueError("network has no layers")
@@ -121,18 +180,20 @@ def margin_lower(
     output scale for float32) so that "certified" also holds for the network
     as it actually computes, in finite precision.
     """
-    backend = _check(net, ball, method, backend)
+    backend, missing = _check(net, ball, method, backend, alpha_iterations)
+    labels_t = _check_labels(labels, ball.center.device)
+    seq = _as_seq(net)
+    if isinstance(seq, nn.Sequential):
+        graph.check_input(graph.flatten_modules(seq), ball.in_shape)
     with torch.no_grad():
-        center_out = _as_seq(net)(ball.center).flatten(1)
+        center_out = seq(ball.center).flatten(1)
         K = center_out.shape[1]
-    labels_t = torch.as_tensor(labels, device=ball.center.device).long().reshape(-1)
     if labels_t.shape[0] != ball.batch_size:
         raise ValueError(
             f"labels has {labels_t.shape[0]} entries but the ball has batch {ball.batch_size}"
         )
     C = spec.margin_spec(labels_t.cpu(), K).to(ball.center)
-    lb, _ = compute(net, ball, method=method, C=C, backend=backend,
-                    alpha_iterations=alpha_iterations, bound_upper=False)
+    lb, _ = _compute(net, ball, method, C, backend, missing, alpha_iterations, False)
     own = torch.nn.functional.one_hot(labels_t, K).bool()
     lb = lb - rounding_allowance(center_out).to(lb.dtype)
     return lb.masked_fill(own, float("inf"))

@@ -10,6 +10,7 @@ suggests the auto_LiRPA backend.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,15 +54,81 @@ class Layer:
         return "identity"
 
 
-def _flatten_modules(net: nn.Module) -> list[nn.Module]:
+def flatten_modules(net: nn.Module) -> list[nn.Module]:
+    """The layers of ``net`` in order (``bounded_form()`` used, nested Sequentials flattened)."""
     if hasattr(net, "bounded_form") and not isinstance(net, nn.Sequential):
         net = net.bounded_form()
     if isinstance(net, nn.Sequential):
         out: list[nn.Module] = []
         for m in net:
-            out.extend(_flatten_modules(m))
+            out.extend(flatten_modules(m))
         return out
     return [net]
+
+
+_flatten_modules = flatten_modules
+
+# Layers that keep the shape of their input (elementwise maps), for ``check_input``.
+_SHAPE_KEEPING = (nn.ReLU, nn.Tanh, nn.Identity, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU,
+                  nn.Softplus, nn.Hardtanh, nn.Dropout)
+
+
+def check_input(modules: list[nn.Module], in_shape: tuple[int, ...]) -> None:
+    """Raise ValueError (expected vs got) when inputs of ``in_shape`` cannot enter the network.
+
+    A structural check without any forward pass: it walks the layers up to the
+    first Linear / Conv2d and compares that layer's input size with ``in_shape``
+    (the shape of one sample, without the batch dimension). Layers it does not
+    know end the walk silently (no check is better than a wrong one).
+    """
+    shape = tuple(int(d) for d in in_shape)
+    got = f"got a ball whose center has shape {shape} per sample"
+    bad = "the input does not fit the network: it expects input"
+    flattened = ""
+    for i, m in enumerate(modules):
+        where = f"layer {i}: {m}"
+        if isinstance(m, nn.Linear):
+            if shape and shape[-1] == m.in_features:
+                return
+            raise ValueError(
+                f"{bad} of width {m.in_features}{flattened} ({where}); {got}"
+            )
+        if isinstance(m, nn.Conv2d):
+            if flattened:
+                return
+            if len(shape) != 3 or shape[0] != m.in_channels:
+                raise ValueError(
+                    f"{bad} of shape ({m.in_channels} channels, H, W) ({where}); {got}"
+                )
+            if not isinstance(m.padding, str):
+                for size, k, p, d in zip(shape[1:], m.kernel_size, m.padding, m.dilation):
+                    if size + 2 * p < d * (k - 1) + 1:
+                        raise ValueError(
+                            f"input of spatial size {shape[1:]} is smaller than the kernel of "
+                            f"{where}; {got}"
+                        )
+            return
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1 or flattened:
+                return
+            flattened = f" (= C*H*W after the Flatten at layer {i})" if len(shape) > 1 else ""
+            shape = (math.prod(shape),)
+            continue
+        if isinstance(m, Normalize):
+            full = (1, *shape)
+            try:
+                ok = tuple(torch.broadcast_shapes(m.mean.shape, m.std.shape, full)) == full
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"{bad} whose shape fits normalization statistics of shape "
+                    f"{tuple(m.mean.shape)} ({where}); {got}"
+                )
+            continue
+        if isinstance(m, _SHAPE_KEEPING):
+            continue
+        return
 
 
 def _check_supported(m: nn.Module, position: int) -> None:
@@ -109,7 +176,8 @@ def unsupported_layers(net: nn.Module) -> list[str]:
 
 def parse(net: nn.Module, in_shape: tuple[int, ...]) -> list[Layer]:
     """Flatten ``net`` into layers with their shapes; raise on unsupported layers."""
-    modules = _flatten_modules(net)
+    modules = flatten_modules(net)
+    check_input(modules, in_shape)
     for i, m in enumerate(modules):
         _check_supported(m, i)
     layers: list[Layer] = []

@@ -14,12 +14,16 @@ own copy of the parameters, not to ``net``'s: train with the native backend.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import weakref
 
 import torch
 from torch import nn
 
 from bounds._lirpa_compat import import_auto_lirpa
+from bounds.graph import UnsupportedLayerError, check_input, flatten_modules
 from bounds.layers import Normalize
 from bounds.perturbation import LpBall
 
@@ -50,13 +54,57 @@ def _bounded_module(net: nn.Module, example: torch.Tensor):
     key = tuple(example.shape[1:])
     bm = per_net.get(key)
     if bm is None:
-        bm = al.BoundedModule(
-            net, example[:1], bound_opts=_BOUND_OPTS, device=str(example.device), verbose=False
-        )
+        with quiet_lirpa() as messages:
+            try:
+                bm = al.BoundedModule(
+                    net, example[:1], bound_opts=_BOUND_OPTS, device=str(example.device),
+                    verbose=False,
+                )
+            except NotImplementedError as exc:
+                ops = sorted({m.split("Name: ", 1)[1].split(",")[0]
+                              for m in messages if m.startswith("Name: ")})
+                what = f"operations it does not support: {', '.join(ops)}" if ops else str(exc)
+                raise UnsupportedLayerError(
+                    f"auto_LiRPA cannot bound this network, which uses {what}"
+                ) from None
         per_net[key] = bm
     else:
         bm.load_state_dict(net.state_dict())
     return bm
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_lirpa():
+    """Keep auto_LiRPA's log records and prints off stdout/stderr; yields the messages.
+
+    auto_LiRPA logs "ERROR ... unsupported operation" lines (to stdout, through
+    the root logger) before raising, and prints progress notes; both are
+    captured here and the caller raises one clear error instead. stdout is
+    redirected while the block runs (process-wide, as ``contextlib`` does).
+    """
+    messages: list[str] = []
+    logger = logging.getLogger("auto_LiRPA")
+    handler = _ListHandler(messages)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        messages.extend(line for line in out.getvalue().splitlines() if line.strip())
 
 
 def _as_module(net: nn.Module) -> nn.Module:
@@ -99,6 +147,8 @@ def _normalize_as_affine(m: Normalize, in_shape: tuple[int, ...]) -> nn.Module:
 def lirpa_form(net: nn.Module, in_shape: tuple[int, ...]) -> nn.Module:
     """``net`` with every bounds.Normalize replaced by an equivalent affine layer."""
     net = _as_module(net)
+    if isinstance(net, nn.Sequential):
+        check_input(flatten_modules(net), in_shape)
     if not isinstance(net, nn.Sequential) or not any(
         isinstance(m, Normalize) for m in net.modules()
     ):
@@ -147,7 +197,7 @@ def compute_lirpa(
         if method == "alpha-crown":
             # CROWN-Optimized in auto_LiRPA 0.3 needs one call per side, and autograd
             # (it optimizes the slopes by gradient ascent even under torch.no_grad()).
-            with torch.enable_grad():
+            with torch.enable_grad(), quiet_lirpa():
                 lb, _ = bm.compute_bounds(x=(bx,), C=C, method=METHODS[method], bound_upper=False)
                 ub = None
                 if bound_upper:
@@ -158,7 +208,9 @@ def compute_lirpa(
                 lb = lb.detach()
                 ub = None if ub is None else ub.detach()
             return lb, ub
-        return bm.compute_bounds(x=(bx,), C=C, method=METHODS[method], bound_upper=bound_upper)
+        with quiet_lirpa():
+            return bm.compute_bounds(x=(bx,), C=C, method=METHODS[method],
+                                     bound_upper=bound_upper)
 
     xl, xu = ball.box()
     if ball.norm == float("inf"):

@@ -40,6 +40,57 @@ def dual_norm(p: float) -> float:
     return 2.0
 
 
+def _broadcasts_to(shape, target) -> bool:
+    """True when a tensor of ``shape`` broadcasts *to* ``target`` (the result is ``target``).
+
+    ``torch.broadcast_shapes`` alone also accepts shapes that would enlarge the
+    result, e.g. eps (B, 1, d) with a center (B, d) gives (B, B, d).
+    """
+    try:
+        return tuple(torch.broadcast_shapes(shape, target)) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+def _as_number_tensor(value, name: str, center: torch.Tensor) -> torch.Tensor:
+    """``value`` as a tensor of the center's dtype/device; ValueError if it is not numeric."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(
+            f"{name} must be a number or a tensor of numbers; got {type(value).__name__} "
+            f"{value!r}"
+        )
+    try:
+        return torch.as_tensor(value, dtype=center.dtype, device=center.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"{name} must be a number or a tensor of numbers; got {type(value).__name__} "
+            f"{_short(value)}"
+        ) from None
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _non_finite_message(eps, eps_t: torch.Tensor, dtype: torch.dtype) -> str:
+    """Why eps is not finite, stating the value the caller gave (no tensor dump)."""
+    try:
+        given = torch.as_tensor(eps, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        given = eps_t.double()
+    name = str(dtype).removeprefix("torch.")
+    if given.numel() and bool(torch.isfinite(given).all()):
+        value = float(given.abs().max())
+        what = f"eps {value:g}" if given.numel() == 1 else f"eps (largest entry {value:g})"
+        return (f"{what} overflows {name} (largest finite value {torch.finfo(dtype).max:g}); "
+                f"eps must be finite")
+    if given.numel() == 1:
+        return f"eps must be finite; got {float(given.reshape(()))}"
+    bad = int((~torch.isfinite(eps_t)).sum())
+    return f"eps must be finite; {bad} of its {eps_t.numel()} entries are NaN, inf or overflow"
+
+
 @dataclass(frozen=True)
 class LpBall:
     """The set {x' : ||(x' - x) / eps||_p <= 1} intersected with [lower, upper].
@@ -72,18 +123,16 @@ class LpBall:
             )
         if not torch.isfinite(center).all():
             raise ValueError("center contains NaN or inf values")
-        eps_t = torch.as_tensor(eps, dtype=center.dtype, device=center.device)
+        eps_t = _as_number_tensor(eps, "eps", center)
         if not torch.isfinite(eps_t).all():
-            raise ValueError(f"eps must be finite; got {eps}")
+            raise ValueError(_non_finite_message(eps, eps_t, center.dtype))
         if (eps_t < 0).any():
             raise ValueError(f"eps must be >= 0; got min eps {float(eps_t.min())}")
-        try:
-            torch.broadcast_shapes(eps_t.shape, center.shape)
-        except RuntimeError:
+        if not _broadcasts_to(eps_t.shape, center.shape):
             raise ValueError(
                 f"eps of shape {tuple(eps_t.shape)} does not broadcast to center shape "
                 f"{tuple(center.shape)}"
-            ) from None
+            )
         p = _parse_norm(norm)
         lo = self._bound(lower, center, "lower")
         hi = self._bound(upper, center, "upper")
@@ -104,16 +153,14 @@ class LpBall:
     def _bound(value, center: torch.Tensor, name: str) -> torch.Tensor | None:
         if value is None:
             return None
-        t = torch.as_tensor(value, dtype=center.dtype, device=center.device)
+        t = _as_number_tensor(value, f"domain {name} bound", center)
         if torch.isnan(t).any():
             raise ValueError(f"domain {name} bound contains NaN")
-        try:
-            torch.broadcast_shapes(t.shape, center.shape)
-        except RuntimeError:
+        if not _broadcasts_to(t.shape, center.shape):
             raise ValueError(
                 f"domain {name} bound of shape {tuple(t.shape)} does not broadcast to "
                 f"center shape {tuple(center.shape)}"
-            ) from None
+            )
         return t
 
     # ------------------------------------------------------------------ helpers

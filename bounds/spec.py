@@ -11,7 +11,13 @@ def margin_spec(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
     ``C f(x)`` then holds the margins f_label(x) - f_j(x); lower bounds > 0 on
     every row j != label certify that ``label`` stays the argmax.
     """
-    labels = torch.as_tensor(labels).long().reshape(-1)
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be integer action indices in [0, {num_outputs}); got dtype "
+            f"{str(labels.dtype).removeprefix('torch.')}"
+        )
+    labels = labels.long().reshape(-1)
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_outputs):
         raise ValueError(
             f"labels must lie in [0, {num_outputs}); got range "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from certrl.nets import build_network
 from certrl.threat import ThreatModel
 
 AGENTS_DIR = Path(__file__).parent / "agents"
+
+# preprocessing kinds: raw observation -> network input (see Agent.preprocess)
+PREPROCESSING_KINDS = ("identity", "normalize", "pixels")
 
 
 class Agent:
@@ -45,8 +49,65 @@ class Agent:
         self.seed = int(seed)
         self.loss_name = loss_name
         self.metadata = metadata or {}
-        if preprocessing.get("kind") == "normalize" and obs_rms is None:
+        self._check_preprocessing()
+        self._check_outputs()
+
+    def _check_preprocessing(self) -> None:
+        pre = self.preprocessing
+        if not isinstance(pre, dict):
+            raise ValueError(f"preprocessing must be a dict; got {type(pre).__name__}")
+        kind = pre.get("kind")
+        if kind not in PREPROCESSING_KINDS:
+            raise ValueError(
+                f"unknown preprocessing kind {kind!r}; known kinds: "
+                f"{', '.join(PREPROCESSING_KINDS)}"
+            )
+        if kind == "normalize" and self.obs_rms is None:
             raise ValueError("preprocessing 'normalize' needs obs_rms")
+        if kind == "pixels":
+            scale = pre.get("scale", 255.0)
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                    math.isfinite(scale) and scale > 0):
+                raise ValueError(f"preprocessing 'pixels' needs a positive scale; got {scale!r}")
+
+    def _check_outputs(self) -> None:
+        """The acting network's output must match the action space (count / shape)."""
+        name = "q" if "q" in self.nets else "policy"
+        if name not in self.nets:
+            raise ValueError(
+                f"an agent needs a network named 'q' (DQN) or 'policy' (PPO); got "
+                f"{sorted(self.nets)}"
+            )
+        aspace = self.action_space
+        if not isinstance(aspace, dict) or aspace.get("kind") not in ("discrete", "continuous"):
+            raise ValueError(f"action_space must have kind 'discrete' or 'continuous'; got "
+                             f"{aspace!r}")
+        net = self.nets[name]
+        ref = next(net.parameters(), None)
+        x = torch.zeros((1, *self.obs_shape), dtype=ref.dtype if ref is not None else None,
+                        device=ref.device if ref is not None else None)
+        try:
+            with torch.no_grad():
+                out = net(x)
+        except RuntimeError as e:
+            raise ValueError(
+                f"network {name!r} does not accept inputs of the observation shape "
+                f"{self.obs_shape}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
+        k = math.prod(out.shape[1:])
+        if aspace["kind"] == "discrete":
+            n = int(aspace["n"])
+            if out.dim() != 2 or k != n:
+                raise ValueError(
+                    f"the action space has {n} actions but network {name!r} has {k} outputs"
+                )
+        else:
+            shape = tuple(int(v) for v in aspace["shape"])
+            if k != math.prod(shape):
+                raise ValueError(
+                    f"the action space has shape {shape} ({math.prod(shape)} values) but the "
+                    f"mean head of network {name!r} outputs {k}"
+                )
 
     # ------------------------------------------------------------------ basics
     @property
@@ -71,13 +132,24 @@ class Agent:
                 f"observation batch shape {tuple(arr.shape)} does not match the agent's "
                 f"(B, {', '.join(map(str, self.obs_shape))}) for env {self.env_id}"
             )
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise ValueError(
+                f"observation contains NaN or inf (first at index {where} of the batch of "
+                f"shape {tuple(arr.shape)}); the agent acts on finite observations only"
+            )
         kind = self.preprocessing["kind"]
         if kind == "pixels":
             x = arr.astype(np.float32) / float(self.preprocessing.get("scale", 255.0))
         elif kind == "normalize":
             x = self.obs_rms.normalize(arr)
-        else:
+        elif kind == "identity":
             x = arr.astype(np.float32)
+        else:
+            raise ValueError(
+                f"unknown preprocessing kind {kind!r}; known kinds: "
+                f"{', '.join(PREPROCESSING_KINDS)}"
+            )
         return torch.as_tensor(x, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +223,7 @@ class Agent:
     def from_payload(cls, data: dict, source: str = "checkpoint") -> Agent:
         """Rebuild an agent from a validated checkpoint dict."""
         try:
+            _check_finite(data, source)
             nets = {}
             for name, entry in data["nets"].items():
                 net = build_network(entry["spec"])
@@ -179,6 +252,32 @@ class Agent:
     def load(cls, path: str | os.PathLike) -> Agent:
         """Load an agent from a checkpoint file (``CheckpointError`` if bad)."""
         return cls.from_payload(load_checkpoint(path), source=repr(str(path)))
+
+
+def _check_finite(data: dict, source: str) -> None:
+    """CheckpointError naming the first tensor (weights or obs_rms stats) with NaN/inf."""
+    for name, entry in data["nets"].items():
+        for key, t in entry["state_dict"].items():
+            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) \
+                    and not torch.isfinite(t).all():
+                raise CheckpointError(
+                    f"{source}: network {name!r} has non-finite values (NaN/inf) in tensor "
+                    f"{key!r}"
+                )
+    rms = data.get("obs_rms")
+    if isinstance(rms, dict):
+        for key in ("mean", "var", "count"):
+            if key not in rms:
+                continue
+            try:
+                arr = np.asarray(rms[key], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise CheckpointError(f"{source}: obs_rms.{key} is not numeric") from None
+            if not np.isfinite(arr).all():
+                raise CheckpointError(
+                    f"{source}: obs_rms.{key} (observation normalization statistics) has "
+                    f"non-finite values (NaN/inf)"
+                )
 
 
 def shipped_agents() -> list[str]:

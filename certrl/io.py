@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,26 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(data, path)
 
 
+def _load_error_detail(e: Exception) -> str:
+    """One line on why torch could not load a file, without torch's advice to retry with
+    ``weights_only=False`` (which would run arbitrary code from the file: certrl never does)."""
+    text = str(e)
+    if "weights_only" not in text and "Weights only" not in text:
+        line = text.splitlines()[0] if text.strip() else type(e).__name__
+        return line[:200]
+    detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text \
+        else ""
+    detail = " ".join(detail.split())
+    m = re.match(r"Unsupported global: GLOBAL (\S+)", detail)
+    if m:
+        return (f"it stores a Python object ({m.group(1)}), and certrl checkpoints hold only "
+                f"tensors, numbers, strings, lists and dicts")
+    m = re.match(r"(Unsupported operand \S+)", detail)
+    if m:
+        return f"its contents are not a torch pickle ({m.group(1).lower()})"
+    return "its contents are not a torch pickle of tensors, numbers and strings"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read and validate a checkpoint; ``CheckpointError`` names what is wrong."""
     p = Path(path)
@@ -103,12 +125,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if p.is_dir():
         raise CheckpointError(f"checkpoint {str(p)!r} is a directory, not a file")
     try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds on bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
             f"{str(p)!r} is not a readable certrl checkpoint (corrupt, truncated or not a "
-            f"torch file): {msg[:200]}"
+            f"torch file): {_load_error_detail(e)}"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(

@@ -115,8 +115,14 @@ class ThreatModel:
         return cls(**d)
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_eps(eps) -> float:
-    """Return eps as a float; raise ValueError if negative, NaN or infinite."""
+    """Return eps as a float; raise ValueError if negative, NaN, infinite, or too large
+    to be finite in float32 (the networks' dtype: such an eps would turn into inf)."""
+    if isinstance(eps, bool):
+        raise ValueError(f"eps must be a number; got {eps!r}")
     try:
         value = float(eps)
     except (TypeError, ValueError):
@@ -127,6 +133,11 @@ def check_eps(eps) -> float:
         raise ValueError("eps must be finite")
     if value < 0:
         raise ValueError(f"eps must be >= 0; got {value}")
+    if value > FLOAT32_MAX:
+        raise ValueError(
+            f"eps {value:g} is too large: it overflows float32 (largest finite value "
+            f"{FLOAT32_MAX:g})"
+        )
     return value
 
 
