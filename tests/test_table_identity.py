@@ -238,6 +238,15 @@ def test_truncated_episodes_are_excluded_and_marked():
     assert lines[0]["text"] == "n/a †3" and lines[0]["mean"] == ""
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_complete_episode_beats_truncated_copy_in_any_order(order):
+    a = agent("x")
+    rows = [natural(a, [5.0, 5.0], truncated=(0, 1)), natural(a, [200.0, 300.0])][::order]
+    t = only(build_tables(rows[0] + rows[1]))
+    cell = t.rows[0].cells[t.columns[0]]
+    assert cell.center == 250.0 and cell.n_truncated == 0
+
+
 def test_truncated_only_cell_is_not_best():
     rows = natural(agent("a", 0), [0.0], truncated=(0,)) + natural(agent("b", 1), [-5.0]) + \
         natural(agent("c", 2), [-7.0])
@@ -272,3 +281,83 @@ def test_cli_group_and_by_agent(tmp_path, capsys):
     assert "expected LABEL=ID_OR_LABEL" in capsys.readouterr().err
     assert main(["table", str(p), "--group", "x=runs/zzz"]) == 2
     assert "no agent in the results matches 'runs/zzz'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ real agents via the CLI
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict:
+    """Results of real agents: two shipped agents, a perturbed copy (same env/algo/loss and
+    seed, different weights), l_2 and l_inf PGD at one eps, and --max-steps cut episodes."""
+    import torch
+
+    import certrl
+
+    d = tmp_path_factory.mktemp("real")
+    copy = certrl.load("cartpole-dqn-sa")
+    with torch.no_grad():
+        next(copy.net.parameters()).add_(1e-3)
+    copy.save(d / "sa-copy.pt")
+    for seed_copy in ("g1", "g2"):  # two more copies claiming one run group and seed
+        g = certrl.load(d / "sa-copy.pt")
+        with torch.no_grad():
+            next(g.net.parameters()).add_(1e-3 if seed_copy == "g1" else 2e-3)
+        g.metadata["run_group"] = "same-config"
+        g.save(d / f"{seed_copy}.pt")
+    runs = {
+        "sa": ["evaluate", "cartpole-dqn-sa"],
+        "radial": ["evaluate", "cartpole-dqn-radial"],
+        "copy": ["evaluate", str(d / "sa-copy.pt")],
+        "g1": ["evaluate", str(d / "g1.pt")],
+        "g2": ["evaluate", str(d / "g2.pt")],
+        "linf": ["attack", "cartpole-dqn-sa", "--eps", "0.05", "--steps", "2"],
+        "l2": ["attack", "cartpole-dqn-sa", "--eps", "0.05", "--steps", "2", "--norm", "2"],
+        "cut": ["evaluate", "cartpole-dqn-sa", "--max-steps", "5"],
+    }
+    paths = {"dir": d}
+    for name, argv in runs.items():
+        paths[name] = d / f"{name}.jsonl"
+        assert main([*argv, "--episodes", "2", "--out", str(paths[name])]) == 0
+    return paths
+
+
+def _md(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(["table", *map(str, argv)]) == 0
+    return capsys.readouterr().out
+
+
+def test_real_different_agents_are_different_rows(real, capsys):
+    out = _md(capsys, real["sa"], real["radial"], real["copy"])
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "#" in line]
+    assert len(rows) == 3
+    assert sum("(DQN, sa)" in r for r in rows) == 2 and sum("(DQN, radial)" in r for r in rows) == 1
+    assert any(r.startswith("| cartpole-dqn-sa #") for r in rows)
+    assert any("sa-copy.pt #" in r for r in rows)
+    assert "IQM" not in out and "[" not in "".join(rows)
+
+
+def test_real_same_seed_copies_are_never_two_seeds(real, capsys):
+    assert main(["table", str(real["g1"]), str(real["g2"])]) == 2
+    assert "two different agents with seed" in capsys.readouterr().err
+    out = _md(capsys, real["g1"], real["g2"], "--by-agent")
+    assert "g1.pt #" in out and "g2.pt #" in out
+    assert main(["table", str(real["sa"]), str(real["copy"]), "--group",
+                 f"both=cartpole-dqn-sa,{real['dir'] / 'sa-copy.pt'}"]) == 2
+    assert "group 'both' holds two different agents" in capsys.readouterr().err
+
+
+def test_real_l2_and_linf_attacks_are_two_columns(real, capsys):
+    out = _md(capsys, real["linf"], real["l2"], real["sa"])
+    assert "| Natural | PGD l∞ @0.05 | PGD l2 @0.05 |" in out
+    assert "norm per column (l_inf, l_2)" in out
+    assert len([line for line in out.splitlines() if line.startswith("| cartpole")]) == 1
+    tex = _md(capsys, real["linf"], real["l2"], "--format", "latex")
+    assert r"PGD $\ell_\infty$ & PGD $\ell_2$" in tex
+
+
+def test_real_truncated_episodes_show_na(real, capsys):
+    out = _md(capsys, real["cut"])
+    assert "| n/a †2 |" in out and "0.0 ± 0.0" not in out and "5.0 ± 0.0" not in out
+    complete = _md(capsys, real["sa"])
+    for files in ((real["cut"], real["sa"]), (real["sa"], real["cut"])):
+        assert _md(capsys, *files) == complete  # a complete run of an episode beats a cut one

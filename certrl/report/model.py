@@ -143,8 +143,9 @@ class Table:
         return sorted({c.eps_space for c in self.columns if c.eps_space})
 
     def caption(self) -> str:
-        parts = [f"Verification results on {self.env_id} (env version {self.env_version})",
-                 self._threat_words()]
+        parts = [f"Verification results on {self.env_id} (env version {self.env_version})"]
+        if self.norms or self.spaces:
+            parts.append(self._threat_words())
         meth = self._method_words()
         if meth:
             parts.append("ACR = certified steps / steps, certified by " + ", ".join(meth))
@@ -164,7 +165,7 @@ class Table:
         elif norms:
             words = "norm per column (" + ", ".join(f"l_{n}" for n in norms) + ")"
         else:
-            words = "norm not recorded"
+            words = "norm not recorded"  # legacy rows without a norm field
         if len(spaces) == 1:
             return f"{words}, eps measured in {spaces[0]}"
         if spaces:
@@ -308,12 +309,12 @@ class _Collected:
         prev = self.identities.get(ident.key)
         self.identities[ident.key] = ident if prev is None else merge_identity(prev, ident)
         ep, trunc = (r.get("episode_seed"), r.get("episode")), _truncated(r)
-        self.values.setdefault(ident.key, {}).setdefault(column, {})[ep] = (value, trunc)
+        _put(self.values.setdefault(ident.key, {}).setdefault(column, {}), ep, value, trunc)
         self.env_version.setdefault(ident.env_id, str(r.get("env_version", "")))
         if column.group in ("acr", "gwc", "ps"):
             self._method_info(ident.env_id, column.name, r)
         if column.group == "acr" and r.get("return") is not None:
-            self.nominal.setdefault(ident.key, {})[ep] = (float(r["return"]), trunc)
+            _put(self.nominal.setdefault(ident.key, {}), ep, float(r["return"]), trunc)
 
     def _method_info(self, env: str, method: str, r: dict) -> None:
         self.kinds.setdefault(env, {})[method] = str(r.get("certificate_kind", "?"))
@@ -329,6 +330,13 @@ class _Collected:
         if nat not in cols and ident.key in self.nominal:
             cols[nat] = self.nominal[ident.key]
         return cols
+
+
+def _put(episodes: Episodes, ep: tuple, value: float, truncated: bool) -> None:
+    """Record one episode; a complete run of an episode beats a truncated one of it."""
+    prev = episodes.get(ep)
+    if prev is None or prev[1] or not truncated:
+        episodes[ep] = (value, truncated)
 
 
 # ----------------------------------------------------------------- aggregation
