@@ -12,7 +12,7 @@ import math
 import pytest
 
 from certrl.cli import main
-from certrl.report import build_tables, parse_group, render
+from certrl.report import build_tables, load_rows, parse_group, render
 
 
 def _hex(text: str) -> str:
@@ -281,6 +281,38 @@ def test_cli_group_and_by_agent(tmp_path, capsys):
     assert "expected LABEL=ID_OR_LABEL" in capsys.readouterr().err
     assert main(["table", str(p), "--group", "x=runs/zzz"]) == 2
     assert "no agent in the results matches 'runs/zzz'" in capsys.readouterr().err
+
+
+def test_cli_out_refuses_existing_file_unless_force(tmp_path, capsys):
+    p = write(tmp_path, natural(agent("a"), [1.0]))
+    out = tmp_path / "t.md"
+    out.write_text("my notes\n")
+    assert main(["table", str(p), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == "my notes\n"
+    assert main(["table", str(p), "--out", str(out), "--force"]) == 0
+    assert out.read_text().startswith("**Table 1.**")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["r.jsonl", "t.md"]  # no temp left
+
+
+def test_cli_out_checked_before_any_work(tmp_path, capsys):
+    """An unwritable --out is reported even when reading the results would fail too."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["table", str(tmp_path / "missing.jsonl"), "--out",
+                 str(blocker / "t.md")]) == 2
+    err = capsys.readouterr().err
+    assert "file.txt is a file, not a folder" in err and "missing.jsonl" not in err
+    assert main(["table", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_unterminated_last_line_is_skipped_with_a_warning(tmp_path):
+    p = write(tmp_path, natural(agent("a"), [1.0, 3.0]))
+    with open(p, "a") as f:
+        f.write('{"env_id": "CartPole-v1", "rec')
+    with pytest.warns(UserWarning, match="unterminated last line"):
+        t = only(build_tables(load_rows([p])))
+    assert t.rows[0].cells[t.columns[0]].center == 2.0
 
 
 # ------------------------------------------------------------------ real agents via the CLI

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from certrl.io import _umask
+from certrl.records import check_writable
 from certrl.report import FORMATS, build_tables, load_rows, parse_group, render
 
 DESCRIPTION = """\
@@ -37,7 +39,10 @@ def add_parser(sub) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="JSON lines files")
     p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--out", default=None, help="write the table here (default: stdout)")
+    p.add_argument("--out", default=None,
+                   help="write the table here (default: stdout); an existing file is "
+                        "refused unless --force")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.add_argument("--group", action="append", default=[], metavar="LABEL=MEMBER,...",
                    type=_group_arg,
                    help="declare a seed group shown as one row LABEL; each MEMBER is an "
@@ -54,20 +59,39 @@ def _group_arg(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def check_table_out(path: str | os.PathLike, force: bool) -> Path:
+    """--out as a Path: writable, and new unless ``force``; one-line ValueError otherwise."""
+    out = check_writable(path)
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists: use another --out, or --force to overwrite it")
+    return out
+
+
+def write_text_atomic(out: Path, text: str) -> None:
+    """Write ``text`` through a temp file and rename: never a half-written table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
+    out = check_table_out(args.out, args.force) if args.out else None
     rows = load_rows(args.results)
     tables = build_tables(rows, groups=args.group, by_agent=args.by_agent)
     if not tables:
         raise ValueError("no episode results found in " + ", ".join(map(str, args.results)))
     text = render(tables, args.format)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
-        print(f"table: {out}")
-    else:
+    if out is None:
         print(text, end="" if text.endswith("\n") else "\n")
+        return 0
+    write_text_atomic(out, text)
+    print(f"table: {out}")
     return 0

@@ -7,31 +7,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 
+from certrl.records import read_rows
 from certrl.report.grouping import GroupSpec, parse_group
 from certrl.report.model import AgentRow, Cell, Column, Table, bootstrap_ci, build_tables
 from certrl.report.render import FORMATS, render, to_csv, to_latex, to_markdown
 
 
 def load_rows(paths: list[str | os.PathLike]) -> list[dict]:
-    """Rows of several JSON lines files; ValueError naming the file/line on bad input."""
+    """Rows of several JSON lines files (``certrl.records.read_rows``: an unterminated last
+    line is skipped with a warning; ValueError naming file:line on a malformed row)."""
     rows = []
     for p in paths:
-        if not os.path.isfile(p):
+        if not os.path.exists(p):
             raise FileNotFoundError(f"no results file {p}")
-        with open(p) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{i}: not a JSON line ({e})") from None
-                if not isinstance(r, dict):
-                    raise ValueError(f"{p}:{i}: expected a JSON object")
-                rows.append(r)
+        rows += read_rows(p)
     return rows
 
 
