@@ -234,6 +234,7 @@ class UnitLog:
         self._inode: int | None = None
         self._offset = 0
         self._lines = 0
+        self._head = b""  # the file's first bytes (up to 4 KiB), to notice a rewrite
 
     def refresh(self) -> set[str]:
         """Units finished in the file now (reads only what was appended since last time)."""
@@ -256,10 +257,9 @@ class UnitLog:
         return True
 
     def _scan(self, f: BinaryIO) -> None:
-        st = os.fstat(f.fileno())
-        if st.st_ino != self._inode or st.st_size < self._offset:  # new or emptied file
+        if not self._same_file(f):  # replaced, emptied or rewritten: read it all again
             self.done.clear()
-            self._inode, self._offset, self._lines = st.st_ino, 0, 0
+            self._inode, self._offset, self._lines = os.fstat(f.fileno()).st_ino, 0, 0
         f.seek(self._offset)
         data = f.read()
         rows, used, nlines = _parse_complete(self.path, data, self._lines + 1)
@@ -267,9 +267,19 @@ class UnitLog:
             key = self.key_of(row)
             if key is not None:
                 self.done.add(key)
+        if self._offset == 0:
+            self._head = data[:min(used, 4096)]
         self._offset += used
         self._lines += nlines
         _warn_tail(self.path, self._lines + 1, data[used:])
+
+    def _same_file(self, f: BinaryIO) -> bool:
+        """Whether ``f`` is the file read so far: same inode, not shorter, same first bytes."""
+        st = os.fstat(f.fileno())
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            return False
+        f.seek(0)
+        return f.read(len(self._head)) == self._head
 
 
 # ------------------------------------------------------------- --out checks

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from certrl.agent import AGENTS_DIR, shipped_agents
-from certrl.records import write_jsonl
+from certrl.records import check_writable, write_jsonl
 
 
 def add_parser(sub) -> None:
@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(args.out)
     rows = []
     for name in shipped_agents():
         side = AGENTS_DIR / f"{name}.json"

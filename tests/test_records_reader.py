@@ -1,0 +1,96 @@
+"""The one JSON lines reader (certrl.records.read_rows) and the locked appender."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from certrl.records import UnitLog, append_rows_atomic, read_jsonl, read_rows
+
+
+def _write(tmp_path, data: bytes):
+    p = tmp_path / "r.jsonl"
+    p.write_bytes(data)
+    return p
+
+
+def test_read_jsonl_is_the_same_reader():
+    assert read_jsonl is read_rows
+
+
+def test_rows_and_blank_lines(tmp_path):
+    p = _write(tmp_path, b'{"a": 1}\n\n  \n{"b": [1, 2]}\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_rows(p) == [{"a": 1}, {"b": [1, 2]}]
+
+
+def test_unterminated_last_line_is_skipped_with_a_warning(tmp_path):
+    p = _write(tmp_path, b'{"a": 1}\n{"a": 2}')  # even a complete JSON object: no newline
+    with pytest.warns(UserWarning, match=r"r\.jsonl:2: skipped an unterminated last line"):
+        assert read_rows(p) == [{"a": 1}]
+
+
+@pytest.mark.parametrize("data,line,what", [
+    (b'{"a": 1}\n{"a": \n{"b": 2}\n', 2, "not a JSON line"),
+    (b'{"a": 1}\n[1, 2]\n', 2, "expected a JSON object, got list"),
+    (b'3\n', 1, "expected a JSON object, got int"),
+    (b'{"a": 1}\n"text"\n', 2, "expected a JSON object, got str"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, data, line, what):
+    p = _write(tmp_path, data)
+    with pytest.raises(ValueError) as e:
+        read_rows(p)
+    assert str(e.value).startswith(f"{p}:{line}: {what}")
+
+
+def test_binary_file_is_named(tmp_path):
+    p = _write(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\n")
+    with pytest.raises(ValueError, match="binary file") as e:
+        read_rows(p)
+    assert str(p) in str(e.value)
+
+
+def test_non_utf8_file_is_named(tmp_path):
+    p = _write(tmp_path, b'{"a": 1}\n{"a": "\xff\xfe"}\n')
+    with pytest.raises(ValueError, match="not UTF-8") as e:
+        read_rows(p)
+    assert str(e.value).startswith(f"{p}:2:")
+
+
+def test_folder_is_not_a_results_file(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        read_rows(tmp_path)
+
+
+def test_append_repairs_tail_under_the_lock(tmp_path):
+    p = _write(tmp_path, b'{"a": 1}\n{"a": 2, "tru')
+    append_rows_atomic(p, [{"a": 3}])
+    assert p.read_bytes() == b'{"a": 1}\n{"a": 3}\n'
+
+
+def test_unit_log_discards_a_unit_another_writer_finished(tmp_path):
+    """Two writers: the second to commit a unit writes nothing."""
+    p = tmp_path / "r.jsonl"
+
+    def key_of(r):
+        return r.get("unit")
+
+    first, second = UnitLog(p, key_of), UnitLog(p, key_of)
+    assert first.refresh() == set() and second.refresh() == set()
+    assert first.commit("u1", [{"unit": "u1", "by": "first"}])
+    assert not second.commit("u1", [{"unit": "u1", "by": "second"}])
+    assert second.commit("u2", [{"unit": "u2", "by": "second"}])
+    assert first.refresh() == {"u1", "u2"}  # incremental: sees the other writer's unit
+    assert [r["unit"] for r in read_rows(p)] == ["u1", "u2"]
+
+
+def test_unit_log_restarts_when_the_file_is_replaced(tmp_path):
+    p = tmp_path / "r.jsonl"
+    log = UnitLog(p, lambda r: r.get("unit"))
+    append_rows_atomic(p, [{"unit": "u1"}, {"unit": "u2"}])
+    assert log.refresh() == {"u1", "u2"}
+    p.unlink()
+    append_rows_atomic(p, [{"unit": "u3"}])
+    assert log.refresh() == {"u3"}
