@@ -205,3 +205,13 @@ def test_cli_certify_given_observations(tmp_path, capsys):
                      "--no-progress"]) == 2
         assert msg in capsys.readouterr().err
         assert not o.exists()
+
+
+@has_shipped
+def test_cli_policy_smoothing_prints_an_infinite_median_bound(tmp_path, capsys):
+    """Few smoothed episodes give a -inf median bound; it is read back as "-inf" text."""
+    out = tmp_path / "p.jsonl"
+    args = ["certify", SHIPPED, "--eps", "0.01", "--method", "policy-smoothing",
+            "--ps-episodes", "3", "--max-steps", "5", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert "median bound -inf" in capsys.readouterr().out

@@ -94,9 +94,10 @@ def print_summary(agent, res: dict, out) -> None:
           f"{res['written']} units certified, {res['skipped']} already in {out}")
     for (method, eps), a in sorted(res["summary"].items()):
         if "certified_return" in a:
+            # non-finite bounds come back from the file as strings ("-inf")
             print(f"  {method:12s} eps {eps:<8.4g} ({a['kind']}, n={a['episodes']}) certified "
-                  f"expected return {a['certified_return']:.1f}, median bound "
-                  f"{a['median_return_bound']:.1f}")
+                  f"expected return {float(a['certified_return']):.1f}, median bound "
+                  f"{float(a['median_return_bound']):.1f}")
             continue
         if a["acr"] is None:
             rets = [r for r in a["returns"] if r is not None]
