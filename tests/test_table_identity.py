@@ -199,6 +199,30 @@ def test_l2_and_linf_never_share_a_column():
     assert r"norm per column ($\ell_\infty$, $\ell_2$)" in tex
 
 
+def test_attack_strengths_never_share_a_column():
+    """PGD-10 and PGD-50 at one eps (two files) are two labelled columns, not one merged."""
+    a = agent("cartpole-dqn-vanilla")
+    weak = [{**r, "attack_steps": 10, "objective": "ce"} for r in attacked(a, 0.05, [90, 100])]
+    strong = [{**r, "attack_steps": 50, "objective": "ce"} for r in attacked(a, 0.05, [10, 20])]
+    t = only(build_tables(weak + strong))
+    assert [row_c.variant for row_c in t.columns] == ["10 steps", "50 steps"]
+    assert [t.rows[0].cells[c].center for c in t.columns] == [95, 15]
+    md = render([t], "md")
+    assert "PGD l∞ [10 steps] @0.05" in md and "PGD l∞ [50 steps] @0.05" in md
+
+
+def test_certify_settings_never_share_a_column():
+    """CROWN run with two different settings (e.g. backend) is two columns."""
+    a = agent("cartpole-dqn-vanilla")
+    rows = [{**r, "settings": {"seed": 0, "backend": b, "max_steps": None}}
+            for b, fr in (("native", [0.5, 0.5]), ("lirpa", [0.9, 0.9])) for r in acr(a, 0.01, fr)]
+    t = only(build_tables(rows))
+    acr_cols = [c for c in t.columns if c.group == "acr"]
+    assert len(acr_cols) == 2 and sorted(t.rows[0].cells[c].center for c in acr_cols) == [0.5, 0.9]
+    one = only(build_tables(rows[:2]))  # one variant: no label
+    assert "[settings" not in render([one], "md")
+
+
 def test_acr_header_names_norm():
     t = only(build_tables(acr(agent("x"), 0.01, [0.5, 0.7])))
     assert "ACR (CROWN) l∞ @0.01" in render([t], "md")

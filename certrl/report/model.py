@@ -24,8 +24,10 @@ them and count them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.stats import trim_mean
@@ -59,11 +61,18 @@ class Column:
     eps: float | None
     norm: str | None = None  # "inf", "2", "1" (None for natural)
     eps_space: str | None = None
+    variant: str = ""  # settings that change the numbers: "10 steps", "stochastic", a hash
 
     def sort_key(self) -> tuple:
         m = METHOD_ORDER.index(self.name) if self.name in METHOD_ORDER else 99
         return (GROUP_ORDER[self.group], m, self.name, NORM_ORDER.get(self.norm or "", 9),
-                self.norm or "", self.eps_space or "", -1.0 if self.eps is None else self.eps)
+                self.norm or "", self.eps_space or "", -1.0 if self.eps is None else self.eps,
+                self.variant)
+
+    @property
+    def base(self) -> Column:
+        """The column without its variant (two variants of one base need a label)."""
+        return replace(self, variant="")
 
     @property
     def is_fraction(self) -> bool:
@@ -141,6 +150,11 @@ class Table:
     @property
     def spaces(self) -> list[str]:
         return sorted({c.eps_space for c in self.columns if c.eps_space})
+
+    def variant_suffix(self, c: Column) -> str:
+        """' [10 steps]' when the table has several variants of ``c``'s base column, else ''."""
+        n = sum(1 for x in self.columns if x.base == c.base)
+        return f" [{c.variant or 'default'}]" if n > 1 else ""
 
     def caption(self) -> str:
         parts = [f"Verification results on {self.env_id} (env version {self.env_version})"]
@@ -221,22 +235,47 @@ def _column_of(r: dict) -> tuple[Column, float] | None:
     rec = r.get("record")
     norm, space = _norm_name(r.get("norm")), r.get("eps_space") or None
     if r.get("source") == "certify":
-        m = r.get("method")
+        m, var = r.get("method"), _certify_variant(r)
         if rec == "trajectory_bound":
-            return Column("ps", m, float(r["eps"]), norm, space), float(r["certified_return"])
+            return (Column("ps", m, float(r["eps"]), norm, space, var),
+                    float(r["certified_return"]))
         if rec != "episode":
             return None
         if m == "gwc":
-            return Column("gwc", m, float(r["eps"]), norm, space), float(r["gwc_return"])
+            return Column("gwc", m, float(r["eps"]), norm, space, var), float(r["gwc_return"])
         if r.get("certified_fraction") is None:
             return None
-        return Column("acr", m, float(r["eps"]), norm, space), float(r["certified_fraction"])
+        return (Column("acr", m, float(r["eps"]), norm, space, var),
+                float(r["certified_fraction"]))
     if rec != "episode" or "return" not in r or "attack" not in r:
         return None  # summaries, and certrl train's logs (no attack field)
     attack = r.get("attack")
     if attack in (None, "none") or not float(r.get("eps") or 0.0):
-        return Column("natural", "", None), float(r["return"])
-    return Column("attack", str(attack), float(r["eps"]), norm, space), float(r["return"])
+        var = "stochastic" if r.get("deterministic") is False else ""
+        return Column("natural", "", None, variant=var), float(r["return"])
+    return (Column("attack", str(attack), float(r["eps"]), norm, space, _attack_variant(r)),
+            float(r["return"]))
+
+
+def _attack_variant(r: dict) -> str:
+    """'10 steps', '50 steps, margin', '10 steps, step 0.01': what changes attack numbers."""
+    bits = [f"{r['attack_steps']} steps"] if r.get("attack_steps") is not None else []
+    if r.get("objective") not in (None, "ce", "mad"):
+        bits.append(str(r["objective"]))
+    if r.get("step_size") is not None:
+        bits.append(f"step {float(r['step_size']):g}")
+    if r.get("deterministic") is False:
+        bits.append("stochastic")
+    return ", ".join(bits)
+
+
+def _certify_variant(r: dict) -> str:
+    """A short hash of the certify settings that change the numbers (not seed/max_steps)."""
+    settings = r.get("settings")
+    if not isinstance(settings, dict):
+        return ""
+    kept = {k: v for k, v in settings.items() if k not in ("seed", "max_steps")}
+    return "settings " + hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def _norm_name(v) -> str | None:

@@ -46,7 +46,7 @@ def md_header(t: Table, c: Column) -> str:
     """'PGD l2 @0.05', 'ACR (CROWN) l∞ @1/255', 'Natural'."""
     g, s = header(c)
     norm = NORM_MD.get(c.norm, f"l{c.norm}") if c.norm else ""
-    head = " ".join(x for x in (g, norm) if x) + _space_suffix(t, c)
+    head = " ".join(x for x in (g, norm) if x) + _space_suffix(t, c) + t.variant_suffix(c)
     return head if not s else f"{head} @{s}"
 
 
@@ -129,7 +129,8 @@ def _tex_caption(t: Table) -> str:
 def _tex_title(t: Table, c: Column) -> str:
     g, _ = header(c)
     norm = NORM_TEX.get(c.norm, tex_escape(f"l{c.norm}")) if c.norm else ""
-    return " ".join(x for x in (tex_escape(g), norm) if x) + tex_escape(_space_suffix(t, c))
+    suffix = _space_suffix(t, c) + t.variant_suffix(c)
+    return " ".join(x for x in (tex_escape(g), norm) if x) + tex_escape(suffix)
 
 
 def _tex_marks(cell: Cell | None, column: Column) -> str:
@@ -193,7 +194,7 @@ def to_latex(tables: list[Table]) -> str:
 
 # ------------------------------------------------------------------- csv
 CSV_FIELDS = ("env_id", "env_version", "agent", "row_kind", "agent_ids", "seeds", "algo",
-              "loss", "column", "group", "name", "norm", "eps_space", "eps",
+              "loss", "column", "group", "name", "norm", "eps_space", "eps", "variant",
               "certificate_kind", "n_seeds", "n_group", "n_episodes", "n_truncated", "mean",
               "std", "iqm", "ci_low", "ci_high", "best", "text")
 
@@ -211,6 +212,7 @@ def _csv_row(t: Table, r: AgentRow, c: Column, cell: Cell) -> dict:
         "seeds": " ".join(map(str, r.seeds)), "algo": r.algo, "loss": r.loss,
         "column": md_header(t, c), "group": c.group, "name": c.name, "norm": c.norm or "",
         "eps_space": c.eps_space or "", "eps": "" if c.eps is None else repr(c.eps),
+        "variant": c.variant,
         "certificate_kind": t.kinds.get(c.name, "") if certified else "",
         "n_seeds": cell.n_seeds, "n_group": len(r.members), "n_episodes": cell.n_episodes,
         "n_truncated": cell.n_truncated,
