@@ -6,6 +6,11 @@
   divides by 255, so the network input (and eps) lives in [0, 1];
 - MuJoCo v5 (Hopper, Walker2d, HalfCheetah, Ant, InvertedPendulum, ...): raw obs;
   the agent owns a ``RunningMeanStd`` that normalizes them and is frozen at save.
+
+Training envs (``make_env(..., episode_seeds=...)``) are wrapped in ``EpisodeSeeding``:
+every episode is reset from a seed derived from (run seed, env index, episode index),
+and the actions since the last reset are logged, so a checkpoint can rebuild the env
+state exactly by resetting from that seed and replaying the actions.
 """
 
 from __future__ import annotations
@@ -56,11 +61,76 @@ def env_version(env_id: str) -> str:
     return tail[1] if len(tail) == 2 and tail[1].startswith("v") else ""
 
 
-def make_env(env_id: str, seed: int = 0, **kw) -> gym.Env:
+def episode_seed(*key: int) -> int:
+    """A 32-bit reset seed derived from integers, e.g. (run seed, env index, episode)."""
+    if any(int(k) < 0 for k in key):
+        raise ValueError(f"seeds must be non-negative integers; got {key}")
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+
+
+class EnvReplayError(RuntimeError):
+    """Replaying logged actions did not reproduce the saved env state."""
+
+
+class EpisodeSeeding(gym.Wrapper):
+    """Reset episode k from ``episode_seed(*key, k)`` and log the actions since the reset.
+
+    ``reset()`` without a seed starts the next episode of the stream (what vector-env
+    autoreset and the training loops call); ``reset(seed=s)`` restarts the stream with
+    key (s,). ``state()`` / ``restore(state)`` checkpoint the env: restore resets
+    from the current episode's seed and replays its actions, which rebuilds the
+    state exactly for deterministic envs (classic control, MuJoCo, ALE with its
+    seeded sticky-action RNG). The caller should compare the returned observation
+    with the saved one.
+    """
+
+    def __init__(self, env: gym.Env, key: tuple[int, ...]):
+        super().__init__(env)
+        self.key = tuple(int(k) for k in key)
+        self.episode = -1
+        self.actions: list[np.ndarray] = []
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.key, self.episode = (int(seed),), -1
+        self.episode += 1
+        self.actions = []
+        return self.env.reset(seed=episode_seed(*self.key, self.episode), options=options)
+
+    def step(self, action):
+        self.actions.append(np.array(action, copy=True))
+        return self.env.step(action)
+
+    def state(self) -> dict:
+        """Key, episode index and the actions of the current episode (checkpointable)."""
+        acts = np.stack(self.actions) if self.actions else np.zeros((0,))
+        return {"key": list(self.key), "episode": int(self.episode), "actions": acts}
+
+    def restore(self, state: dict):
+        """Rebuild the env state of ``state()``; returns the current observation."""
+        self.key = tuple(int(k) for k in state["key"])
+        self.episode = int(state["episode"])
+        acts = np.asarray(state["actions"])
+        obs, _ = self.env.reset(seed=episode_seed(*self.key, self.episode))
+        self.actions = []
+        for i in range(len(acts)):
+            a = acts[i]
+            obs, _r, term, trunc, _info = self.env.step(a)
+            self.actions.append(np.array(a, copy=True))
+            if term or trunc:  # the saved episode was still running after these actions
+                raise EnvReplayError(f"episode ended after {i + 1} of {len(acts)} replayed "
+                                     "actions")
+        return obs
+
+
+def make_env(env_id: str, seed: int = 0, episode_seeds: tuple[int, ...] | None = None,
+             **kw) -> gym.Env:
     """Build one env of the right family with certrl's preprocessing.
 
     The env is reset once with ``seed`` (later ``reset()`` calls continue that
-    RNG stream) and its action space is seeded. Extra keyword arguments go to
+    RNG stream) and its action space is seeded. With ``episode_seeds=key`` it is
+    wrapped in ``EpisodeSeeding(key)`` (training envs: every episode reset from a
+    seed derived from key and the episode index). Extra keyword arguments go to
     ``gymnasium.make`` (e.g. ``max_episode_steps``, ``repeat_action_probability``).
     """
     family = env_family(env_id)
@@ -81,18 +151,24 @@ def make_env(env_id: str, seed: int = 0, **kw) -> gym.Env:
     env.reset(seed=int(seed))
     env.action_space.seed(int(seed))
     env.observation_space.seed(int(seed))
+    if episode_seeds is not None:
+        env = EpisodeSeeding(env, episode_seeds)
     return env
 
 
-def make_vec_env(env_id: str, num_envs: int, seed: int = 0, **kw) -> gym.vector.SyncVectorEnv:
+def make_vec_env(env_id: str, num_envs: int, seed: int = 0, episode_seeds: bool = False,
+                 **kw) -> gym.vector.SyncVectorEnv:
     """``num_envs`` copies (seeds seed, seed+1, ...) in a SyncVectorEnv.
 
     Autoreset is SAME_STEP: when a sub-env ends, ``step`` returns the first obs
-    of the next episode and the last obs in ``info["final_obs"]``.
+    of the next episode and the last obs in ``info["final_obs"]``. With
+    ``episode_seeds`` sub-env i is an ``EpisodeSeeding`` env with key (seed, i).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1; got {num_envs}")
-    fns = [(lambda i=i: make_env(env_id, seed + i, **kw)) for i in range(num_envs)]
+    fns = [(lambda i=i: make_env(env_id, seed + i,
+                                 episode_seeds=(seed, i) if episode_seeds else None, **kw))
+           for i in range(num_envs)]
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import numbers
 import os
 import random
 import typing
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +28,115 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def capture_rngs(gen: np.random.Generator) -> dict:
+    """Every RNG training draws from, in ``weights_only``-loadable form.
+
+    torch's CPU generator (a uint8 tensor), numpy's and python's global generators and
+    the algorithm's ``np.random.Generator`` (JSON strings: exact for their big ints).
+    """
+    np_state = np.random.get_state(legacy=False)
+    np_state = {**np_state, "state": {"key": np_state["state"]["key"].tolist(),
+                                      "pos": int(np_state["state"]["pos"])}}
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": json.dumps(np_state),
+            "python": json.dumps([version, list(internal), gauss]),
+            "algo": json.dumps(gen.bit_generator.state)}
+
+
+def restore_rngs(state: dict, gen: np.random.Generator) -> None:
+    """Inverse of ``capture_rngs`` (also reads the older {np_rng, torch_rng} layout)."""
+    if "rng" not in state:  # checkpoints written before the full RNG capture
+        gen.bit_generator.state = state["np_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        return
+    st = state["rng"]
+    torch.set_rng_state(st["torch"])
+    np_state = json.loads(st["numpy"])
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    version, internal, gauss = json.loads(st["python"])
+    random.setstate((version, tuple(internal), gauss))
+    gen.bit_generator.state = json.loads(st["algo"])
+
+
+def check_config(cfg, *, pos_int=(), nonneg_int=(), pos=(), nonneg=(), unit=(),
+                 unit_open0=(), finite=()) -> None:
+    """Validate config fields; ``ValueError`` names the field and the value.
+
+    pos_int: integers > 0; nonneg_int: integers >= 0; pos: finite numbers > 0;
+    nonneg: finite numbers >= 0; unit: numbers in [0, 1]; unit_open0: in (0, 1];
+    finite: any finite number. A None value is allowed where the field's default is None.
+    """
+    name = type(cfg).__name__
+
+    def bad(field: str, what: str) -> ValueError:
+        return ValueError(f"{name}.{field} must be {what}; got {getattr(cfg, field)!r}")
+
+    def number(field: str, integer: bool = False) -> float | None:
+        v = getattr(cfg, field)
+        if v is None and getattr(type(cfg), field, 0) is None:
+            return None
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise bad(field, "an integer" if integer else "a number")
+        if not math.isfinite(float(v)):
+            raise bad(field, "finite")
+        return v
+
+    for f in pos_int:
+        v = number(f, integer=True)
+        if v is not None and v < 1:
+            raise bad(f, "a positive integer")
+    for f in nonneg_int:
+        v = number(f, integer=True)
+        if v is not None and v < 0:
+            raise bad(f, "an integer >= 0")
+    for f in pos:
+        v = number(f)
+        if v is not None and not v > 0:
+            raise bad(f, "> 0")
+    for f in nonneg:
+        v = number(f)
+        if v is not None and v < 0:
+            raise bad(f, ">= 0")
+    for f in unit:
+        v = number(f)
+        if v is not None and not 0 <= v <= 1:
+            raise bad(f, "in [0, 1]")
+    for f in unit_open0:
+        v = number(f)
+        if v is not None and not 0 < v <= 1:
+            raise bad(f, "in (0, 1]")
+    for f in finite:
+        number(f)
+    hidden = getattr(cfg, "hidden", ())
+    if not isinstance(hidden, (tuple, list)) or any(
+            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
+        raise bad("hidden", "a list of positive layer widths (e.g. 64,64)")
+    for f in ("threat", "env_kwargs", "q_spec"):
+        if hasattr(cfg, f) and getattr(cfg, f) is not None and not isinstance(getattr(cfg, f),
+                                                                              dict):
+            raise bad(f, "a dict")
+    if not isinstance(cfg.env_id, str) or not cfg.env_id:
+        raise bad("env_id", "an env id")
+    if cfg.seed >= 2**63:
+        raise bad("seed", "below 2**63")
+
+
+def run_group(algo_name: str, cfg, threat: dict) -> str:
+    """sha256 of the canonical JSON of what defines a run apart from its seed.
+
+    Env id, algorithm, robust loss and its settings, the whole algorithm config
+    (total steps included) and the resolved threat model; not the seed, the output
+    folder or the thread count. Runs that differ only by seed share it.
+    """
+    config = config_to_dict(cfg)
+    config.pop("seed", None)
+    ident = {"algo": algo_name, "env_id": cfg.env_id, "config": config, "threat_model": threat}
+    text = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def config_to_dict(cfg) -> dict:
@@ -105,6 +218,12 @@ class Algorithm:
     Subclasses set ``self.cfg``, ``self.agent_obj``, ``self.global_step`` and
     ``self.episodes`` (list of {"episode", "step", "return", "length"}), and
     implement ``learn`` and ``train_state`` / ``load_train_state``.
+
+    Exact resume: ``train_state()`` holds everything the rest of the run depends on
+    (optimizer, counters, every RNG via ``capture_rngs``, the env state as
+    ``EpisodeSeeding.state()``, ...), so ``resume`` + ``learn`` ends with the same
+    weights as the uninterrupted run. ``resume_caveats`` lists what, if anything,
+    made this run deviate from that (empty when exact).
     """
 
     algo_name = ""
@@ -114,12 +233,19 @@ class Algorithm:
     agent_obj: Agent
     global_step: int
     episodes: list[dict]
+    resume_caveats: list[str]
+
+    @property
+    def run_group(self) -> str:
+        """``run_group(algo, cfg, threat)`` of this run (shared by runs differing by seed)."""
+        return run_group(self.algo_name, self.cfg, self.agent_obj.threat_model.to_dict())
 
     @property
     def agent(self) -> Agent:
         """The agent being trained (shares its networks with the algorithm)."""
         self.agent_obj.metadata.update({"trained_steps": int(self.global_step),
-                                        "episodes": len(self.episodes)})
+                                        "episodes": len(self.episodes),
+                                        "run_group": self.run_group})
         if self.episodes:
             last = [e["return"] for e in self.episodes[-20:]]
             self.agent_obj.metadata["last20_train_return"] = float(np.mean(last))
@@ -135,26 +261,56 @@ class Algorithm:
         """Checkpoint the agent (and, for resuming, the training state)."""
         self.agent.save(path, train_state=self.train_state() if with_train_state else None)
 
+    def _note(self, caveat: str) -> None:
+        """Record (and warn about) something that makes this run deviate from exact."""
+        if caveat not in self.resume_caveats:
+            self.resume_caveats.append(caveat)
+            warnings.warn(f"resume not exact: {caveat}", RuntimeWarning, stacklevel=3)
+
     @classmethod
-    def resume(cls, path: str | os.PathLike, robust_loss=None, **overrides):
-        """Rebuild the algorithm from a checkpoint with train state and continue from it."""
-        data = load_checkpoint(path)
+    def resume(cls, path: str | os.PathLike | dict, robust_loss=None, **overrides):
+        """Rebuild the algorithm from a checkpoint with train state and continue from it.
+
+        ``path`` may also be the dict ``certrl.io.load_checkpoint`` returned. With the
+        same config (no ``overrides`` that change it), continuing with ``learn()`` ends
+        with the same weights as the uninterrupted run; anything that prevents this
+        is listed in ``resume_caveats`` (and warned about).
+        """
+        if isinstance(path, dict):
+            data, source = path, "checkpoint"
+        else:
+            data, source = load_checkpoint(path), repr(str(path))
         if data.get("algo") != cls.algo_name:
-            raise CheckpointError(f"{str(path)!r} holds a {data.get('algo')!r} agent, "
+            raise CheckpointError(f"{source} holds a {data.get('algo')!r} agent, "
                                   f"not {cls.algo_name!r}")
-        if "train_state" not in data:
-            raise CheckpointError(f"{str(path)!r} has no training state to resume from")
+        if not isinstance(data.get("train_state"), dict):
+            raise CheckpointError(f"{source} has no training state to resume from")
+        if not isinstance(data["config"], dict):
+            raise CheckpointError(f"{source}: the training config is not a dict")
         cfg = config_from_dict(cls.config_cls, data["config"], **overrides)
         if robust_loss is not None:
             cfg.robust_loss = robust_loss
         algo = cls(cfg)
-        agent = Agent.from_payload(data, source=repr(str(path)))
-        for name, net in algo.agent_obj.nets.items():
-            net.load_state_dict(agent.nets[name].state_dict())
-        if agent.obs_rms is not None and algo.agent_obj.obs_rms is not None:
-            algo.agent_obj.obs_rms.load_state_dict(data["obs_rms"])
-            algo.agent_obj.obs_rms.unfreeze()
-        algo.load_train_state(data["train_state"])
+        agent = Agent.from_payload(data, source=source)
+        try:
+            for name, net in algo.agent_obj.nets.items():
+                net.load_state_dict(agent.nets[name].state_dict())
+            if agent.obs_rms is not None and algo.agent_obj.obs_rms is not None:
+                algo.agent_obj.obs_rms.load_state_dict(data["obs_rms"])
+                algo.agent_obj.obs_rms.unfreeze()
+            algo.resume_caveats = [str(c) for c in data["train_state"].get("resume_caveats", [])]
+            old = {k: v for k, v in data["config"].items() if k != "robust_loss"}
+            new = {k: v for k, v in config_to_dict(cfg).items() if k != "robust_loss"}
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if changed:
+                algo._note("resumed with changed settings (" + ", ".join(
+                    f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed) + ")")
+            algo.load_train_state(data["train_state"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{source}: inconsistent training state: "
+                                  f"{type(e).__name__}: {e}") from None
         return algo
 
 

@@ -9,6 +9,13 @@ Loop (CleanRL-style, one env):
         loss = mean Huber_delta(Q(x, a) - y)  [+ robust loss term]
     every ``target_update_interval`` steps: target <- tau * online + (1 - tau) * target
 Only *terminated* ends bootstrapping; time-limit truncation still bootstraps.
+
+Episode k is reset from ``episode_seed(seed, 0, k)`` (``certrl.envs.EpisodeSeeding``), so
+the env sequence depends on the run seed and the episode index only. ``train_state()``
+holds the replay buffer, optimizer, target net, counters, the robust loss's state, every
+RNG and the env state (current episode index + its actions so far; resume resets from the
+episode's seed and replays them). ``certrl train`` checkpoints at episode ends, where
+nothing needs replaying. Resuming and continuing gives the uninterrupted run's weights.
 """
 
 from __future__ import annotations
@@ -22,8 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from certrl.agent import Agent
-from certrl.algos.base import Algorithm, config_to_dict, resolve_threat, seed_everything
-from certrl.envs import action_space_info, env_family, make_env
+from certrl.algos.base import (
+    Algorithm,
+    capture_rngs,
+    check_config,
+    config_to_dict,
+    resolve_threat,
+    restore_rngs,
+    seed_everything,
+)
+from certrl.envs import EnvReplayError, action_space_info, env_family, make_env
 from certrl.losses.base import RobustLoss
 from certrl.nets import body_spec, build_network
 
@@ -69,6 +84,14 @@ class DQNConfig:
     q_spec: dict | None = None
     robust_loss: RobustLoss | None = None
 
+    def __post_init__(self) -> None:
+        check_config(self, pos_int=("total_steps", "buffer_size", "batch_size", "train_freq",
+                                    "gradient_steps", "target_update_interval"),
+                     nonneg_int=("seed", "learning_starts"),
+                     pos=("lr", "huber_delta", "max_grad_norm"),
+                     unit=("eps_start", "eps_end", "eps_fraction"),
+                     unit_open0=("gamma", "tau"))
+
     @classmethod
     def for_env(cls, env_id: str, **overrides) -> DQNConfig:
         """Env defaults (``CLASSIC_DEFAULTS``; Atari: Nature-DQN settings) plus overrides."""
@@ -91,7 +114,7 @@ class DQN(Algorithm):
     def __init__(self, cfg: DQNConfig):
         self.cfg = cfg
         self.rng = seed_everything(cfg.seed)
-        self.env = make_env(cfg.env_id, cfg.seed, **cfg.env_kwargs)
+        self.env = make_env(cfg.env_id, cfg.seed, episode_seeds=(cfg.seed, 0), **cfg.env_kwargs)
         aspace = action_space_info(self.env.action_space)
         if aspace["kind"] != "discrete":
             raise ValueError(f"DQN needs a discrete action space; {cfg.env_id} is continuous "
@@ -135,8 +158,15 @@ class DQN(Algorithm):
         self.episodes: list[dict] = []
         self.update_time = 0.0
         self.logs: dict[str, float] = {}
-        self._obs, _ = self.env.reset(seed=cfg.seed)
+        self.resume_caveats: list[str] = []
+        self.max_replay_bytes: int | None = None  # None: the replay buffer always goes in
+        self._obs, _ = self.env.reset()
         self._ep_return, self._ep_len = 0.0, 0
+
+    @property
+    def at_episode_start(self) -> bool:
+        """True right after a reset (a checkpoint here replays no actions)."""
+        return self._ep_len == 0
 
     # ----------------------------------------------------------------- helpers
     def epsilon(self, step: int) -> float:
@@ -259,20 +289,33 @@ class DQN(Algorithm):
         return self
 
     # ----------------------------------------------------------------- resume
-    def train_state(self, max_replay_bytes: int = 256 * 2**20) -> dict:
-        """Optimizer, target net, counters, RNGs and (if small) the replay buffer."""
+    def replay_nbytes(self) -> int:
+        """Bytes of the filled part of the replay buffer."""
         size = self.cfg.buffer_size if self.buf_full else self.buf_pos
-        nbytes = sum(v[:size].nbytes for v in self.buf.values())
+        return int(sum(v[:size].nbytes for v in self.buf.values()))
+
+    def train_state(self, max_replay_bytes: int | None = None) -> dict:
+        """Everything the rest of the run depends on (see the module docstring).
+
+        The replay buffer is left out only when it exceeds ``max_replay_bytes``
+        (default ``self.max_replay_bytes``, None = no limit); a resume from such a
+        checkpoint is then valid but not exact, and says so.
+        """
+        cap = self.max_replay_bytes if max_replay_bytes is None else max_replay_bytes
+        size = self.cfg.buffer_size if self.buf_full else self.buf_pos
         replay = None
-        if nbytes <= max_replay_bytes:
-            replay = {k: torch.from_numpy(v[:size].copy()) for k, v in self.buf.items()}
+        if cap is None or self.replay_nbytes() <= cap:
+            replay = {k: torch.from_numpy(v[:size]) for k, v in self.buf.items()}
         return {
             "global_step": self.global_step, "episodes": list(self.episodes),
             "optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
             "buf_pos": self.buf_pos, "buf_full": self.buf_full, "replay": replay,
-            "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "rng": capture_rngs(self.rng),
+            "env": self.env.state(), "obs": np.asarray(self._obs).copy(),
+            "ep_return": float(self._ep_return), "ep_len": int(self._ep_len),
             "robust_loss": (self.cfg.robust_loss.state_dict()
                             if self.cfg.robust_loss is not None else {}),
+            "resume_caveats": list(self.resume_caveats),
         }
 
     def load_train_state(self, st: dict) -> None:
@@ -286,10 +329,34 @@ class DQN(Algorithm):
             for k, v in st["replay"].items():
                 self.buf[k][: len(v)] = v.numpy()
             self.buf_pos, self.buf_full = int(st["buf_pos"]), bool(st["buf_full"])
-        self.rng.bit_generator.state = st["np_rng"]
-        torch.set_rng_state(st["torch_rng"])
-        # the env cannot be checkpointed: start a fresh episode with a derived seed
-        self._obs, _ = self.env.reset(seed=self.cfg.seed + 7919 * (len(self.episodes) + 1))
+        elif self.global_step > 0:
+            self._note("the checkpoint holds no replay buffer (over the size cap); "
+                       "training went on with an empty one")
+        self._restore_env(st)
+        restore_rngs(st, self.rng)
+
+    def _restore_env(self, st: dict) -> None:
+        if "env" not in st:  # checkpoint from before env-state saving: fresh episode
+            self._note("the checkpoint holds no env state; a fresh episode was started")
+            self._obs = self.env.restore({"key": [self.cfg.seed, 0],
+                                          "episode": len(self.episodes), "actions": []})
+            self._ep_return, self._ep_len = 0.0, 0
+            return
+        saved = np.asarray(st["obs"])
+        try:
+            obs = self.env.restore(st["env"])
+            same = np.array_equal(np.asarray(obs), saved)
+        except EnvReplayError as e:
+            same, why = False, str(e)
+        else:
+            why = "the replayed observation differs from the saved one"
+        if same:
+            self._obs = obs
+            self._ep_return, self._ep_len = float(st["ep_return"]), int(st["ep_len"])
+            return
+        self._note(f"{self.cfg.env_id}: replaying the current episode did not rebuild the "
+                   f"env ({why}); a fresh episode was started")
+        env_state = dict(st["env"])
+        env_state.update(episode=int(env_state["episode"]) + 1, actions=[])
+        self._obs = self.env.restore(env_state)
         self._ep_return, self._ep_len = 0.0, 0
-
-

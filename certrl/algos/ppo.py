@@ -12,6 +12,16 @@ Loop (CleanRL-style, ``num_envs`` synchronous envs):
         loss = L_pi - ent_coef H + vf_coef L_v  [+ robust loss term]
 Truncated episodes bootstrap: r += gamma V(final obs). Rewards may be scaled by
 the running std of the discounted return (``norm_reward``), clipped to +-10.
+
+Sub-env i resets its episode k from ``episode_seed(seed, i, k)`` (``EpisodeSeeding``).
+``train_state()`` holds the optimizer, counters, observation / return normalization
+statistics, the running discounted returns, every RNG and each sub-env's state (its
+episode index and the actions of its current episode: rollouts span episodes, so a
+checkpoint at an update boundary is mid-episode; resume resets each sub-env from its
+episode seed and replays the actions, which rebuilds the state exactly for the
+deterministic classic-control, MuJoCo and ALE envs). The algorithm is unchanged by this:
+rollouts keep their fixed length. Resuming and continuing gives the uninterrupted
+run's weights.
 """
 
 from __future__ import annotations
@@ -26,8 +36,22 @@ import torch
 from torch import nn
 
 from certrl.agent import Agent
-from certrl.algos.base import Algorithm, config_to_dict, resolve_threat, seed_everything
-from certrl.envs import RunningMeanStd, action_space_info, env_family, make_vec_env
+from certrl.algos.base import (
+    Algorithm,
+    capture_rngs,
+    check_config,
+    config_to_dict,
+    resolve_threat,
+    restore_rngs,
+    seed_everything,
+)
+from certrl.envs import (
+    EnvReplayError,
+    RunningMeanStd,
+    action_space_info,
+    env_family,
+    make_vec_env,
+)
 from certrl.losses.base import RobustLoss
 from certrl.nets import body_spec, build_network
 
@@ -61,6 +85,14 @@ class PPOConfig:
     env_kwargs: dict = field(default_factory=dict)
     robust_loss: RobustLoss | None = None
 
+    def __post_init__(self) -> None:
+        check_config(self, pos_int=("total_steps", "num_envs", "num_steps", "num_minibatches",
+                                    "update_epochs"),
+                     nonneg_int=("seed",),
+                     pos=("lr", "max_grad_norm", "target_kl"),
+                     nonneg=("clip_coef", "ent_coef", "vf_coef"),
+                     unit=("gae_lambda",), unit_open0=("gamma",), finite=("log_std_init",))
+
     @classmethod
     def for_env(cls, env_id: str, **overrides) -> PPOConfig:
         """Family defaults (Atari: CleanRL's Atari PPO; discrete: entropy bonus) + overrides."""
@@ -85,7 +117,8 @@ class PPO(Algorithm):
     def __init__(self, cfg: PPOConfig):
         self.cfg = cfg
         self.rng = seed_everything(cfg.seed)
-        self.envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, **cfg.env_kwargs)
+        self.envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, episode_seeds=True,
+                                 **cfg.env_kwargs)
         family = env_family(cfg.env_id)
         obs_shape = tuple(self.envs.single_observation_space.shape)
         aspace = action_space_info(self.envs.single_action_space)
@@ -124,7 +157,8 @@ class PPO(Algorithm):
         self.episodes: list[dict] = []
         self.update_time = 0.0
         self.logs: dict[str, float] = {}
-        self._obs, _ = self.envs.reset(seed=cfg.seed)
+        self.resume_caveats: list[str] = []
+        self._obs, _ = self.envs.reset()
         self._ep_ret = np.zeros(cfg.num_envs)
         self._ep_len = np.zeros(cfg.num_envs, dtype=np.int64)
 
@@ -295,13 +329,17 @@ class PPO(Algorithm):
         return self
 
     def train_state(self) -> dict:
-        """Optimizer, counters, reward-normalization stats and RNGs."""
+        """Everything the rest of the run depends on (see the module docstring)."""
         return {"global_step": self.global_step, "episodes": list(self.episodes),
                 "optimizer": self.optimizer.state_dict(),
                 "ret_rms": self.ret_rms.state_dict(),
-                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "disc_ret": self._disc_ret.copy(), "ep_ret": self._ep_ret.copy(),
+                "ep_len": self._ep_len.copy(), "obs": np.asarray(self._obs).copy(),
+                "envs": [e.state() for e in self.envs.envs],
+                "rng": capture_rngs(self.rng),
                 "robust_loss": (self.cfg.robust_loss.state_dict()
-                                if self.cfg.robust_loss is not None else {})}
+                                if self.cfg.robust_loss is not None else {}),
+                "resume_caveats": list(self.resume_caveats)}
 
     def load_train_state(self, st: dict) -> None:
         self.global_step = int(st["global_step"])
@@ -310,9 +348,37 @@ class PPO(Algorithm):
         self.ret_rms.load_state_dict(st["ret_rms"])
         if self.cfg.robust_loss is not None and st.get("robust_loss"):
             self.cfg.robust_loss.load_state_dict(st["robust_loss"])
-        self.rng.bit_generator.state = st["np_rng"]
-        torch.set_rng_state(st["torch_rng"])
-        # envs cannot be checkpointed: restart episodes with derived seeds
-        self._obs, _ = self.envs.reset(seed=self.cfg.seed + 7919 * (len(self.episodes) + 1))
-        self._ep_ret[:] = 0.0
-        self._ep_len[:] = 0
+        self._restore_envs(st)
+        restore_rngs(st, self.rng)
+
+    def _restore_envs(self, st: dict) -> None:
+        n, subs = self.cfg.num_envs, self.envs.envs
+        if "envs" not in st or len(st["envs"]) != n:  # older checkpoint, or num_envs changed
+            self._note("the checkpoint holds no env state for these envs; fresh episodes "
+                       "were started")
+            fresh = [e.restore({"key": [self.cfg.seed, i], "actions": [],
+                                "episode": len(self.episodes) + 1})
+                     for i, e in enumerate(subs)]
+            self._obs = np.stack(fresh)
+            self._ep_ret[:], self._ep_len[:], self._disc_ret[:] = 0.0, 0, 0.0
+            return
+        saved = np.asarray(st["obs"])
+        self._ep_ret[:] = np.asarray(st["ep_ret"], dtype=np.float64)
+        self._ep_len[:] = np.asarray(st["ep_len"], dtype=np.int64)
+        self._disc_ret[:] = np.asarray(st["disc_ret"], dtype=np.float64)
+        obs = saved.copy()
+        for i, (env, es) in enumerate(zip(subs, st["envs"])):
+            try:
+                o = env.restore(es)
+                why = "the replayed observation differs from the saved one"
+                same = np.array_equal(np.asarray(o), saved[i])
+            except EnvReplayError as e:
+                same, why = False, str(e)
+            if same:
+                obs[i] = o
+                continue
+            self._note(f"{self.cfg.env_id} env {i}: replaying the current episode did not "
+                       f"rebuild the env ({why}); a fresh episode was started")
+            obs[i] = env.restore({**es, "episode": int(es["episode"]) + 1, "actions": []})
+            self._ep_ret[i], self._ep_len[i], self._disc_ret[i] = 0.0, 0, 0.0
+        self._obs = obs

@@ -6,15 +6,26 @@ Output folder layout::
     DIR/checkpoints/latest.pt    agent + training state (what --resume reads)
     DIR/checkpoints/step_N.pt    periodic agent snapshots
     DIR/train.jsonl              one record per training episode + a summary
-    DIR/command.json             the command line and resolved config
+    DIR/command.json             the command line and resolved config (+ each resume)
+
+Resume is exact: ``--resume`` after a kill ends with the same weights as the
+uninterrupted run of the same seed and settings. latest.pt holds everything the rest
+of the run depends on (see ``certrl.algos.base.Algorithm``); DQN checkpoints at the
+first episode end after each ``--checkpoint-every`` interval, PPO after the first
+update past it (mid-episode: each env is rebuilt by replaying its current episode's
+actions from the episode's derived reset seed). Checkpoints never change training.
+Anything that makes a run deviate from exact is listed in the summary's ``resume``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,7 +34,7 @@ from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field, config_to_dict
 from certrl.commands._common import eps_arg, positive_int, set_threads
 from certrl.envs import env_family, env_version
-from certrl.io import CheckpointError, library_versions
+from certrl.io import CheckpointError, library_versions, load_checkpoint
 from certrl.losses import LOSS_NAMES, loss_from_config, make_loss, sortnet_q_spec
 from certrl.losses.common import SOLVERS
 from certrl.records import write_jsonl
@@ -35,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--env", help="env id, e.g. CartPole-v1, ALE/Pong-v5, Hopper-v5")
     p.add_argument("--algo", choices=sorted(ALGOS), help="dqn (discrete) or ppo")
     p.add_argument("--steps", type=positive_int, help="total env steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="run seed (an integer >= 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/checkpoints/latest.pt (up to --steps if given)")
@@ -43,8 +54,15 @@ def add_parser(sub) -> None:
                    help="env steps between checkpoints (default: steps / 10)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set lr=1e-3 --set hidden=64,64")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default 1 for MLPs, torch's default for Atari)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads (default 1 for MLPs, torch's default for Atari); "
+                        "resume with the same count for bit-identical results")
+    p.add_argument("--replay-cap-mb", type=positive_int, default=None,
+                   help="DQN: leave the replay buffer out of latest.pt when it is larger "
+                        "(a resume is then not exact; default: always save it)")
+    # test hook: SIGKILL this process right after the Nth latest.pt is written
+    p.add_argument("--kill-after-checkpoint", type=positive_int, default=None,
+                   help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r = p.add_argument_group("robust training (see docs/robust-training.md)")
     r.add_argument("--loss", choices=LOSS_NAMES, default="vanilla",
@@ -105,11 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not latest.exists():
             raise CheckpointError(f"--resume: no checkpoint at {latest}")
-        import torch
-
-        head = torch.load(latest, map_location="cpu", weights_only=True)
-        algo_name = head.get("algo") if isinstance(head, dict) else None
-        if algo_name not in ALGOS:
+        head = load_checkpoint(latest)  # CheckpointError for truncated / pickled / foreign
+        algo_name = head.get("algo")
+        if algo_name not in ALGOS or not isinstance(head.get("train_state"), dict):
             raise CheckpointError(f"{latest} is not a certrl training checkpoint")
         if args.algo and args.algo != algo_name:
             raise ValueError(f"--algo {args.algo} but {latest} holds a {algo_name} run")
@@ -122,10 +138,16 @@ def run(args: argparse.Namespace) -> int:
             over["total_steps"] = args.steps
         _threads(args, env_id)
         rl = loss_from_config((head.get("config") or {}).get("robust_loss"))
-        algo = algo_cls.resume(latest, robust_loss=rl, **over)
+        with warnings.catch_warnings():  # caveats are printed as one-line notes below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            algo = algo_cls.resume(head, robust_loss=rl, **over)
+        for c in algo.resume_caveats:
+            print(f"certrl train: note: resume not exact: {c}", file=sys.stderr)
     else:
         if not (args.env and args.algo and args.steps):
             raise ValueError("train needs --env, --algo and --steps (or --resume)")
+        if args.seed < 0 or args.seed >= 2**63:
+            raise ValueError(f"--seed must be an integer in [0, 2**63); got {args.seed}")
         env_family(args.env)  # unknown env -> clear error before anything is written
         if (out / "agent.pt").exists() or latest.exists():
             raise ValueError(f"{out} already holds a run; use --resume or another --out")
@@ -146,15 +168,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = algo.cfg
     total = cfg.total_steps
     every = args.checkpoint_every or max(1, total // 10)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "command.json").write_text(json.dumps(
-        {"argv": getattr(args, "argv", None),
-         "config": config_to_dict(cfg)}, indent=2) + "\n")
+    if args.replay_cap_mb is not None and hasattr(algo, "max_replay_bytes"):
+        algo.max_replay_bytes = args.replay_cap_mb * 2**20
+    _write_command(out, args, algo)
 
     start_step, t0 = algo.global_step, time.perf_counter()
     bar = tqdm(total=total, initial=start_step, disable=args.no_progress, unit="step",
                desc=f"{cfg.env_id} {algo.algo_name}", dynamic_ncols=True, file=sys.stderr)
-    state = {"next_ckpt": (start_step // every + 1) * every, "last": start_step}
+    state = {"next_ckpt": (start_step // every + 1) * every, "last": start_step, "saves": 0}
 
     def base() -> dict:
         return {"env_id": cfg.env_id, "env_version": env_version(cfg.env_id),
@@ -172,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
                    "update_share": algo.update_time / wall if wall > 0 else None,
                    "eps": tm.eps, "norm": tm.to_dict()["norm"], "eps_space": tm.space,
                    "attack": None, "finished": final, "config": config_to_dict(cfg),
+                   "run_group": algo.run_group, "resume": _resume_info(algo),
                    "versions": library_versions()}
         rows = [{"record": "episode", **base(), **e} for e in algo.episodes]
         write_jsonl(out / "train.jsonl", [*rows, summary])
@@ -180,19 +202,23 @@ def run(args: argparse.Namespace) -> int:
         algo.save(latest)
         algo.save(out / "checkpoints" / f"step_{algo.global_step}.pt", with_train_state=False)
         write_log(final=False)
+        while state["next_ckpt"] <= algo.global_step:
+            state["next_ckpt"] += every
+        state["saves"] += 1
+        if args.kill_after_checkpoint and state["saves"] >= args.kill_after_checkpoint:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die as a real kill would
 
     def on_step(a) -> None:
         bar.update(a.global_step - state["last"])
         state["last"] = a.global_step
-        if algo.algo_name == "dqn" and a.global_step >= state["next_ckpt"]:
+        # DQN: at the first episode end after the interval (the env was just reset)
+        if algo.algo_name == "dqn" and a.global_step >= state["next_ckpt"] \
+                and a.at_episode_start:
             checkpoint()
-            state["next_ckpt"] += every
 
     def on_update(a) -> None:
         if a.global_step >= state["next_ckpt"]:
             checkpoint()
-            while state["next_ckpt"] <= a.global_step:
-                state["next_ckpt"] += every
 
     def on_episode(rec) -> None:
         bar.set_postfix(ret=f"{rec['return']:.1f}", refresh=False)
@@ -213,7 +239,44 @@ def run(args: argparse.Namespace) -> int:
           f"mean return of last {len(last)} episodes {avg}, "
           f"{(algo.global_step - start_step) / max(wall, 1e-9):.0f} steps/s")
     print(f"agent: {out / 'agent.pt'}   log: {out / 'train.jsonl'}")
+    for c in algo.resume_caveats:
+        print(f"note: resume not exact: {c}")
     return 0
+
+
+def _resume_info(algo) -> dict:
+    """The summary's ``resume`` entry: is this run identical to an uninterrupted one?"""
+    caveats = list(algo.resume_caveats)
+    cap = getattr(algo, "max_replay_bytes", None)
+    if cap is not None and algo.replay_nbytes() > cap:
+        caveats.append(f"the replay buffer ({algo.replay_nbytes() / 2**20:.0f} MB) is over "
+                       f"--replay-cap-mb and not in latest.pt: a resume from it is not exact")
+    return {"exact": not caveats, "caveats": caveats}
+
+
+def _write_command(out: Path, args: argparse.Namespace, algo) -> None:
+    """command.json (a resume appends itself to ``resumes``); one-line errors, and no
+    folder left behind when it cannot be written."""
+    entry = {"argv": getattr(args, "argv", None), "config": config_to_dict(algo.cfg)}
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "command.json"
+        if args.resume and path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                resumes = data.setdefault("resumes", [])
+                resumes.append({**entry, "from_step": algo.global_step})
+                entry = data
+        path.write_text(json.dumps(entry, indent=2) + "\n")
+    except OSError as e:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise ValueError(f"cannot write the run folder {str(out)!r}: "
+                         f"{e.strerror or e}") from None
 
 
 def _threads(args, env_id: str) -> None:
