@@ -151,3 +151,93 @@ def test_classic_control_env_defaults_and_overrides():
     ac = DQNConfig.for_env("Acrobot-v1")
     assert (ac.batch_size, ac.eps_end) == (128, 0.1)
     assert DQNConfig.for_env("MountainCar-v0").train_freq == DQNConfig().train_freq
+
+
+@pytest.mark.parametrize("cls,field,value", [
+    (DQNConfig, "batch_size", 0), (DQNConfig, "buffer_size", -1), (DQNConfig, "total_steps", 0),
+    (DQNConfig, "train_freq", 0), (DQNConfig, "gradient_steps", 0),
+    (DQNConfig, "target_update_interval", 0), (DQNConfig, "seed", -1),
+    (DQNConfig, "learning_starts", -5), (DQNConfig, "lr", 0.0), (DQNConfig, "lr", float("nan")),
+    (DQNConfig, "gamma", 0.0), (DQNConfig, "gamma", 1.01), (DQNConfig, "tau", 0.0),
+    (DQNConfig, "eps_end", -0.1), (DQNConfig, "eps_fraction", 1.5), (DQNConfig, "batch_size", 2.5),
+    (DQNConfig, "batch_size", True), (DQNConfig, "hidden", (64, 0)),
+    (PPOConfig, "num_envs", 0), (PPOConfig, "num_steps", 0), (PPOConfig, "num_minibatches", 0),
+    (PPOConfig, "update_epochs", 0), (PPOConfig, "lr", -3e-4), (PPOConfig, "gae_lambda", 1.2),
+    (PPOConfig, "clip_coef", -0.2), (PPOConfig, "target_kl", 0.0), (PPOConfig, "gamma", 0.0),
+    (PPOConfig, "max_grad_norm", float("inf")),
+])
+def test_config_validation_names_field_and_value(cls, field, value):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field} must .*{value!r}"):
+        cls(**{field: value})
+
+
+def test_config_validation_accepts_edges():
+    DQNConfig(gamma=1.0, tau=1.0, eps_fraction=0.0, learning_starts=0, seed=0)
+    PPOConfig(gamma=1.0, gae_lambda=0.0, ent_coef=0.0, target_kl=None, clip_coef=0.0)
+    DQNConfig.for_env("CartPole-v1")
+    PPOConfig.for_env("ALE/Pong-v5")
+
+
+def _weights(algo):
+    return {f"{k}.{n}": t.clone() for k, net in algo.agent_obj.nets.items()
+            for n, t in net.state_dict().items()}
+
+
+def test_resume_mid_episode_is_exact_python_api(tmp_path):
+    """DQN saved mid-episode (the env is rebuilt by replay) and PPO mid-rollout-span."""
+    cfg = dict(total_steps=700, learning_starts=200, train_freq=4, seed=3)
+    full = DQN(DQNConfig(**cfg)).learn()
+    part = DQN(DQNConfig(**cfg)).learn(435)
+    assert part._ep_len > 0  # mid-episode
+    part.save(tmp_path / "d.pt")
+    again = DQN.resume(tmp_path / "d.pt").learn()
+    assert again.resume_caveats == [] and again.episodes == full.episodes
+    a, b = _weights(full), _weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pcfg = PPOConfig.for_env("CartPole-v1", total_steps=512, num_envs=2, num_steps=64, seed=2)
+    pfull = PPO(pcfg).learn()
+    ppart = PPO(PPOConfig.for_env("CartPole-v1", total_steps=512, num_envs=2, num_steps=64,
+                                  seed=2)).learn(256)
+    assert (ppart._ep_len > 0).any()
+    ppart.save(tmp_path / "p.pt")
+    pagain = PPO.resume(tmp_path / "p.pt").learn()
+    a, b = _weights(pfull), _weights(pagain)
+    assert all(torch.equal(a[k], b[k]) for k in a) and pagain.episodes == pfull.episodes
+
+
+def test_resume_replay_divergence_is_reported(tmp_path):
+    algo = DQN(DQNConfig(total_steps=300, learning_starts=50, seed=2)).learn(130)
+    algo.save(tmp_path / "d.pt")
+    from certrl.io import load_checkpoint
+    data = load_checkpoint(tmp_path / "d.pt")
+    data["train_state"]["obs"] = data["train_state"]["obs"] + 1.0  # not what replay gives
+    with pytest.warns(RuntimeWarning, match="did not rebuild"):
+        again = DQN.resume(data)
+    assert again.resume_caveats and "fresh episode" in again.resume_caveats[0]
+    again.learn()
+    assert again.global_step == 300
+
+
+def test_rng_capture_restores_every_generator():
+    import json
+    import random
+
+    from certrl.algos.base import capture_rngs, restore_rngs
+    gen = np.random.default_rng(5)
+    st = capture_rngs(gen)
+    json.dumps({k: v for k, v in st.items() if k != "torch"})
+    draws = (torch.rand(3), np.random.rand(3), random.random(), gen.random(3))
+    restore_rngs({"rng": st}, gen)
+    again = (torch.rand(3), np.random.rand(3), random.random(), gen.random(3))
+    assert torch.equal(draws[0], again[0]) and draws[2] == again[2]
+    np.testing.assert_array_equal(draws[1], again[1])
+    np.testing.assert_array_equal(draws[3], again[3])
+
+
+def test_run_group_depends_on_everything_but_the_seed():
+    a = DQN(DQNConfig(total_steps=10, seed=0))
+    assert a.agent.metadata["run_group"] == a.run_group
+    assert DQN(DQNConfig(total_steps=10, seed=9)).run_group == a.run_group
+    assert DQN(DQNConfig(total_steps=11, seed=0)).run_group != a.run_group
+    assert DQN(DQNConfig(total_steps=10, lr=2e-3)).run_group != a.run_group
+    assert DQN(DQNConfig(total_steps=10, threat={"eps": 0.1})).run_group != a.run_group
