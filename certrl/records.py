@@ -40,16 +40,15 @@ def _clean(v):
     return v
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write ``records`` one JSON object per line; readers never see a partial file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` through a temp file, fsync, rename: readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(_clean(r), sort_keys=False) for r in records]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + ("\n" if lines else ""))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,6 +57,12 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """Write ``records`` one JSON object per line, atomically (``write_text_atomic``)."""
+    lines = [json.dumps(_clean(r), sort_keys=False) for r in records]
+    return write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
 # ------------------------------------------------------------------ reading

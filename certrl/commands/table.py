@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
-from certrl.io import _umask
-from certrl.records import check_writable
+from certrl.records import check_writable, write_text_atomic
 from certrl.report import FORMATS, build_tables, load_rows, parse_group, render
 
 DESCRIPTION = """\
@@ -65,21 +63,6 @@ def check_table_out(path: str | os.PathLike, force: bool) -> Path:
     if out.exists() and not force:
         raise ValueError(f"{out} exists: use another --out, or --force to overwrite it")
     return out
-
-
-def write_text_atomic(out: Path, text: str) -> None:
-    """Write ``text`` through a temp file and rename: never a half-written table."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:
