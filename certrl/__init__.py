@@ -1,8 +1,7 @@
 """certrl: certify, train and tabulate robust deep RL policies."""
 
-__version__ = "0.1.0"
-
-from certrl.agent import Agent, load  # noqa: E402
-from certrl.threat import ThreatModel  # noqa: E402
+from certrl.agent import Agent, load
+from certrl.io import CERTRL_VERSION as __version__
+from certrl.threat import ThreatModel
 
 __all__ = ["Agent", "ThreatModel", "load", "__version__"]

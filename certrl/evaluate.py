@@ -27,7 +27,7 @@ import torch
 from certrl.agent import Agent
 from certrl.envs import make_env
 from certrl.identity import agent_identity
-from certrl.records import UnitLog, agent_fields, read_rows, reset_file
+from certrl.records import EpisodeRow, UnitLog, agent_fields, read_results, reset_file
 
 Attack = Callable[[torch.Tensor], torch.Tensor]
 
@@ -191,7 +191,7 @@ def episode_log(path: str | os.PathLike, run: EpisodeRun, aid: str) -> UnitLog:
 def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLike,
                  fields: Callable[[float], dict],
                  attack_for: Callable[[float, int], Attack | None] | None = None,
-                 fresh: bool = False, env_kwargs: dict | None = None) -> list[dict]:
+                 fresh: bool = False, env_kwargs: dict | None = None) -> list[EpisodeRow]:
     """Run the episodes of ``run`` missing from ``out`` and append one row each.
 
     ``fields(eps)`` gives the row fields of a radius (attack name, threat model,
@@ -214,11 +214,12 @@ def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLi
         atk = attack_for(eps, i) if attack_for is not None else None
         res = evaluate(agent, seed=run.seed, attack=atk, deterministic=run.deterministic,
                        max_steps=run.max_steps, env_kwargs=env_kwargs, indices=[i])
-        row = {**base, **fields(eps), "record": "episode", "unit": key, "episode": i,
-               "episode_seed": res.seeds[0], "return": res.returns[0],
-               "length": res.lengths[0], "truncated": res.truncated[0]}
-        if atk is not None and agent.action_space_kind == "discrete":
-            row["action_changes"] = res.action_changes[0]
+        changes = res.action_changes[0] if atk is not None and \
+            agent.action_space_kind == "discrete" else None
+        row = EpisodeRow(**{**base, **fields(eps)}, record="episode", unit=key, episode=i,
+                         episode_seed=res.seeds[0], return_=res.returns[0],
+                         length=res.lengths[0], truncated=res.truncated[0],
+                         action_changes=changes)
         log.commit(key, [row])
     return run_rows(out, run, aid)
 
@@ -237,27 +238,27 @@ def _preflight(agent: Agent, run: EpisodeRun, attack_for, env_kwargs: dict | Non
             attack_for(eps, 0)
 
 
-def run_rows(out: str | os.PathLike, run: EpisodeRun, aid: str) -> list[dict]:
+def run_rows(out: str | os.PathLike, run: EpisodeRun, aid: str) -> list[EpisodeRow]:
     """The episode rows of ``run`` for agent ``aid`` in ``out`` (first row per unit)."""
     want = {key for _, _, key in run.unit_keys(aid)}
-    rows: dict[str, dict] = {}
-    for r in read_rows(out):
-        if r.get("record") == "episode" and r.get("unit") in want:
-            rows.setdefault(r["unit"], r)
+    rows: dict[str, EpisodeRow] = {}
+    for r in read_results(out):
+        if isinstance(r, EpisodeRow) and r.unit in want:
+            rows.setdefault(r.unit, r)
     return list(rows.values())
 
 
-def summarize_episodes(rows: list[dict]) -> dict[float, dict]:
+def summarize_episodes(rows: list[EpisodeRow]) -> dict[float, dict]:
     """Per eps: episodes, mean and std (ddof 0) of returns, truncated episodes and
     (attacks on discrete agents) the fraction of steps whose action changed."""
     out: dict[float, dict] = {}
-    for eps in sorted({float(r["eps"]) for r in rows}):
-        sel = [r for r in rows if float(r["eps"]) == eps]
-        rets = np.asarray([r["return"] for r in sel], dtype=np.float64)
+    for eps in sorted({float(r.eps) for r in rows}):
+        sel = [r for r in rows if float(r.eps) == eps]
+        rets = np.asarray([r.return_ for r in sel], dtype=np.float64)
         s = {"episodes": len(sel), "mean": float(rets.mean()), "std": float(rets.std()),
-             "truncated": sum(bool(r.get("truncated")) for r in sel)}
-        if all("action_changes" in r for r in sel):
-            s["action_change_rate"] = (sum(r["action_changes"] for r in sel)
-                                       / max(1, sum(r["length"] for r in sel)))
+             "truncated": sum(bool(r.truncated) for r in sel)}
+        if all(r.action_changes is not None for r in sel):
+            s["action_change_rate"] = (sum(r.action_changes for r in sel)
+                                       / max(1, sum(r.length for r in sel)))
         out[eps] = s
     return out

@@ -19,9 +19,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import torch
 
+CERTRL_VERSION = "0.1.0"  # certrl.__version__ (kept here: io sits below the package root)
 FORMAT = "certrl-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("nets", "algo", "env_id", "obs_shape", "action_space", "preprocessing",
@@ -34,13 +36,8 @@ class CheckpointError(ValueError):
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a result depends on (absent ones omitted)."""
-    import gymnasium
-    import numpy
-
-    import certrl
-
-    out = {"certrl": certrl.__version__, "torch": str(torch.__version__),
-           "gymnasium": gymnasium.__version__, "numpy": numpy.__version__,
+    out = {"certrl": CERTRL_VERSION, "torch": str(torch.__version__),
+           "gymnasium": gymnasium.__version__, "numpy": np.__version__,
            "python": platform.python_version()}
     for mod in ("ale_py", "mujoco"):
         try:
@@ -56,7 +53,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~umask())
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -82,7 +79,7 @@ def plain(obj, where: str = "checkpoint"):
     raise TypeError(f"{where}: cannot store a {type(obj).__name__} in a checkpoint")
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask (mkstemp creates 0600 files; give them the usual mode)."""
     mask = os.umask(0)
     os.umask(mask)

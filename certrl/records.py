@@ -6,6 +6,14 @@
 * ``check_writable`` / ``check_out``: refuse a bad ``--out`` before any work.
 * ``write_jsonl``: a whole file written atomically (temp file + rename).
 * ``agent_fields``: the identifying fields of every result row.
+* Row types (``EpisodeRow``, ``StateRow``, ``CertEpisodeRow``, ``GwcRow``,
+  ``TrajectoryBoundRow``; ``row_from_json`` picks one): typed result rows with
+  ``to_json`` / ``from_json``. Keys a type does not declare are kept, in order,
+  in ``extra`` and written back unchanged (rows of newer versions and
+  method-specific fields survive a round trip); a declared key missing from a
+  row (older files) reads as None. ``to_json`` writes declared fields in
+  declaration order, then ``extra``: the same keys and values as before the
+  types existed (JSON objects are unordered), so old files still read.
 """
 
 from __future__ import annotations
@@ -18,25 +26,26 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from certrl.agent import Agent
 from certrl.envs import env_version
 from certrl.identity import agent_identity
-from certrl.io import _umask, library_versions
+from certrl.io import library_versions, umask
 
 
-def _clean(v):
+def clean(v):
     """JSON-safe values: non-finite floats become strings ('inf', 'nan')."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): clean(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [clean(x) for x in v]
     if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
-        return _clean(v.item())
+        return clean(v.item())
     return v
 
 
@@ -45,7 +54,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~umask())
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -59,9 +68,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+def write_jsonl(path: str | os.PathLike, records: Iterable[Row | dict]) -> Path:
     """Write ``records`` one JSON object per line, atomically (``write_text_atomic``)."""
-    lines = [json.dumps(_clean(r), sort_keys=False) for r in records]
+    lines = [json.dumps(clean(as_json(r)), sort_keys=False) for r in records]
     return write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
@@ -130,7 +139,9 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-read_jsonl = read_rows  # the former name of the same reader
+def read_results(path: str | os.PathLike) -> list[Row]:
+    """``read_rows`` as typed rows (``row_from_json``; rows of no result type are ``Row``)."""
+    return [row_from_json(d) for d in read_rows(path)]
 
 
 # ------------------------------------------------------------------ appending
@@ -192,8 +203,8 @@ def _drop_partial_tail(f: BinaryIO) -> None:
     f.truncate(0)
 
 
-def _encode(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode()
+def _encode(rows: list[Row | dict]) -> bytes:
+    return "".join(json.dumps(clean(as_json(r))) + "\n" for r in rows).encode()
 
 
 def _write(f: BinaryIO, data: bytes) -> None:
@@ -202,7 +213,7 @@ def _write(f: BinaryIO, data: bytes) -> None:
     os.fsync(f.fileno())
 
 
-def append_rows_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+def append_rows_atomic(path: str | os.PathLike, rows: list[Row | dict]) -> None:
     """Append rows to ``path`` in one write under the file lock, then fsync.
 
     Lines are only ever appended whole: a crash can at worst leave an
@@ -248,7 +259,7 @@ class UnitLog:
                 self._scan(f)
         return self.done
 
-    def commit(self, key: str, rows: list[dict]) -> bool:
+    def commit(self, key: str, rows: list[Row | dict]) -> bool:
         """Append ``rows`` (which finish unit ``key``); False, writing nothing, if the
         unit was finished by another process meanwhile."""
         data = _encode(rows)
@@ -390,3 +401,262 @@ def agent_fields(agent: Agent, checkpoint: str | None = None) -> dict:
         "versions": library_versions(),
         "train_versions": getattr(agent, "versions", None),
     }
+
+
+# ------------------------------------------------------------------ row types
+def _key(f) -> str:
+    """The JSON key of a dataclass field (``return_`` is written ``return``)."""
+    return f.metadata.get("json", f.name)
+
+
+_DECLARED: dict[type, dict[str, str]] = {}
+
+
+def _json_field(name: str):
+    return field(default=None, metadata={"json": name})
+
+
+@dataclass(kw_only=True)
+class Row:
+    """A JSON lines row: declared fields (subclasses) plus ``extra``, every other key in order.
+
+    ``OPTIONAL`` names fields written only when not None (keys some rows of the
+    type lack); every other declared field is always written (null for None).
+    A row read by ``from_json`` also leaves out the declared keys its source
+    lacked, so reading and writing back gives the same keys and values.
+    """
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+    extra: dict[str, Any] = field(default_factory=dict)
+    absent: frozenset[str] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def declared(cls) -> dict[str, str]:
+        """JSON key -> field name of the declared fields, in order."""
+        if cls not in _DECLARED:
+            _DECLARED[cls] = {_key(f): f.name for f in fields(cls)
+                              if f.name not in ("extra", "absent")}
+        return _DECLARED[cls]
+
+    def to_json(self) -> dict:
+        """The row as a JSON object (declared fields, then ``extra``)."""
+        out = {}
+        for key, name in self.declared().items():
+            v = getattr(self, name)
+            if v is None and self._omitted(key, name):
+                continue
+            out[key] = v
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
+        return out
+
+    def _omitted(self, key: str, name: str) -> bool:
+        """Whether a None field is left out: absent from the row read, or optional."""
+        return key in self.absent if self.absent is not None else name in self.OPTIONAL
+
+    @classmethod
+    def from_json(cls, d: dict) -> Row:
+        """A row of this type from a JSON object (unknown keys kept in ``extra``)."""
+        declared = cls.declared()
+        kw = {name: d.get(key) for key, name in declared.items()}
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in declared},
+                   absent=frozenset(k for k in declared if k not in d))
+
+    def get(self, key: str, default=None):
+        """The value of JSON key ``key`` (declared field or ``extra``; ``default`` for None)."""
+        name = self.declared().get(key)
+        v = getattr(self, name) if name is not None else self.extra.get(key)
+        return default if v is None else v
+
+
+@dataclass(kw_only=True)
+class AgentKey(Row):
+    """The identifying fields every result row carries (``agent_fields``; see docs/results.md)."""
+
+    agent_id: str | None = None
+    agent_label: str | None = None
+    run_group: str | None = None
+    env_id: str | None = None
+    env_version: str | None = None
+    algo: str | None = None
+    loss: str | None = None
+    seed: int | None = None
+    norm: str | None = None
+    eps_space: str | None = None
+    checkpoint: str | None = None
+    source: str | None = None  # "evaluate", "attack" or "certify"
+    record: str | None = None  # "episode", "batch", "state" or "trajectory_bound"
+
+
+@dataclass(kw_only=True)
+class UnitRow(AgentKey):
+    """A row that finishes a unit: the identity block in full, settings and unit key."""
+
+    config: dict | None = None
+    versions: dict | None = None
+    train_versions: dict | None = None
+    settings: dict | None = None
+    settings_hash: str | None = None
+    eval_seed: int | None = None
+    unit: str | None = None
+    eps: float | None = None
+    episode: Any = None  # episode index; "obs" (given observations) or "all" (certify)
+    episode_seed: int | None = None
+
+
+@dataclass(kw_only=True)
+class EpisodeRow(UnitRow):
+    """One evaluate / attack episode (``source`` "evaluate" or "attack", record "episode")."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset(
+        {"action_changes", "step_size", "objective", "threat_model"})
+    deterministic: bool | None = None
+    attack: str | None = None
+    attack_steps: int | None = None
+    step_size: float | None = None  # attack rows (omitted when None)
+    objective: str | None = None  # attack rows (omitted when None)
+    threat_model: dict | None = None  # attack rows
+    return_: float | None = _json_field("return")
+    length: int | None = None
+    truncated: bool | None = None
+    action_changes: int | None = None  # discrete agent under attack only
+
+
+@dataclass(kw_only=True)
+class CertifyRow(UnitRow):
+    """Fields of every certify unit row."""
+
+    method: str | None = None
+    threat_model: dict | None = None
+    certificate_kind: str | None = None  # "sound", "probabilistic" or "heuristic"
+    time_s: float | None = None
+
+
+@dataclass(kw_only=True)
+class CertEpisodeRow(CertifyRow):
+    """A state certificate method over one episode (record "episode") or given
+    observations (record "batch"): ``certrl.certify.trajectory.episode_summary``."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({
+        "truncated", "mean_radius", "min_radius", "mean_max_deviation", "max_max_deviation",
+        "mean_worst_value", "smoothed_agrees", "n0", "n", "alpha", "sigma", "bound",
+        "bound_type", "eps_l2", "conversion", "input_dim", "policy"})
+    return_: float | None = _json_field("return")
+    steps: int | None = None
+    length: int | None = None
+    truncated: bool | None = None
+    certified_steps: int | None = None
+    certified_fraction: float | None = None
+    certified_trajectory: bool | None = None
+    mean_radius: float | None = None
+    min_radius: float | None = None
+    mean_max_deviation: float | None = None
+    max_max_deviation: float | None = None
+    mean_worst_value: float | None = None
+    smoothed_agrees: float | None = None
+    # randomized smoothing (method "smoothing") only
+    n0: int | None = None
+    n: int | None = None
+    alpha: float | None = None
+    sigma: float | None = None
+    bound: str | None = None
+    bound_type: str | None = None
+    eps_l2: float | None = None
+    conversion: str | None = None
+    input_dim: int | None = None
+    policy: str | None = None
+
+
+@dataclass(kw_only=True)
+class GwcRow(CertifyRow):
+    """Greedy worst case (method "gwc", record "episode"): a heuristic, never a certificate."""
+
+    note: str | None = None
+    gwc_return: float | None = None
+    steps: int | None = None
+    length: int | None = None
+    truncated: bool | None = None
+    gwc_changed_fraction: float | None = None
+
+
+@dataclass(kw_only=True)
+class TrajectoryBoundRow(CertifyRow):
+    """Policy smoothing / S-DQN return bounds (record "trajectory_bound", episode "all")."""
+
+    policy: str | None = None
+    bound_type: str | None = None
+    horizon: int | None = None
+    input_dim: int | None = None
+    conversion: str | None = None
+    policy_smoothing: dict | None = None
+    sdqn_median: dict | None = None
+    certified_return: float | None = None
+    median_return_bound: float | None = None
+    smoothed_returns: list[float] | None = None
+    n: int | None = None
+    alpha: float | None = None
+    bound: str | None = None
+
+
+@dataclass(kw_only=True)
+class StateRow(AgentKey):
+    """One certified state (record "state"): ``StateCertificates.state_row`` plus its place.
+
+    Carries the lean identity (no config / versions / settings: those are in
+    the unit's episode row). Method-specific per-state values go to ``extra``.
+    """
+
+    method: str | None = None
+    eval_seed: int | None = None
+    episode: Any = None
+    episode_seed: int | None = None
+    step: int | None = None
+    eps: float | None = None
+    certificate_kind: str | None = None
+    action: Any = None  # int (discrete) or list (continuous)
+    certified: bool | None = None
+    margin_lower: float | None = None
+    margin_lower_all: list[float] | None = None
+    radius: float | None = None
+    output: list[float] | None = None
+    q_lower: list[float] | None = None
+    q_upper: list[float] | None = None
+    value_lower: float | None = None
+    value_upper: float | None = None
+    worst_action: int | None = None
+    worst_value: float | None = None
+    max_deviation: float | None = None
+    deviation: list[float] | None = None
+    time_s: float | None = None
+
+
+def row_type(d: dict) -> type[Row]:
+    """The row type of a JSON object, by its ``source``, ``record`` and ``method``."""
+    source, record = d.get("source"), d.get("record")
+    if record == "episode" and (source in ("evaluate", "attack")
+                                or (source is None and "attack" in d)):  # older files
+        return EpisodeRow
+    if source != "certify":
+        return Row
+    if record == "state":
+        return StateRow
+    if record == "trajectory_bound":
+        return TrajectoryBoundRow
+    if record == "episode" and d.get("method") == "gwc":
+        return GwcRow
+    if record in ("episode", "batch"):
+        return CertEpisodeRow
+    return Row
+
+
+def row_from_json(d: dict | Row) -> Row:
+    """The typed row of a JSON object (a ``Row`` of everything in ``extra`` when it is no
+    result row: train logs, agent listings); a Row is returned as is."""
+    if isinstance(d, Row):
+        return d
+    return row_type(d).from_json(d)
+
+
+def as_json(r: Row | dict) -> dict:
+    """A row as a JSON object (dicts pass through)."""
+    return r.to_json() if isinstance(r, Row) else r

@@ -1,4 +1,5 @@
-"""The one JSON lines reader (certrl.records.read_rows) and the locked appender."""
+"""The one JSON lines reader (certrl.records.read_rows), the typed rows and the locked
+appender."""
 
 from __future__ import annotations
 
@@ -6,7 +7,19 @@ import warnings
 
 import pytest
 
-from certrl.records import UnitLog, append_rows_atomic, read_jsonl, read_rows
+from certrl.records import (
+    CertEpisodeRow,
+    EpisodeRow,
+    GwcRow,
+    Row,
+    StateRow,
+    TrajectoryBoundRow,
+    UnitLog,
+    append_rows_atomic,
+    read_results,
+    read_rows,
+    row_from_json,
+)
 
 
 def _write(tmp_path, data: bytes):
@@ -15,8 +28,49 @@ def _write(tmp_path, data: bytes):
     return p
 
 
-def test_read_jsonl_is_the_same_reader():
-    assert read_jsonl is read_rows
+EVALUATE_ROW = {"agent_id": "ab" * 32, "env_id": "CartPole-v1", "source": "evaluate",
+                "record": "episode", "eps": 0.0, "attack": "none", "attack_steps": 0,
+                "episode": 3, "return": 500.0, "length": 500, "truncated": False}
+
+
+@pytest.mark.parametrize("row, kind", [
+    (EVALUATE_ROW, EpisodeRow),
+    ({**EVALUATE_ROW, "source": "attack", "attack": "pgd", "step_size": None,
+      "action_changes": 4}, EpisodeRow),
+    ({**EVALUATE_ROW, "source": None}, EpisodeRow),  # older files: no source
+    ({"source": "certify", "record": "episode", "method": "crown", "return": 9.0,
+      "certified_fraction": 0.5, "mean_radius": 0.1}, CertEpisodeRow),
+    ({"source": "certify", "record": "batch", "method": "ibp", "return": None}, CertEpisodeRow),
+    ({"source": "certify", "record": "episode", "method": "gwc", "gwc_return": 8.0}, GwcRow),
+    ({"source": "certify", "record": "trajectory_bound", "certified_return": 1.5},
+     TrajectoryBoundRow),
+    ({"source": "certify", "record": "state", "step": 2, "radius": "inf", "p_lower": 0.9},
+     StateRow),
+    ({"record": "episode", "return": 3.0}, Row),  # certrl train's log: no result type
+])
+def test_typed_rows_round_trip_the_same_keys_and_values(row, kind):
+    typed = row_from_json(row)
+    assert type(typed) is kind
+    assert typed.to_json() == row
+
+
+def test_typed_row_fields_and_extra_keys():
+    r = row_from_json({**EVALUATE_ROW, "future_field": [1, 2]})
+    assert (r.return_, r.episode, r.truncated, r.agent_id) == (500.0, 3, False, "ab" * 32)
+    assert r.extra == {"future_field": [1, 2]}  # unknown keys are kept, not refused
+    assert r.get("return") == 500.0 and r.get("future_field") == [1, 2]
+    assert r.get("missing", "d") == "d" and r.action_changes is None
+
+
+def test_built_rows_write_declared_fields_and_omit_unset_optional_ones(tmp_path):
+    row = EpisodeRow(source="evaluate", record="episode", eps=0.0, return_=12.0,
+                     config={"lr": 1e-3}, extra={"note": "x"})
+    d = row.to_json()
+    assert d["return"] == 12.0 and d["agent_id"] is None and d["note"] == "x"
+    assert "action_changes" not in d and "step_size" not in d
+    append_rows_atomic(tmp_path / "r.jsonl", [row, {"a": float("inf")}])
+    typed, plain = read_results(tmp_path / "r.jsonl")
+    assert typed == row and plain.extra == {"a": "inf"}
 
 
 def test_rows_and_blank_lines(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from certrl.records import AgentKey
+
 MIN_PREFIX = 6  # shortest agent_id prefix a --group member may use
 SHORT_ID = 8  # hex chars of agent_id shown in row labels
 
@@ -74,16 +76,15 @@ def parse_group(text: str) -> GroupSpec:
     return GroupSpec(label, members)
 
 
-def identity_of(r: dict) -> Identity:
+def identity_of(r: AgentKey) -> Identity:
     """The identity a result row names (legacy when it carries no ``agent_id``)."""
-    env, algo, loss = str(r["env_id"]), str(r.get("algo", "?")), str(r.get("loss", "?"))
-    seed = _seed(r.get("seed"))
-    aid = r.get("agent_id")
-    if aid:
-        label = r.get("agent_label") or r.get("checkpoint")
-        return Identity(str(aid).lower(), env, algo, loss, seed,
-                        (str(label),) if label else (), r.get("run_group") or None)
-    ck = str(r.get("checkpoint") or "unnamed")
+    env, algo, loss = str(r.env_id), str(r.algo or "?"), str(r.loss or "?")
+    seed = _seed(r.seed)
+    if r.agent_id:
+        label = r.agent_label or r.checkpoint
+        return Identity(str(r.agent_id).lower(), env, algo, loss, seed,
+                        (str(label),) if label else (), r.run_group or None)
+    ck = str(r.checkpoint or "unnamed")
     return Identity(f"legacy:{env}|{ck}|{algo}|{loss}|seed{seed}", env, algo, loss, seed,
                     (ck,), None, True)
 

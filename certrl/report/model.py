@@ -32,6 +32,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.stats import trim_mean
 
+from certrl.records import (
+    AgentKey,
+    CertEpisodeRow,
+    CertifyRow,
+    EpisodeRow,
+    GwcRow,
+    Row,
+    TrajectoryBoundRow,
+    row_from_json,
+)
 from certrl.report.grouping import (
     GroupSpec,
     Identity,
@@ -230,51 +240,51 @@ class Table:
 
 
 # ----------------------------------------------------------------- rows -> values
-def _column_of(r: dict) -> tuple[Column, float] | None:
+def _column_of(r: Row) -> tuple[Column, float] | None:
     """The column and value a result row contributes, or None."""
-    rec = r.get("record")
-    norm, space = _norm_name(r.get("norm")), r.get("eps_space") or None
-    if r.get("source") == "certify":
-        m, var = r.get("method"), _certify_variant(r)
-        if rec == "trajectory_bound":
-            return (Column("ps", m, float(r["eps"]), norm, space, var),
-                    float(r["certified_return"]))
-        if rec != "episode":
-            return None
-        if m == "gwc":
-            return Column("gwc", m, float(r["eps"]), norm, space, var), float(r["gwc_return"])
-        if r.get("certified_fraction") is None:
-            return None
-        return (Column("acr", m, float(r["eps"]), norm, space, var),
-                float(r["certified_fraction"]))
-    if rec != "episode" or "return" not in r or "attack" not in r:
+    if isinstance(r, CertifyRow):
+        return _certify_column(r)
+    if not isinstance(r, EpisodeRow) or r.return_ is None:
         return None  # summaries, and certrl train's logs (no attack field)
-    attack = r.get("attack")
-    if attack in (None, "none") or not float(r.get("eps") or 0.0):
-        var = "stochastic" if r.get("deterministic") is False else ""
-        return Column("natural", "", None, variant=var), float(r["return"])
-    return (Column("attack", str(attack), float(r["eps"]), norm, space, _attack_variant(r)),
-            float(r["return"]))
+    if r.attack in (None, "none") or not float(r.eps or 0.0):
+        var = "stochastic" if r.deterministic is False else ""
+        return Column("natural", "", None, variant=var), float(r.return_)
+    return (Column("attack", str(r.attack), float(r.eps), _norm_name(r.norm),
+                   r.eps_space or None, _attack_variant(r)), float(r.return_))
 
 
-def _attack_variant(r: dict) -> str:
+def _certify_column(r: CertifyRow) -> tuple[Column, float] | None:
+    """ACR, GWC or PS column of a certify row (None for given-observation batches)."""
+    norm, space = _norm_name(r.norm), r.eps_space or None
+    m, var = r.method, _certify_variant(r)
+    if isinstance(r, TrajectoryBoundRow):
+        return Column("ps", m, float(r.eps), norm, space, var), float(r.certified_return)
+    if r.record != "episode":
+        return None
+    if isinstance(r, GwcRow):
+        return Column("gwc", m, float(r.eps), norm, space, var), float(r.gwc_return)
+    if not isinstance(r, CertEpisodeRow) or r.certified_fraction is None:
+        return None
+    return (Column("acr", m, float(r.eps), norm, space, var), float(r.certified_fraction))
+
+
+def _attack_variant(r: EpisodeRow) -> str:
     """'10 steps', '50 steps, margin', '10 steps, step 0.01': what changes attack numbers."""
-    bits = [f"{r['attack_steps']} steps"] if r.get("attack_steps") is not None else []
-    if r.get("objective") not in (None, "ce", "mad"):
-        bits.append(str(r["objective"]))
-    if r.get("step_size") is not None:
-        bits.append(f"step {float(r['step_size']):g}")
-    if r.get("deterministic") is False:
+    bits = [f"{r.attack_steps} steps"] if r.attack_steps is not None else []
+    if r.objective not in (None, "ce", "mad"):
+        bits.append(str(r.objective))
+    if r.step_size is not None:
+        bits.append(f"step {float(r.step_size):g}")
+    if r.deterministic is False:
         bits.append("stochastic")
     return ", ".join(bits)
 
 
-def _certify_variant(r: dict) -> str:
+def _certify_variant(r: CertifyRow) -> str:
     """A short hash of the certify settings that change the numbers (not seed/max_steps)."""
-    settings = r.get("settings")
-    if not isinstance(settings, dict):
+    if not isinstance(r.settings, dict):
         return ""
-    kept = {k: v for k, v in settings.items() if k not in ("seed", "max_steps")}
+    kept = {k: v for k, v in r.settings.items() if k not in ("seed", "max_steps")}
     return "settings " + hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:6]
 
 
@@ -292,7 +302,7 @@ def _norm_name(v) -> str | None:
     return "inf" if math.isinf(f) else f"{f:g}"
 
 
-def _truncated(r: dict) -> bool:
+def _truncated(r: Row) -> bool:
     return r.get("truncated") is True
 
 
@@ -339,7 +349,7 @@ class _Collected:
     kinds: dict[str, dict[str, str]] = field(default_factory=dict)
     details: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def add(self, r: dict) -> None:
+    def add(self, r: AgentKey) -> None:
         col = _column_of(r)
         if col is None:
             return
@@ -350,17 +360,17 @@ class _Collected:
         ep, trunc = (r.get("episode_seed"), r.get("episode")), _truncated(r)
         _put(self.values.setdefault(ident.key, {}).setdefault(column, {}), ep, value, trunc)
         self.env_version.setdefault(ident.env_id, str(r.get("env_version", "")))
-        if column.group in ("acr", "gwc", "ps"):
+        if isinstance(r, CertifyRow):
             self._method_info(ident.env_id, column.name, r)
-        if column.group == "acr" and r.get("return") is not None:
-            _put(self.nominal.setdefault(ident.key, {}), ep, float(r["return"]), trunc)
+        if isinstance(r, CertEpisodeRow) and r.return_ is not None:
+            _put(self.nominal.setdefault(ident.key, {}), ep, float(r.return_), trunc)
 
-    def _method_info(self, env: str, method: str, r: dict) -> None:
-        self.kinds.setdefault(env, {})[method] = str(r.get("certificate_kind", "?"))
-        if method == "smoothing":
+    def _method_info(self, env: str, method: str, r: CertifyRow) -> None:
+        self.kinds.setdefault(env, {})[method] = str(r.certificate_kind or "?")
+        if isinstance(r, CertEpisodeRow) and method == "smoothing":
             self.details.setdefault(env, {})["smoothing"] = (
-                f"Cohen et al., n={r.get('n')}, alpha={r.get('alpha')}, "
-                f"sigma={r.get('sigma')}, l2 radius vs eps*sqrt(d)")
+                f"Cohen et al., n={r.n}, alpha={r.alpha}, "
+                f"sigma={r.sigma}, l2 radius vs eps*sqrt(d)")
 
     def columns_of(self, ident: Identity) -> dict[Column, Episodes]:
         """The identity's columns; Natural falls back to certify's nominal returns."""
@@ -428,17 +438,25 @@ def _mark_best(rows: list[AgentRow], columns: list[Column]) -> None:
                 x.best = math.isclose(x.center, best, rel_tol=1e-12, abs_tol=1e-12)
 
 
-def build_tables(rows: list[dict], groups: list[GroupSpec] = (),
+def _collect(rows: list[Row | dict]) -> _Collected:
+    """Typed rows (dicts are read with ``row_from_json``) sorted by identity and column."""
+    data = _Collected()
+    for r in rows:
+        if isinstance(r, (dict, Row)):
+            r = row_from_json(r)
+            if isinstance(r, AgentKey) and r.env_id is not None:
+                data.add(r)
+    return data
+
+
+def build_tables(rows: list[Row | dict], groups: list[GroupSpec] = (),
                  by_agent: bool = False) -> list[Table]:
-    """Result rows -> one verification table per env.
+    """Result rows (typed, or JSON objects) -> one verification table per env.
 
     ``groups``: declared seed groups; ``by_agent``: one row per agent identity even
     when agents share a ``run_group``. ValueError for an inconsistent group.
     """
-    data = _Collected()
-    for r in rows:
-        if isinstance(r, dict) and "env_id" in r:
-            data.add(r)
+    data = _collect(rows)
     owner = assign_rows(list(data.identities.values()), groups, by_agent)
     specs = list({id(s): s for s in owner.values()}.values())
     tables = []
