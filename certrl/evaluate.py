@@ -28,6 +28,7 @@ from certrl.agent import Agent
 from certrl.envs import make_env
 from certrl.identity import agent_identity
 from certrl.records import EpisodeRow, UnitLog, agent_fields, read_results, reset_file
+from certrl.rollout import EpisodeEnd, Step, acting, play
 
 Attack = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,14 +55,6 @@ class EvalResult:
         return asdict(self)
 
 
-@dataclass
-class _Episode:
-    ret: float
-    length: int
-    truncated: bool
-    action_changes: int
-
-
 def episode_rng_seed(seed: int, index: int) -> int:
     """Seed of episode ``index``'s own random generator (actions, attack noise)."""
     return (int(seed) * 1_000_003 + int(index)) % (2**63)
@@ -75,23 +68,16 @@ def check_env_shape(agent: Agent, env) -> None:
                          f"agent expects {agent.obs_shape}")
 
 
-def _run_episode(env, agent: Agent, env_seed: int, gen: torch.Generator, attack: Attack | None,
-                 deterministic: bool, max_steps: int | None) -> _Episode:
-    obs, _ = env.reset(seed=env_seed)
-    total, length, flipped, ended = 0.0, 0, 0, False
-    while not ended and not (max_steps is not None and length >= max_steps):
-        x = agent.preprocess(np.asarray(obs)[None])
-        if attack is not None:
-            action = agent.act(attack(x), deterministic, gen)
-            if agent.action_space_kind == "discrete":
-                flipped += int(action[0] != agent.act(x, True)[0])
-        else:
-            action = agent.act(x, deterministic, gen)
-        obs, r, term, trunc, _ = env.step(action[0])
-        total += float(r)
-        length += 1
-        ended = term or trunc
-    return _Episode(total, length, not ended, flipped)
+class _FlipCounter:
+    """Steps of one episode where an attack changed a discrete agent's action."""
+
+    def __init__(self, agent: Agent, attacked: bool):
+        self.agent, self.count = agent, 0
+        self.on = attacked and agent.action_space_kind == "discrete"
+
+    def __call__(self, step: Step) -> None:
+        if self.on:
+            self.count += int(step.action[0] != self.agent.act(step.x, True)[0])
 
 
 def evaluate(agent: Agent, episodes: int = 10, seed: int = 0, attack: Attack | None = None,
@@ -103,23 +89,25 @@ def evaluate(agent: Agent, episodes: int = 10, seed: int = 0, attack: Attack | N
     idx = list(range(episodes)) if indices is None else [int(i) for i in indices]
     if not idx:
         raise ValueError(f"episodes must be >= 1; got {episodes}")
-    env = make_env(agent.env_id, seed, **(env_kwargs or {}))
     res = EvalResult([], [], [])
-    try:
-        check_env_shape(agent, env)
-        agent.eval()
-        for i in idx:
-            gen = torch.Generator().manual_seed(episode_rng_seed(seed, i))
-            ep = _run_episode(env, agent, seed + i, gen, attack, deterministic, max_steps)
-            res.returns.append(ep.ret)
-            res.lengths.append(ep.length)
-            res.seeds.append(seed + i)
-            res.truncated.append(ep.truncated)
-            res.action_changes.append(ep.action_changes)
-            if on_episode is not None:
-                on_episode(i, ep.ret, ep.length)
-    finally:
-        env.close()
+    flips: dict[int, _FlipCounter] = {}
+
+    def policy_for(i: int):
+        flips[i] = _FlipCounter(agent, attack is not None)
+        gen = torch.Generator().manual_seed(episode_rng_seed(seed, i))
+        return acting(agent, attack, deterministic, gen)
+
+    def done(ep: EpisodeEnd) -> None:
+        res.returns.append(ep.ret)
+        res.lengths.append(ep.length)
+        res.seeds.append(ep.seed)
+        res.truncated.append(ep.truncated)
+        res.action_changes.append(flips[ep.index].count)
+        if on_episode is not None:
+            on_episode(ep.index, ep.ret, ep.length)
+
+    play(agent, idx, seed, policy_for, max_steps, lambda i, s: flips[i](s), env_kwargs,
+         check_env_shape, on_end=done)
     res.mean, res.std = float(np.mean(res.returns)), float(np.std(res.returns))
     if attack is not None and agent.action_space_kind == "discrete":
         res.extra["action_change_rate"] = sum(res.action_changes) / max(1, sum(res.lengths))

@@ -33,7 +33,7 @@ from scipy.stats import norm as _norm
 import bounds
 from certrl.agent import Agent
 from certrl.certify.state import StateCertificates
-from certrl.envs import make_env
+from certrl.rollout import Step, acting, play
 
 # known lower bounds of the episode return (needed by the policy-smoothing bound)
 RETURN_MIN = {"CartPole-v1": 0.0, "Acrobot-v1": -500.0, "MountainCar-v0": -200.0}
@@ -63,31 +63,13 @@ def rollout(agent: Agent, episodes: int, seed: int = 0, max_steps: int | None = 
             indices: list[int] | None = None) -> list[Episode]:
     """Run deterministic episodes i (env seed ``seed + i``) and keep their network inputs."""
     idx = list(range(episodes)) if indices is None else list(indices)
-    env = make_env(agent.env_id, seed)
-    agent.eval()
-    out = []
-    try:
-        for i in idx:
-            obs, _ = env.reset(seed=seed + i)
-            xs, acts, rews, ended = [], [], [], False
-            while not ended and not _cut(len(xs), max_steps):
-                x = agent.preprocess(np.asarray(obs)[None])
-                a = agent.act(x, True)
-                obs, r, term, trunc, _ = env.step(a[0])
-                xs.append(x[0])
-                acts.append(a[0])
-                rews.append(float(r))
-                ended = term or trunc
-            out.append(Episode(i, seed + i, torch.stack(xs), np.asarray(acts),
-                               np.asarray(rews, dtype=np.float64), truncated=not ended))
-    finally:
-        env.close()
-    return out
-
-
-def _cut(steps: int, max_steps: int | None) -> bool:
-    """True once the user's ``max_steps`` is reached."""
-    return max_steps is not None and steps >= max_steps
+    steps: dict[int, list[Step]] = {i: [] for i in idx}
+    ends = play(agent, idx, seed, lambda i: acting(agent), max_steps,
+                lambda i, s: steps[i].append(s))
+    return [Episode(e.index, e.seed, torch.stack([s.x[0] for s in steps[e.index]]),
+                    np.asarray([s.action[0] for s in steps[e.index]]),
+                    np.asarray([s.reward for s in steps[e.index]], dtype=np.float64),
+                    truncated=e.truncated) for e in ends]
 
 
 def episode_summary(ep: Episode, cert: StateCertificates) -> dict:
@@ -133,25 +115,9 @@ def smoothed_returns(agent: Agent, n: int, sigma: float, seed: int = 0,
     if not (sigma > 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma must be positive and finite; got {sigma}")
     gen = torch.Generator().manual_seed(int(seed) + 7919)
-    env = make_env(agent.env_id, seed)
-    rets, lens = [], []
-    try:
-        for i in range(n):
-            obs, _ = env.reset(seed=seed + i)
-            total, steps, done = 0.0, 0, False
-            while not done:
-                x = agent.preprocess(np.asarray(obs)[None])
-                x = x + sigma * torch.randn(x.shape, generator=gen)
-                a = agent.act(x, True)
-                obs, r, term, trunc, _ = env.step(a[0])
-                total += float(r)
-                steps += 1
-                done = term or trunc or (max_steps is not None and steps >= max_steps)
-            rets.append(total)
-            lens.append(steps)
-    finally:
-        env.close()
-    return np.asarray(rets), np.asarray(lens)
+    policy = acting(agent, lambda x: x + sigma * torch.randn(x.shape, generator=gen))
+    ends = play(agent, list(range(n)), seed, lambda i: policy, max_steps)
+    return np.asarray([e.ret for e in ends]), np.asarray([e.length for e in ends])
 
 
 def dkw_margin(n: int, alpha: float) -> float:
@@ -238,31 +204,35 @@ def gwc_rollout(agent: Agent, eps: float, method: str = "ibp", episodes: int = 1
     """
     if agent.action_space_kind != "discrete":
         raise ValueError("GWC needs a discrete-action agent")
-    net = agent.bounded_form()
-    tm = agent.threat_model
-    env = make_env(agent.env_id, seed)
-    out = []
     idx = list(range(episodes)) if indices is None else list(indices)
-    try:
-        for i in idx:
-            obs, _ = env.reset(seed=seed + i)
-            total, steps, changed, ended = 0.0, 0, 0, False
-            while not ended and not _cut(steps, max_steps):
-                x = agent.preprocess(np.asarray(obs)[None])
-                with torch.no_grad():
-                    q = net(x)
-                    lb, ub = bounds.compute(net, tm.ball(x, eps), method=method, backend="auto")
-                possible = ub >= lb.max(dim=1, keepdim=True).values
-                possible[0, q.argmax(1)] = True
-                a = int(torch.where(possible, q, torch.full_like(q, math.inf)).argmin(1)[0])
-                changed += int(a != int(q.argmax(1)[0]))
-                obs, r, term, trunc, _ = env.step(a)
-                total += float(r)
-                steps += 1
-                ended = term or trunc
-            out.append({"episode": i, "episode_seed": seed + i, "return": total, "steps": steps,
-                        "truncated": not ended,
-                        "gwc_changed_fraction": changed / max(1, steps)})
-    finally:
-        env.close()
-    return out
+    worst = _GreedyWorstCase(agent, eps, method)
+    ends = play(agent, idx, seed, lambda i: worst, max_steps, worst.count)
+    return [{"episode": e.index, "episode_seed": e.seed, "return": e.ret, "steps": e.length,
+             "truncated": e.truncated,
+             "gwc_changed_fraction": worst.changed.get(e.index, 0) / max(1, e.length)}
+            for e in ends]
+
+
+class _GreedyWorstCase:
+    """The GWC policy: the lowest-Q action among those whose UB >= max_j LB_j over the
+    eps ball; counts per episode the steps where it differs from the greedy action."""
+
+    def __init__(self, agent: Agent, eps: float, method: str):
+        self.net, self.tm, self.eps, self.method = agent.bounded_form(), agent.threat_model, \
+            eps, method
+        self.changed: dict[int, int] = {}
+        self.greedy = -1
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            q = self.net(x)
+            lb, ub = bounds.compute(self.net, self.tm.ball(x, self.eps), method=self.method,
+                                    backend="auto")
+        possible = ub >= lb.max(dim=1, keepdim=True).values
+        possible[0, q.argmax(1)] = True
+        self.greedy = int(q.argmax(1)[0])
+        return np.asarray([int(torch.where(possible, q, torch.full_like(q, math.inf))
+                               .argmin(1)[0])])
+
+    def count(self, i: int, step: Step) -> None:
+        self.changed[i] = self.changed.get(i, 0) + int(int(step.action[0]) != self.greedy)
