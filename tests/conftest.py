@@ -1,4 +1,5 @@
-"""Shared fixtures: small networks and inputs used across the bound tests."""
+"""Shared fixtures: small networks and inputs used across the bound tests, one torch
+thread, the shipped CartPole agent."""
 
 from __future__ import annotations
 
@@ -9,8 +10,34 @@ import torch
 from torch import nn
 
 import bounds
+from certrl.agent import load, shipped_agents
 
 warnings.filterwarnings("ignore", module="auto_LiRPA")
+
+SHIPPED = "cartpole-dqn-vanilla"
+has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
+
+
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after the test (commands set it)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread(keep_threads):
+    """Torch on one thread for the test (no oversubscription under pytest-xdist)."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def cartpole():
+    """The shipped CartPole DQN agent (the test is skipped where it is not shipped)."""
+    if SHIPPED not in shipped_agents():
+        pytest.skip("no shipped agent")
+    return load(SHIPPED)
 
 
 def make_mlp(seed: int = 0, act=nn.ReLU, din: int = 6, dout: int = 4, width: int = 16):

@@ -7,10 +7,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import norm as _norm
 
-from certrl.agent import shipped_agents
 from certrl.certify import (
     CertifySettings,
     SmoothingConfig,
@@ -23,17 +21,7 @@ from certrl.certify import (
     sdqn_median_bound,
 )
 from certrl.cli import main
-
-SHIPPED = "cartpole-dqn-vanilla"
-has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.conftest import SHIPPED, has_shipped
 
 
 def test_policy_smoothing_bound_hand_computed():
@@ -92,11 +80,8 @@ def test_interrupted_write_is_ignored_then_repaired(tmp_path):
     assert p.read_text().endswith("\n")
 
 
-@has_shipped
-def test_run_certify_records_resume_and_trajectory(tmp_path):
-    import certrl
-
-    agent = certrl.load(SHIPPED)
+def test_run_certify_records_resume_and_trajectory(tmp_path, cartpole):
+    agent = cartpole
     out = tmp_path / "c.jsonl"
     st = CertifySettings(max_steps=25, smoothing=SmoothingConfig(n=100))
     res = run_certify(agent, SHIPPED, [0.001, 0.01], ["crown", "smoothing"], 2, out, st,
@@ -134,11 +119,8 @@ def test_run_certify_records_resume_and_trajectory(tmp_path):
     assert out.read_bytes() == before
 
 
-@has_shipped
-def test_trajectory_methods_policy_smoothing_and_gwc(tmp_path):
-    import certrl
-
-    agent = certrl.load(SHIPPED)
+def test_trajectory_methods_policy_smoothing_and_gwc(tmp_path, cartpole):
+    agent = cartpole
     out = tmp_path / "t.jsonl"
     st = CertifySettings(max_steps=20, ps_episodes=10, smoothing=SmoothingConfig(sigma=0.05))
     run_certify(agent, SHIPPED, [0.001], ["policy-smoothing", "gwc"], 1, out, st,

@@ -5,19 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from certrl.agent import shipped_agents
 from certrl.cli import main
 from certrl.records import read_rows
-
-SHIPPED = "cartpole-dqn-vanilla"
-has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+from tests.conftest import SHIPPED, has_shipped
 
 
 def _summary(path):

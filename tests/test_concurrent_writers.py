@@ -9,13 +9,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from certrl.agent import shipped_agents
 from certrl.records import read_rows
+from tests.conftest import SHIPPED, has_shipped
 
-SHIPPED = "cartpole-dqn-vanilla"
-pytestmark = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
+pytestmark = has_shipped
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each process imports certrl, waits until both are ready (so their work overlaps however

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from certrl.agent import shipped_agents
 from certrl.cli import main
 from certrl.commands.demo import DEMO_AGENTS, default_agents
 from certrl.records import read_rows
+from tests.conftest import has_shipped
 
-has_shipped = pytest.mark.skipif("cartpole-dqn-vanilla" not in shipped_agents(),
-                                 reason="no shipped agent")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def test_default_agents_are_the_shipped_demo_agents():

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 import certrl
-from certrl.agent import shipped_agents
 from certrl.certify import rollout
 from certrl.cli import main
 from certrl.evaluate import evaluate
 from certrl.records import check_out, check_writable, read_rows
+from tests.conftest import SHIPPED, has_shipped
 
-SHIPPED = "cartpole-dqn-vanilla"
-pytestmark = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
+pytestmark = [has_shipped, pytest.mark.usefixtures("keep_threads")]
 
 EVALUATE = ["evaluate", SHIPPED, "--episodes", "2", "--max-steps", "10"]
 ATTACK = ["attack", SHIPPED, "--attack", "fgsm", "--eps", "0.05", "--episodes", "2",
@@ -24,13 +23,6 @@ ATTACK = ["attack", SHIPPED, "--attack", "fgsm", "--eps", "0.05", "--episodes", 
 CERTIFY = ["certify", SHIPPED, "--eps", "0.01", "--method", "ibp", "--episodes", "1",
            "--max-steps", "10", "--no-radius", "--no-progress"]
 COMMANDS = {"evaluate": EVALUATE, "attack": ATTACK, "certify": CERTIFY}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _fails_cleanly(capsys, argv, needle) -> str:

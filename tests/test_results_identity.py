@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
 import certrl
 from certrl.agent import AGENTS_DIR, shipped_agents
@@ -13,17 +12,9 @@ from certrl.cli import main
 from certrl.identity import agent_identity, compute_identity
 from certrl.io import load_checkpoint, save_checkpoint
 from certrl.records import agent_fields, read_rows
+from tests.conftest import SHIPPED, has_shipped
 
-SHIPPED = "cartpole-dqn-vanilla"
-has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
-pytestmark = has_shipped
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = [has_shipped, pytest.mark.usefixtures("keep_threads")]
 
 
 def _variant(tmp_path, name: str, change) -> str:
