@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -24,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sweep import bootstrap_ci, iqm, run_pool, train_or_resume  # noqa: E402
+from sweep import (  # noqa: E402
+    all_results,
+    bootstrap_ci,
+    iqm,
+    read_result,
+    run_pool,
+    trained,
+    write_result,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # eval eps 0.5: MAD at 0.1 / 0.2 / 0.3 leaves a 50k-step vanilla agent at 1000, 0.5 -> 208.
@@ -50,18 +57,15 @@ def run_one(task: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from certrl.agent import load
     from certrl.attacks import make_attack
     from certrl.evaluate import evaluate
 
-    env, method, seed, rdir = task["env"], task["method"], task["seed"], Path(task["dir"])
-    res = rdir / "result.json"
-    if res.exists():
-        return json.loads(res.read_text())
-    tdir = rdir / "train"
-    argv = train_argv(env, method, seed, tdir, task["steps"])
-    summary = train_or_resume(tdir, argv)
-    agent = load(tdir)
+    env, method, seed = task["env"], task["method"], task["seed"]
+    done = read_result(task["dir"])
+    if done is not None:
+        return done
+    argv = train_argv(env, method, seed, Path(task["dir"]) / "train", task["steps"])
+    agent, summary = trained(task, argv)
     eps, n = ENVS[env]["eval_eps"], task["episodes"]
     row = {"env": env, "method": method, "label": METHODS[method][0], "seed": seed,
            "eval_eps": eps, "eps_space": agent.threat_model.space, "episodes": n,
@@ -72,14 +76,14 @@ def run_one(task: dict) -> dict:
         atk = make_attack(name, agent.forward, agent.threat_model, eps=eps, steps=10, seed=seed,
                           action_kind="continuous")
         row[name] = evaluate(agent, episodes=n, seed=1000, attack=atk).mean
-    res.write_text(json.dumps(row, indent=1) + "\n")
+    write_result(task["dir"], row)
     print(f"done {env} {method} seed {seed}: natural {row['natural']:.1f} mad {row['mad']:.1f} "
           f"random {row['random']:.1f} train {row['train_wall_s']:.0f}s", flush=True)
     return row
 
 
 def render(out: Path, wall: float | None = None, workers: int = 2) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/seed*/result.json"))]
+    rows = all_results(out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cols = [("natural", "Natural"), ("mad", "MAD"), ("random", "Random noise"),
             ("train_wall_s", "Train time (s)")]

@@ -30,9 +30,11 @@ Transform = Callable[[torch.Tensor], torch.Tensor]  # network input -> perturbed
 
 @dataclass
 class Step:
-    """One step played: its index, clean network input, action (batch of 1) and reward."""
+    """One step played: its index, raw observation, clean network input (1, *shape), the
+    action played (batch of 1) and the reward."""
 
     t: int
+    obs: np.ndarray
     x: torch.Tensor
     action: np.ndarray
     reward: float
@@ -72,10 +74,11 @@ def play_episode(env, agent: Agent, index: int, seed: int, policy: Policy,
     while not ended and not cut(steps, max_steps):
         x = agent.preprocess(np.asarray(obs)[None])
         action = policy(x)
+        step_obs = obs
         obs, r, term, trunc, _ = env.step(action[0])
         total += float(r)
         if on_step is not None:
-            on_step(Step(steps, x, action, float(r)))
+            on_step(Step(steps, step_obs, x, action, float(r)))
         steps += 1
         ended = term or trunc
     return EpisodeEnd(index, seed + index, total, steps, not ended)

@@ -1,4 +1,4 @@
-"""The statistics behind the benchmark tables (benchmarks/_sweep.py)."""
+"""The statistics behind the benchmark tables (benchmarks/sweep.py)."""
 
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from _sweep import bootstrap_ci, iqm  # noqa: E402
+from sweep import bootstrap_ci, iqm  # noqa: E402
 
 
 def test_iqm_is_the_mean_of_the_middle_half():

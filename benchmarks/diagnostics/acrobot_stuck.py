@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from certrl.agent import load
-from certrl.envs import make_env
+from certrl.rollout import acting, play
 
 
 def main() -> None:
@@ -25,23 +25,16 @@ def main() -> None:
     for spec in args.runs:
         method, seed = spec.split(":")
         agent = load(f"{args.root}/Acrobot-v1/{method}/seed{seed}/train")
-        env = make_env("Acrobot-v1", 0)
-        returns, freqs, at_rest = [], [], 0
-        for ep in range(10):
-            obs, _ = env.reset(seed=1000 + ep)
-            done, total, acts, states = False, 0.0, [], []
-            while not done:
-                a = int(agent.predict(obs))
-                acts.append(a)
-                states.append(obs)
-                obs, r, term, trunc, _ = env.step(a)
-                total += r
-                done = term or trunc
-            returns.append(total)
-            if total <= -500:
-                last = np.array(acts[-200:])
+        steps = {ep: [] for ep in range(10)}
+        ends = play(agent, list(steps), 1000, lambda ep: acting(agent), None,
+                    lambda ep, s: steps[ep].append(s))
+        returns, freqs, at_rest = [e.ret for e in ends], [], 0
+        for e in ends:
+            if e.ret <= -500:
+                last = np.array([int(s.action[0]) for s in steps[e.index][-200:]])
                 freqs.append(np.bincount(last, minlength=3) / len(last))
-                at_rest += int(np.abs(np.array(states[-200:])[:, 4:]).max() < 1.0)
+                states = np.array([s.obs for s in steps[e.index][-200:]])
+                at_rest += int(np.abs(states[:, 4:]).max() < 1.0)
         freq = np.round(np.mean(freqs, 0), 2) if freqs else None
         print(method, seed, "returns", returns, "| -500 episodes: last-200 action freq", freq,
               "| of them at rest:", at_rest, flush=True)

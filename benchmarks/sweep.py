@@ -1,5 +1,6 @@
-"""What the robust-training sweeps share: train-or-resume one run through the CLI, run a
-pool of runs, and the statistics of the tables (IQM, percentile-bootstrap CI over seeds)."""
+"""What the robust-training sweeps share: train-or-resume one run through the CLI, each
+run's result.json (read, written atomically through ``certrl.records``), a pool of runs,
+and the statistics of the tables (IQM, percentile-bootstrap CI over seeds)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from certrl.records import read_rows, write_text_atomic
 
 
 def train_or_resume(tdir: Path, argv: list[str]) -> dict:
@@ -24,7 +27,32 @@ def train_or_resume(tdir: Path, argv: list[str]) -> dict:
             rc = main([*argv, "--no-progress"])
         if rc != 0:
             raise RuntimeError(f"training failed: {argv}")
-    return json.loads((tdir / "train.jsonl").read_text().splitlines()[-1])
+    return read_rows(tdir / "train.jsonl")[-1]
+
+
+def read_result(rdir: Path) -> dict | None:
+    """The run's result.json (None while the run has none)."""
+    path = Path(rdir) / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_result(rdir: Path, row: dict) -> None:
+    """Write the run's result.json atomically (a crash never leaves half a file)."""
+    write_text_atomic(Path(rdir) / "result.json", json.dumps(row, indent=1) + "\n")
+
+
+def all_results(out: Path) -> list[dict]:
+    """Every OUT/<env>/<method>/seed<k>/result.json, in path order."""
+    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*/*/seed*/result.json"))]
+
+
+def trained(task: dict, argv: list[str]):
+    """Train (or resume) the task's run; its agent and training summary."""
+    from certrl.agent import load
+
+    tdir = Path(task["dir"]) / "train"
+    summary = train_or_resume(tdir, argv)
+    return load(tdir), summary
 
 
 def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
