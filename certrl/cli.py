@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from certrl.commands import agents, attack, certify, demo, evaluate, table, train
+from certrl.io import CERTRL_VERSION, CheckpointError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
             "certify": certify, "table": table, "demo": demo}
@@ -21,9 +22,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         prog="certrl",
         description="Certify, train, attack and tabulate robust deep-RL policies.",
     )
-    from certrl import __version__
-
-    parser.add_argument("--version", action="version", version=f"certrl {__version__}")
+    parser.add_argument("--version", action="version", version=f"certrl {CERTRL_VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMANDS.values():
         mod.add_parser(sub)
@@ -43,8 +42,6 @@ def _about_out(e: OSError, args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``certrl`` console script; returns the exit code."""
-    from certrl.io import CheckpointError
-
     parser, mods = build_parser()
     try:
         args = parser.parse_args(argv)
