@@ -27,10 +27,8 @@ from sweep import (  # noqa: E402
     all_results,
     bootstrap_ci,
     iqm,
-    read_result,
     run_pool,
-    trained,
-    write_result,
+    run_task,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,18 +52,16 @@ def train_argv(env: str, method: str, seed: int, out: Path, steps: int) -> list[
 
 
 def run_one(task: dict) -> dict:
-    import torch
+    """Train (or resume) and evaluate one (env, method, seed); writes result.json."""
+    return run_task(task, train_argv, measure)
 
-    torch.set_num_threads(1)
+
+def measure(task: dict, agent, summary: dict, argv: list[str], t0: float) -> dict:
+    """Natural, MAD and random-noise returns of one trained run (its result.json row)."""
     from certrl.attacks import make_attack
     from certrl.evaluate import evaluate
 
     env, method, seed = task["env"], task["method"], task["seed"]
-    done = read_result(task["dir"])
-    if done is not None:
-        return done
-    argv = train_argv(env, method, seed, Path(task["dir"]) / "train", task["steps"])
-    agent, summary = trained(task, argv)
     eps, n = ENVS[env]["eval_eps"], task["episodes"]
     row = {"env": env, "method": method, "label": METHODS[method][0], "seed": seed,
            "eval_eps": eps, "eps_space": agent.threat_model.space, "episodes": n,
@@ -76,7 +72,6 @@ def run_one(task: dict) -> dict:
         atk = make_attack(name, agent.forward, agent.threat_model, eps=eps, steps=10, seed=seed,
                           action_kind="continuous")
         row[name] = evaluate(agent, episodes=n, seed=1000, attack=atk).mean
-    write_result(task["dir"], row)
     print(f"done {env} {method} seed {seed}: natural {row['natural']:.1f} mad {row['mad']:.1f} "
           f"random {row['random']:.1f} train {row['train_wall_s']:.0f}s", flush=True)
     return row

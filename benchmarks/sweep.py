@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,13 +47,26 @@ def all_results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*/*/seed*/result.json"))]
 
 
-def trained(task: dict, argv: list[str]):
-    """Train (or resume) the task's run; its agent and training summary."""
+def run_task(task: dict, train_argv: Callable[..., list[str]],
+             measure: Callable[..., dict]) -> dict:
+    """The task's result.json: read if the run has one, else train (or resume) it through
+    the CLI and ``measure(task, agent, summary, argv, t0)`` it (t0: before training); the
+    row is written atomically. One torch thread."""
+    import torch
+
     from certrl.agent import load
 
+    torch.set_num_threads(1)
+    done = read_result(task["dir"])
+    if done is not None:
+        return done
     tdir = Path(task["dir"]) / "train"
+    argv = train_argv(task["env"], task["method"], task["seed"], tdir, task["steps"])
+    t0 = time.perf_counter()
     summary = train_or_resume(tdir, argv)
-    return load(tdir), summary
+    row = measure(task, load(tdir), summary, argv, t0)
+    write_result(task["dir"], row)
+    return row
 
 
 def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
