@@ -36,6 +36,7 @@ from sweep import (  # noqa: E402
     all_results,
     bootstrap_ci,
     iqm,
+    make_tasks,
     read_result,
     run_pool,
     run_task,
@@ -329,15 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     if not args.render_only:
-        tasks = []
-        for env in args.envs:  # seed-major: every method's seed 0 first
-            for seed in args.seeds:
-                for m in args.methods:
-                    d = out / env / m / f"seed{seed}"
-                    d.mkdir(parents=True, exist_ok=True)
-                    tasks.append({"env": env, "method": m, "seed": seed, "dir": str(d),
-                                  "steps": args.steps or ENVS[env]["steps"],
-                                  "episodes": args.episodes})
+        tasks = make_tasks(out, args.envs, args.seeds, args.methods,
+                           lambda env: args.steps or ENVS[env]["steps"], args.episodes)
         run_pool(run_one, tasks, args.workers, lambda: render(out, args.envs))
     render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
     return 0

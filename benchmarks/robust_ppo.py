@@ -27,6 +27,7 @@ from sweep import (  # noqa: E402
     all_results,
     bootstrap_ci,
     iqm,
+    make_tasks,
     run_pool,
     run_task,
 )
@@ -139,15 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out, t0 = Path(args.out), time.perf_counter()
     if not args.render_only:
-        tasks = []
-        for env in ENVS:
-            for seed in args.seeds:
-                for m in args.methods:
-                    d = out / env / m / f"seed{seed}"
-                    d.mkdir(parents=True, exist_ok=True)
-                    tasks.append({"env": env, "method": m, "seed": seed, "dir": str(d),
-                                  "steps": args.steps or ENVS[env]["steps"],
-                                  "episodes": args.episodes})
+        tasks = make_tasks(out, ENVS, args.seeds, args.methods,
+                           lambda env: args.steps or ENVS[env]["steps"], args.episodes)
         run_pool(run_one, tasks, args.workers, lambda: render(out))
     render(out, None if args.render_only else time.perf_counter() - t0, args.workers)
     return 0

@@ -69,6 +69,21 @@ def run_task(task: dict, train_argv: Callable[..., list[str]],
     return row
 
 
+def make_tasks(out: Path, envs, seeds, methods, steps: Callable[[str], int],
+               episodes: int) -> list[dict]:
+    """One task per (env, seed, method), seed-major (every method's seed 0 first); each
+    run's folder OUT/<env>/<method>/seed<k> is created."""
+    tasks = []
+    for env in envs:
+        for seed in seeds:
+            for m in methods:
+                d = Path(out) / env / m / f"seed{seed}"
+                d.mkdir(parents=True, exist_ok=True)
+                tasks.append({"env": env, "method": m, "seed": seed, "dir": str(d),
+                              "steps": steps(env), "episodes": episodes})
+    return tasks
+
+
 def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
              after_each: Callable[[], None]) -> None:
     """Run ``fn`` on the tasks without a result.json, ``workers`` processes (1 torch thread
