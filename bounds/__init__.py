@@ -5,10 +5,21 @@ Public contract (see docs/bounds.md)::
     ball = bounds.LpBall(x, eps, norm=float("inf"), lower=None, upper=None)
     lb, ub = bounds.compute(net, ball, method="crown", C=None, backend="native")
     lbm = bounds.margin_lower(net, ball, labels, method="crown", backend="native")
+    bound = bounds.bind(net, backend="native")   # checked once, reused for many balls
+    lb, ub = bound.compute(ball, method="crown", C=None)
 """
 
 from bounds import exact, lipschitz, smoothing
-from bounds.api import BACKENDS, METHODS, certified, compute, margin_lower, preactivation_bounds
+from bounds.api import (
+    BACKENDS,
+    METHODS,
+    BoundNetwork,
+    bind,
+    certified,
+    compute,
+    margin_lower,
+    preactivation_bounds,
+)
 from bounds.exact import lp_margin, milp_margin
 from bounds.graph import UnsupportedLayerError, unsupported_layers
 from bounds.layers import Normalize
@@ -21,7 +32,7 @@ from bounds.lipschitz import (
     lipschitz_margin_certificate,
     lipsdp_l2,
 )
-from bounds.perturbation import LpBall
+from bounds.perturbation import LpBall, parse_norm
 from bounds.smoothing import certified_linf, linf_to_l2
 from bounds.spec import margin_spec
 
@@ -43,6 +54,9 @@ __all__ = [
     "BACKENDS",
     "METHODS",
     "LpBall",
+    "BoundNetwork",
+    "bind",
+    "parse_norm",
     "Normalize",
     "UnsupportedLayerError",
     "certified",

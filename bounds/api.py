@@ -1,4 +1,5 @@
-"""Public entry points: ``compute`` and ``margin_lower``."""
+"""Public entry points: ``bind`` (a network checked once) and the one-shot
+``compute`` and ``margin_lower``."""
 
 from __future__ import annotations
 
@@ -30,29 +31,27 @@ def rounding_allowance(outputs: torch.Tensor) -> torch.Tensor:
 BACKENDS = ("native", "lirpa", "auto")
 
 
-def _check(net: nn.Module, ball: LpBall, method: str, backend: str,
-           alpha_iterations=20) -> tuple[str, list[str]]:
-    """Validate the arguments (cheap: types, names, dtypes); return the backend to use
-    and, for "auto" falling back to auto_LiRPA, the layers the native engine lacks."""
+def _check_args(net: nn.Module, ball: LpBall, method: str, backend: str,
+                alpha_iterations=20) -> None:
+    """Validate the arguments (cheap: types, names, dtypes), in a fixed order."""
     if not isinstance(ball, LpBall):
         raise TypeError(f"ball must be a bounds.LpBall, got {type(ball).__name__}")
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _check_backend(backend)
     if (isinstance(alpha_iterations, bool) or not isinstance(alpha_iterations, numbers.Integral)
             or alpha_iterations < 0):
         raise ValueError(
             f"alpha_iterations must be an integer >= 0; got {alpha_iterations!r}"
         )
     _check_dtype(net, ball)
-    missing: list[str] = []
-    if backend == "auto":
-        missing = graph.unsupported_layers(net)
-        backend = "lirpa" if missing else "native"
-    return backend, missing
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def _check_dtype(net: nn.Module, ball: LpBall) -> None:
@@ -96,6 +95,145 @@ def _check_labels(labels, device) -> torch.Tensor:
     return t.to(device).long().reshape(-1)
 
 
+class BoundNetwork:
+    """A network checked once, ready to bound many balls: ``bounds.bind(net, backend)``.
+
+    The flat layer list, its per-input-shape parse (shapes, supported layers,
+    input fit) and the "auto" backend choice are computed once and reused while
+    the network holds the same module objects. The cached layers are the live
+    modules, so in-place weight updates (training) are seen by the next call;
+    replacing a module, or a network whose ``bounded_form()`` builds a fresh
+    copy on every call, makes the next call parse again. Every bound equals the
+    one-shot :func:`compute` / :func:`margin_lower` with the same arguments.
+    """
+
+    def __init__(self, net: nn.Module, backend: str = "native"):
+        self.net = net
+        self.backend = backend
+        self._parsed: dict[tuple[int, ...], tuple[list[nn.Module], list[graph.Layer]]] = {}
+        self._fits: dict[tuple[int, ...], list[nn.Module]] = {}
+        self._auto: tuple[list[nn.Module], list[str]] | None = None
+
+    def compute(self, ball: LpBall, method: str = "crown", C: torch.Tensor | None = None,
+                alpha_iterations: int = 20,
+                bound_upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sound bounds lb <= C f(x') <= ub over the ball; see :func:`compute`."""
+        _check_args(self.net, ball, method, self.backend, alpha_iterations)
+        backend, missing = self._resolve()
+        return self._bound(ball, method, C, backend, missing, alpha_iterations, bound_upper)
+
+    def margin_lower(self, ball: LpBall, labels, method: str = "crown",
+                     alpha_iterations: int = 20) -> torch.Tensor:
+        """(B, K) lower bounds of f_{label}(x') - f_j(x') (+inf at the label), less the
+        floating-point allowance; see :func:`margin_lower`."""
+        _check_args(self.net, ball, method, self.backend, alpha_iterations)
+        backend, missing = self._resolve()
+        labels_t = _check_labels(labels, ball.center.device)
+        seq = _as_seq(self.net)
+        if isinstance(seq, nn.Sequential):
+            self._check_fit(graph.flatten_modules(seq), ball.in_shape)
+        with torch.no_grad():
+            center_out = seq(ball.center).flatten(1)
+            K = center_out.shape[1]
+        if labels_t.shape[0] != ball.batch_size:
+            raise ValueError(
+                f"labels has {labels_t.shape[0]} entries but the ball has batch {ball.batch_size}"
+            )
+        C = spec.margin_spec(labels_t.cpu(), K).to(ball.center)
+        lb, _ = self._bound(ball, method, C, backend, missing, alpha_iterations, False)
+        own = torch.nn.functional.one_hot(labels_t, K).bool()
+        lb = lb - rounding_allowance(center_out).to(lb.dtype)
+        return lb.masked_fill(own, float("inf"))
+
+    # ------------------------------------------------------------------ cached checks
+    def _resolve(self) -> tuple[str, list[str]]:
+        """The backend to use ("native" or "lirpa") and, for "auto" falling back to
+        auto_LiRPA, the layers the native engine lacks (cached per module list)."""
+        if self.backend != "auto":
+            return self.backend, []
+        try:
+            modules = graph.flatten_modules(self.net)
+        except Exception:  # bounded_form() failed: the same message as the one-shot form
+            return "lirpa", graph.unsupported_layers(self.net)
+        if self._auto is None or not graph.same_modules(self._auto[0], modules):
+            self._auto = (modules, graph.unsupported_among(modules))
+        missing = self._auto[1]
+        return ("lirpa" if missing else "native"), missing
+
+    def _check_fit(self, modules: list[nn.Module], in_shape: tuple[int, ...]) -> None:
+        """``graph.check_input`` once per input shape and module list."""
+        if graph.same_modules(self._fits.get(in_shape), modules):
+            return
+        graph.check_input(modules, in_shape)
+        self._fits[in_shape] = modules
+
+    def _layers(self, in_shape: tuple[int, ...]) -> list[graph.Layer]:
+        """The parsed layers for inputs of ``in_shape`` (parsed once per module list)."""
+        modules = graph.flatten_modules(self.net)
+        cached = self._parsed.get(in_shape)
+        if cached is not None and graph.same_modules(cached[0], modules):
+            return cached[1]
+        layers = graph.parse_modules(modules, in_shape)
+        self._parsed[in_shape] = (modules, layers)
+        self._fits[in_shape] = modules
+        return layers
+
+    # ------------------------------------------------------------------ bounding
+    def _bound(self, ball, method, C, backend, missing, alpha_iterations, bound_upper):
+        """Bounds after the checks (backend resolved to "native" or "lirpa")."""
+        if backend == "lirpa":
+            if C is not None:
+                C = self._lirpa_spec(ball, C)
+            return _lirpa(self.net, ball, method, C, alpha_iterations, bound_upper, missing)
+        layers = self._layers(ball.in_shape)
+        if not layers:
+            raise ValueError("network has no layers")
+        out_dim = math.prod(layers[-1].out_shape)
+        if len(layers[-1].out_shape) != 1:
+            raise ValueError(
+                f"the network output must be a flat vector (B, out_dim); got shape "
+                f"{layers[-1].out_shape}: add nn.Flatten()"
+            )
+        if C is not None:
+            C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
+        return _native(layers, ball, method, C, alpha_iterations, bound_upper)
+
+    def _lirpa_spec(self, ball: LpBall, C: torch.Tensor) -> torch.Tensor:
+        """``C`` checked against the network's output width (auto_LiRPA backend)."""
+        seq = _as_seq(self.net)
+        if isinstance(seq, nn.Sequential):
+            self._check_fit(graph.flatten_modules(seq), ball.in_shape)
+        with torch.no_grad():
+            out_dim = seq(ball.center[:1]).flatten(1).shape[1]
+        return spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
+
+
+def _native(layers, ball, method, C, alpha_iterations, bound_upper):
+    """The native engine's bounds for one method on parsed layers."""
+    if method == "ibp":
+        (lb, ub), _ = interval.ibp(layers, ball, C)
+        return lb, (ub if bound_upper else None)
+    if method == "crown-ibp":
+        return linear.crown(layers, ball, C, intermediate="ibp", upper=bound_upper)
+    if method == "crown":
+        return linear.crown(layers, ball, C, intermediate="crown", upper=bound_upper)
+    return linear.alpha_crown(layers, ball, C, iterations=alpha_iterations, upper=bound_upper)
+
+
+def bind(net: nn.Module, backend: str = "native") -> BoundNetwork:
+    """``net`` checked once for bounding many balls (see :class:`BoundNetwork`).
+
+    ``bind(net, backend).compute(ball, method, C)`` equals
+    ``compute(net, ball, method, C, backend)`` number for number, and likewise
+    for ``margin_lower``; the per-network work (flattening, shape inference,
+    support checks, the "auto" choice) is done once per input shape.
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    _check_backend(backend)
+    return BoundNetwork(net, backend)
+
+
 def compute(
     net: nn.Module,
     ball: LpBall,
@@ -120,41 +258,9 @@ def compute(
     Returns:
         (lb, ub), each (B, m) with m = out_dim when C is None. Differentiable
         with respect to the network's parameters when autograd is enabled.
+        The one-shot form of ``bind(net, backend).compute(...)``.
     """
-    backend, missing = _check(net, ball, method, backend, alpha_iterations)
-    return _compute(net, ball, method, C, backend, missing, alpha_iterations, bound_upper)
-
-
-def _compute(net, ball, method, C, backend, missing, alpha_iterations, bound_upper):
-    """``compute`` after ``_check`` (backend resolved to "native" or "lirpa")."""
-    if backend == "lirpa":
-        if C is not None:
-            seq = _as_seq(net)
-            if isinstance(seq, nn.Sequential):
-                graph.check_input(graph.flatten_modules(seq), ball.in_shape)
-            with torch.no_grad():
-                out_dim = seq(ball.center[:1]).flatten(1).shape[1]
-            C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
-        return _lirpa(net, ball, method, C, alpha_iterations, bound_upper, missing)
-    layers = graph.parse(net, ball.in_shape)
-    if not layers:
-        raise ValueError("network has no layers")
-    out_dim = math.prod(layers[-1].out_shape)
-    if len(layers[-1].out_shape) != 1:
-        raise ValueError(
-            f"the network output must be a flat vector (B, out_dim); got shape "
-            f"{layers[-1].out_shape}: add nn.Flatten()"
-        )
-    if C is not None:
-        C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
-    if method == "ibp":
-        (lb, ub), _ = interval.ibp(layers, ball, C)
-        return lb, (ub if bound_upper else None)
-    if method == "crown-ibp":
-        return linear.crown(layers, ball, C, intermediate="ibp", upper=bound_upper)
-    if method == "crown":
-        return linear.crown(layers, ball, C, intermediate="crown", upper=bound_upper)
-    return linear.alpha_crown(layers, ball, C, iterations=alpha_iterations, upper=bound_upper)
+    return BoundNetwork(net, backend).compute(ball, method, C, alpha_iterations, bound_upper)
 
 
 def _as_seq(net: nn.Module) -> nn.Module:
@@ -178,25 +284,10 @@ def margin_lower(
     entry is > 0. The bound of the C-matrix spec e_label - e_j is lowered by a
     floating-point allowance (``rounding_allowance``: 1e-5 relative to the
     output scale for float32) so that "certified" also holds for the network
-    as it actually computes, in finite precision.
+    as it actually computes, in finite precision. The one-shot form of
+    ``bind(net, backend).margin_lower(...)``.
     """
-    backend, missing = _check(net, ball, method, backend, alpha_iterations)
-    labels_t = _check_labels(labels, ball.center.device)
-    seq = _as_seq(net)
-    if isinstance(seq, nn.Sequential):
-        graph.check_input(graph.flatten_modules(seq), ball.in_shape)
-    with torch.no_grad():
-        center_out = seq(ball.center).flatten(1)
-        K = center_out.shape[1]
-    if labels_t.shape[0] != ball.batch_size:
-        raise ValueError(
-            f"labels has {labels_t.shape[0]} entries but the ball has batch {ball.batch_size}"
-        )
-    C = spec.margin_spec(labels_t.cpu(), K).to(ball.center)
-    lb, _ = _compute(net, ball, method, C, backend, missing, alpha_iterations, False)
-    own = torch.nn.functional.one_hot(labels_t, K).bool()
-    lb = lb - rounding_allowance(center_out).to(lb.dtype)
-    return lb.masked_fill(own, float("inf"))
+    return BoundNetwork(net, backend).margin_lower(ball, labels, method, alpha_iterations)
 
 
 def certified(margins: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,6 @@ def flatten_modules(net: nn.Module) -> list[nn.Module]:
     return [net]
 
 
-_flatten_modules = flatten_modules
-
 # Layers that keep the shape of their input (elementwise maps), for ``check_input``.
 _SHAPE_KEEPING = (nn.ReLU, nn.Tanh, nn.Identity, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU,
                   nn.Softplus, nn.Hardtanh, nn.Dropout)
@@ -161,11 +159,16 @@ def _check_supported(m: nn.Module, position: int) -> None:
 
 def unsupported_layers(net: nn.Module) -> list[str]:
     """Names of the layers the native backend cannot handle (empty if all are fine)."""
-    bad = []
     try:
-        modules = _flatten_modules(net)
+        modules = flatten_modules(net)
     except Exception as exc:  # bounded_form() itself failed
         return [f"bounded_form() failed: {exc}"]
+    return unsupported_among(modules)
+
+
+def unsupported_among(modules: list[nn.Module]) -> list[str]:
+    """``"index:TypeName"`` of each module in the flat list the native backend cannot handle."""
+    bad = []
     for i, m in enumerate(modules):
         try:
             _check_supported(m, i)
@@ -174,19 +177,32 @@ def unsupported_layers(net: nn.Module) -> list[str]:
     return bad
 
 
+def same_modules(a: list[nn.Module] | None, b: list[nn.Module]) -> bool:
+    """True when the two flat layer lists hold the very same module objects, in order."""
+    return a is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 def parse(net: nn.Module, in_shape: tuple[int, ...]) -> list[Layer]:
     """Flatten ``net`` into layers with their shapes; raise on unsupported layers."""
-    modules = flatten_modules(net)
+    return parse_modules(flatten_modules(net), in_shape)
+
+
+def parse_modules(modules: list[nn.Module], in_shape: tuple[int, ...]) -> list[Layer]:
+    """The flat module list as layers with their shapes; raise on unsupported layers.
+
+    The layers hold the modules themselves (no copy): weights updated later in
+    place are seen by every bound computed from them.
+    """
     check_input(modules, in_shape)
     for i, m in enumerate(modules):
         _check_supported(m, i)
-    layers: list[Layer] = []
     p = next((q for m in modules for q in m.parameters()), None)
     b = next((q for m in modules for q in m.buffers()), None)
     ref = p if p is not None else b
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
     device = ref.device if ref is not None else torch.device("cpu")
     x = torch.zeros((1, *in_shape), dtype=dtype, device=device)
+    layers: list[Layer] = []
     with torch.no_grad():
         for i, m in enumerate(modules):
             try:

@@ -46,19 +46,8 @@ def fold_input(layers: list[Layer], ball: LpBall) -> tuple[LpBall, list[Layer]]:
             lo = None if lo is None else (lo - mu) / s
             up = None if up is None else (up - mu) / s
         i += 1
-        ball = _raw_ball(c, e, ball.norm, lo, up)
+        ball = LpBall.trusted(c, e, ball.norm, lo, up)
     return ball, layers[i:]
-
-
-def _raw_ball(center, eps, norm, lower, upper) -> LpBall:
-    """Build an LpBall without re-validation (internal, already checked)."""
-    b = LpBall.__new__(LpBall)
-    object.__setattr__(b, "center", center)
-    object.__setattr__(b, "eps", eps)
-    object.__setattr__(b, "norm", norm)
-    object.__setattr__(b, "lower", lower)
-    object.__setattr__(b, "upper", upper)
-    return b
 
 
 # --------------------------------------------------------------------------- affine maps

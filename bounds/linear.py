@@ -319,8 +319,6 @@ def _intermediate_crown_windowed(
     prefix: list[Layer], ball: LpBall, act_bounds: dict[int, Interval], rows: torch.Tensor
 ) -> Interval:
     """CROWN bounds of conv-stack outputs, one output pixel at a time."""
-    from bounds.interval import _raw_ball
-
     C, H, W = prefix[-1].out_shape
     B = ball.batch_size
     lo_out = torch.empty(B, rows.numel(), dtype=ball.center.dtype, device=ball.center.device)
@@ -338,7 +336,7 @@ def _intermediate_crown_windowed(
         A = torch.cat([eye, -eye], 0).unsqueeze(0)
         A_in, bias, (oh, ow) = _window_backward(prefix, A, (p // W, p % W), act_bounds)
         h, w = A_in.shape[-2:]
-        sub = _raw_ball(
+        sub = LpBall.trusted(
             _crop(ball.center, oh, ow, h, w),
             _crop(e, oh, ow, h, w),
             ball.norm,

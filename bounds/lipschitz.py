@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bounds.layers import Normalize
+from bounds.perturbation import parse_norm
 
 __all__ = [
     "SortNetLayer",
@@ -397,15 +398,6 @@ def _conv_norm_bound(m: nn.Module, p: float) -> float:
     return math.sqrt(row * col)  # ||A||_2 <= sqrt(||A||_1 ||A||_inf)
 
 
-def _parse_p(p) -> float:
-    if isinstance(p, str):
-        p = {"inf": INF, "linf": INF, "l2": 2.0, "2": 2.0, "l1": 1.0, "1": 1.0}.get(p.lower(), p)
-    p = float(p)
-    if p not in (INF, 2.0, 1.0):
-        raise ValueError(f"p must be inf, 2 or 1; got {p}")
-    return p
-
-
 def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 2**22) -> float:
     """Upper bound of the Lipschitz constant of ``net`` from l_p to l_p.
 
@@ -419,7 +411,7 @@ def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 
     SortNet/l_inf-dist layers 1 (l_inf), sqrt(out) (l2), out (l1).
     For l_inf the bound also holds for every single output.
     """
-    p = _parse_p(p)
+    p = parse_norm(p)
     mods = _modules(net)
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     L = 1.0

@@ -9,24 +9,28 @@ import torch
 
 Tensorish = float | int | torch.Tensor
 
-_NORMS = {float("inf"): float("inf"), 2.0: 2.0, 1.0: 1.0}
+_NORM_NAMES = {"inf": math.inf, "linf": math.inf, "infinity": math.inf, "2": 2.0, "l2": 2.0,
+               "1": 1.0, "l1": 1.0}
+_NORM_VALUES = (math.inf, 2.0, 1.0)
 
 
-def _parse_norm(norm) -> float:
+def parse_norm(norm) -> float:
+    """The l_p norm named by ``norm`` as a float p in {inf, 2.0, 1.0}.
+
+    Accepts numbers (``float("inf")``, 2, 1) and strings, case-insensitive, with
+    or without underscores or an ``l`` prefix: "inf", "linf", "l_inf", "infinity",
+    "2", "l2", "l_2", "1", "l1", "l_1" (numeric strings such as "2.0" too).
+    Raises ValueError for anything else.
+    """
     if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in ("inf", "linf", "l_inf", "infinity"):
-            return float("inf")
-        if key in ("2", "l2", "l_2"):
-            return 2.0
-        if key in ("1", "l1", "l_1"):
-            return 1.0
-        raise ValueError(f"unknown norm {norm!r}; use 'inf', 2 or 1")
+        key = norm.strip().lower().replace("_", "")
+        if key in _NORM_NAMES:
+            return _NORM_NAMES[key]
     try:
         value = float(norm)
     except (TypeError, ValueError):
         raise ValueError(f"unknown norm {norm!r}; use 'inf', 2 or 1") from None
-    if value not in _NORMS:
+    if value not in _NORM_VALUES:
         raise ValueError(f"unsupported norm {norm!r}; use float('inf'), 2 or 1")
     return value
 
@@ -133,7 +137,7 @@ class LpBall:
                 f"eps of shape {tuple(eps_t.shape)} does not broadcast to center shape "
                 f"{tuple(center.shape)}"
             )
-        p = _parse_norm(norm)
+        p = parse_norm(norm)
         lo = self._bound(lower, center, "lower")
         hi = self._bound(upper, center, "upper")
         if lo is not None and hi is not None and (lo > hi).any():
@@ -162,6 +166,25 @@ class LpBall:
                 f"center shape {tuple(center.shape)}"
             )
         return t
+
+    @classmethod
+    def trusted(cls, center: torch.Tensor, eps: torch.Tensor, norm: float,
+                lower: torch.Tensor | None = None,
+                upper: torch.Tensor | None = None) -> LpBall:
+        """The ball with these fields as given, without any validation or conversion.
+
+        For internal callers that derive a ball from an already validated one
+        (e.g. folding a normalization into it): ``center`` (B, *shape) float
+        tensor, ``eps`` >= 0 broadcastable to it, ``norm`` already parsed
+        (inf, 2.0 or 1.0), ``lower`` <= center <= ``upper`` or None.
+        """
+        ball = cls.__new__(cls)
+        object.__setattr__(ball, "center", center)
+        object.__setattr__(ball, "eps", eps)
+        object.__setattr__(ball, "norm", norm)
+        object.__setattr__(ball, "lower", lower)
+        object.__setattr__(ball, "upper", upper)
+        return ball
 
     # ------------------------------------------------------------------ helpers
     @property
