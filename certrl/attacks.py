@@ -116,9 +116,16 @@ def fgsm(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None =
     return project(x + e * _ascent_dir(g, threat.norm), x, threat, e).detach()
 
 
-def _pgd_loop(obj: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-              threat: ThreatModel, e: float, steps: int, step_size: float | None,
-              random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+def pgd_maximize(obj: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 threat: ThreatModel, e: float, steps: int = 10, step_size: float | None = None,
+                 random_start: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """argmax of the per-sample objective ``obj`` (B,) over the ball B(x, e) by PGD; detached.
+
+    x_{k+1} = Proj_{B(x, e) & domain}(x_k + alpha * dir(grad obj(x_k))), dir = sign (l_inf)
+    or grad / ||grad||_2 (l_2), alpha = 2.5 e / steps unless ``step_size``; random start
+    in the ball; returns the best iterate per sample. Only the input is differentiated.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     alpha = 2.5 * e / steps if step_size is None else float(step_size)
@@ -148,7 +155,7 @@ def pgd(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None = 
     """Projected gradient ascent on the objective away from the clean greedy action."""
     e = _check(threat, eps)
     labels = _clean_labels(model, x, labels)
-    return _pgd_loop(lambda z: _objective(model, z, labels, objective), x, threat, e, steps,
+    return pgd_maximize(lambda z: _objective(model, z, labels, objective), x, threat, e, steps,
                      step_size, random_start, generator)
 
 
@@ -159,7 +166,7 @@ def mad(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None = 
     e = _check(threat, eps)
     with torch.no_grad():
         mu0 = model(x)
-    return _pgd_loop(lambda z: _mad_objective(model, z, mu0), x, threat, e, steps, step_size,
+    return pgd_maximize(lambda z: _mad_objective(model, z, mu0), x, threat, e, steps, step_size,
                      True, generator)
 
 

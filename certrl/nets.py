@@ -78,6 +78,50 @@ def build_body(body: dict, gain: float | None = None) -> tuple[nn.Sequential, in
     raise ValueError(f"unknown body kind {kind!r}; use 'mlp' or 'cnn'")
 
 
+class DerivedLinear(nn.Linear):
+    """An ``nn.Linear`` whose weight and bias are computed, on every access, from live layers.
+
+    ``fold(sources) -> (W, b)``; gradients of W and b reach the source layers, so a bound
+    computed through it trains them. Used for the dueling head of ``shared_form``.
+    """
+
+    def __init__(self, sources: list[nn.Linear], fold) -> None:
+        nn.Module.__init__(self)  # no own weight / bias parameters
+        self.sources = nn.ModuleList(sources)
+        self.fold = fold
+        w, _ = fold(list(self.sources))
+        self.out_features, self.in_features = int(w.shape[0]), int(w.shape[1])
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self.fold(list(self.sources))[0]
+
+    @property
+    def bias(self) -> torch.Tensor:  # type: ignore[override]
+        return self.fold(list(self.sources))[1]
+
+
+def _fold_linear_streams(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q = V + A - mean(A) with linear streams: W = W_a - mean_rows(W_a) + w_v, likewise b."""
+    v, a = layers
+    return (a.weight - a.weight.mean(0, keepdim=True) + v.weight,
+            a.bias - a.bias.mean() + v.bias)
+
+
+def _stack_first(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first layers of the two hidden streams as one Linear, output [h_v | h_a]."""
+    v, a = layers
+    return torch.cat([v.weight, a.weight], 0), torch.cat([v.bias, a.bias], 0)
+
+
+def _fold_hidden_streams(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q = V + A - mean(A) from the features [h_v | h_a] (second layers of the streams)."""
+    v, a = layers
+    n, h = a.weight.shape
+    w = torch.cat([v.weight.expand(n, h), a.weight - a.weight.mean(0, keepdim=True)], 1)
+    return w, a.bias - a.bias.mean() + v.bias
+
+
 class _SpecNet(nn.Module):
     """Base: keeps its spec so checkpoints can rebuild it."""
 
@@ -85,6 +129,14 @@ class _SpecNet(nn.Module):
 
     def bounded_form(self) -> nn.Sequential:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def shared_form(self) -> nn.Sequential:
+        """``nn.Sequential`` computing this network that *shares* its parameters.
+
+        Bounds through it are differentiable in the network's weights (robust
+        training); ``bounded_form`` is the detached copy certificates use.
+        """
+        return nn.Sequential(*self.body, self.head)
 
 
 class QNetwork(_SpecNet):
@@ -144,6 +196,17 @@ class QNetwork(_SpecNet):
             fold.weight.copy_(torch.cat([wv.expand(n, h), wa - wa.mean(0, keepdim=True)], 1))
             fold.bias.copy_(ba - ba.mean() + bv)
             return nn.Sequential(*layers, first, nn.ReLU(), fold)
+
+    def shared_form(self) -> nn.Sequential:
+        """Body + head sharing this network's modules; a dueling head folds into
+        ``DerivedLinear`` layers computed from the live streams (linear in V and A)."""
+        if not self.dueling:
+            return nn.Sequential(*self.body, self.head)
+        vs, ad = self.value_stream, self.adv_stream
+        if len(vs) == 1:
+            return nn.Sequential(*self.body, DerivedLinear([vs[0], ad[0]], _fold_linear_streams))
+        return nn.Sequential(*self.body, DerivedLinear([vs[0], ad[0]], _stack_first), nn.ReLU(),
+                             DerivedLinear([vs[2], ad[2]], _fold_hidden_streams))
 
 
 class CategoricalPolicy(_SpecNet):
@@ -243,6 +306,10 @@ class LipschitzQNetwork(_SpecNet):
             "in closed form: bounds.lipschitz.lipschitz_margin_certificate(q_values, eps, "
             f"lipschitz={self.scale:g}) (radius = margin / (2 * {self.scale:g}))")
 
+    def shared_form(self) -> nn.Sequential:
+        raise ValueError("a SortNet / l_inf-dist Q-network (lipschitz_q) has no bound-able "
+                         "form for robust training; use the sortnet loss")
+
 
 NETWORKS = {
     "q": QNetwork,
@@ -273,10 +340,3 @@ def body_spec(obs_shape: tuple[int, ...], hidden=(64, 64), activation: str = "re
         raise ValueError(f"unsupported observation shape {obs_shape}")
     return {"kind": "mlp", "in_dim": int(obs_shape[0]), "hidden": [int(h) for h in hidden],
             "activation": activation}
-
-
-def check_boundable(seq: nn.Sequential) -> None:
-    """Raise ValueError if a layer of ``seq`` is outside the bounds engine's layer set."""
-    for i, m in enumerate(seq):
-        if not isinstance(m, BOUNDABLE):
-            raise ValueError(f"layer {i} ({type(m).__name__}) is not supported by bounds")

@@ -16,7 +16,7 @@ def one_thread():
 
 
 def test_dqn_cartpole_smoke_and_epsilon():
-    algo = DQN(DQNConfig(total_steps=300, learning_starts=100, eps_fraction=0.5))
+    algo = DQN(DQNConfig(total_steps=300, learning_starts=100, exploration_fraction=0.5))
     assert algo.epsilon(0) == 1.0 and algo.epsilon(150) == pytest.approx(0.02)
     algo.learn()
     assert algo.global_step == 300 and algo.episodes
@@ -84,27 +84,29 @@ class CountingLoss(RobustLoss):
         self.calls = 0
         self.keys = set()
 
-    def __call__(self, batch, nets, threat, step):
+    def __call__(self, ctx):
         self.calls += 1
-        self.keys |= set(batch) | {f"net:{k}" for k in nets}
-        q = batch.get("q", batch.get("mean"))
+        self.keys |= set(ctx.batch) | {f"net:{k}" for k in ctx.nets}
+        self.settings = (ctx.gamma, ctx.huber_delta, ctx.clip_coef)
+        q = ctx.batch.get("q", ctx.batch.get("mean"))
         return 0.0 * q.sum(), {"count": float(self.calls)}
 
 
 def test_robust_loss_hook_dqn_and_ppo():
     rl = CountingLoss()
-    algo = DQN(DQNConfig(total_steps=120, learning_starts=100, robust_loss=rl,
-                         threat={"eps": 0.01}))
+    algo = DQN(DQNConfig(total_steps=120, learning_starts=100, threat={"eps": 0.01},
+                         huber_delta=2.0), robust_loss=rl)
     algo.learn()
-    assert rl.calls == 20
+    assert rl.calls == 20 and rl.settings == (0.99, 2.0, None)
+    assert algo.logs["count"] == 20.0  # the hook's returned logs reach the algorithm
     assert {"obs", "actions", "rewards", "next_obs", "dones", "td_target", "q", "net:q",
             "net:target"} <= rl.keys
     assert algo.agent.loss_name == "counting" and algo.agent.threat_model.eps == 0.01
     assert algo.agent.config["robust_loss"] == {"name": "counting"}
     rl2 = CountingLoss()
     PPO(PPOConfig.for_env("Pendulum-v1", total_steps=64, num_envs=1, num_steps=64,
-                          num_minibatches=2, update_epochs=1, robust_loss=rl2)).learn()
-    assert rl2.calls == 2
+                          num_minibatches=2, update_epochs=1), robust_loss=rl2).learn()
+    assert rl2.calls == 2 and rl2.settings == (0.99, None, 0.2)
     assert {"obs", "actions", "logprobs", "advantages", "returns", "mean", "net:policy",
             "net:value"} <= rl2.keys
 
@@ -149,7 +151,8 @@ def test_classic_control_env_defaults_and_overrides():
     assert (cp.train_freq, cp.gradient_steps, cp.target_update_interval) == (256, 128, 10)
     assert DQNConfig.for_env("CartPole-v1", lr=1e-4).lr == 1e-4  # --set wins
     ac = DQNConfig.for_env("Acrobot-v1")
-    assert (ac.batch_size, ac.eps_end) == (128, 0.1)
+    assert (ac.batch_size, ac.exploration_end) == (128, 0.1)
+    assert DQNConfig.for_env("Acrobot-v1", eps_end=0.3).exploration_end == 0.3  # old name
     assert DQNConfig.for_env("MountainCar-v0").train_freq == DQNConfig().train_freq
 
 
@@ -159,7 +162,8 @@ def test_classic_control_env_defaults_and_overrides():
     (DQNConfig, "target_update_interval", 0), (DQNConfig, "seed", -1),
     (DQNConfig, "learning_starts", -5), (DQNConfig, "lr", 0.0), (DQNConfig, "lr", float("nan")),
     (DQNConfig, "gamma", 0.0), (DQNConfig, "gamma", 1.01), (DQNConfig, "tau", 0.0),
-    (DQNConfig, "eps_end", -0.1), (DQNConfig, "eps_fraction", 1.5), (DQNConfig, "batch_size", 2.5),
+    (DQNConfig, "exploration_end", -0.1), (DQNConfig, "exploration_fraction", 1.5),
+    (DQNConfig, "batch_size", 2.5),
     (DQNConfig, "batch_size", True), (DQNConfig, "hidden", (64, 0)),
     (PPOConfig, "num_envs", 0), (PPOConfig, "num_steps", 0), (PPOConfig, "num_minibatches", 0),
     (PPOConfig, "update_epochs", 0), (PPOConfig, "lr", -3e-4), (PPOConfig, "gae_lambda", 1.2),
@@ -172,7 +176,7 @@ def test_config_validation_names_field_and_value(cls, field, value):
 
 
 def test_config_validation_accepts_edges():
-    DQNConfig(gamma=1.0, tau=1.0, eps_fraction=0.0, learning_starts=0, seed=0)
+    DQNConfig(gamma=1.0, tau=1.0, exploration_fraction=0.0, learning_starts=0, seed=0)
     PPOConfig(gamma=1.0, gae_lambda=0.0, ent_coef=0.0, target_kl=None, clip_coef=0.0)
     DQNConfig.for_env("CartPole-v1")
     PPOConfig.for_env("ALE/Pong-v5")
@@ -241,3 +245,63 @@ def test_run_group_depends_on_everything_but_the_seed():
     assert DQN(DQNConfig(total_steps=11, seed=0)).run_group != a.run_group
     assert DQN(DQNConfig(total_steps=10, lr=2e-3)).run_group != a.run_group
     assert DQN(DQNConfig(total_steps=10, threat={"eps": 0.1})).run_group != a.run_group
+
+
+def test_learn_callback_runs_per_step_or_update_and_false_stops():
+    seen = []
+    algo = DQN(DQNConfig(total_steps=300, learning_starts=50, seed=1))
+    algo.learn(callback=lambda a: seen.append(a.global_step))
+    assert seen == list(range(1, 301))
+    stop = DQN(DQNConfig(total_steps=300, learning_starts=50, seed=1))
+    stop.learn(callback=lambda a: a.global_step < 120)
+    assert stop.global_step == 120
+    steps = []
+    ppo = PPO(PPOConfig.for_env("CartPole-v1", total_steps=256, num_envs=2, num_steps=32))
+    ppo.learn(callback=lambda a: steps.append(a.global_step) or len(steps) < 2)
+    assert steps == [64, 128] and ppo.global_step == 128
+
+
+OLD_DQN_CONFIG = {  # a config as checkpoints written before the exploration_* rename hold it
+    "env_id": "CartPole-v1", "total_steps": 300, "seed": 4, "lr": 1e-3, "buffer_size": 1000,
+    "batch_size": 32, "gamma": 0.99, "learning_starts": 50, "train_freq": 1,
+    "gradient_steps": 1, "target_update_interval": 100, "tau": 1.0, "eps_start": 0.9,
+    "eps_end": 0.05, "eps_fraction": 0.3, "double": True, "dueling": False,
+    "hidden": [16, 16], "huber_delta": 1.0, "max_grad_norm": 10.0, "threat": None,
+    "env_kwargs": {}, "q_spec": None, "robust_loss": None,
+}
+
+
+def test_old_config_names_load_and_keep_run_group(tmp_path):
+    from certrl.algos.base import config_from_dict, run_group, split_config
+
+    fields, loss = split_config(OLD_DQN_CONFIG)
+    cfg = config_from_dict(DQNConfig, fields)
+    assert (cfg.exploration_start, cfg.exploration_end, cfg.exploration_fraction) == \
+        (0.9, 0.05, 0.3) and loss is None
+    # the group of an old run is the hash of its stored config (old names) without the seed
+    import hashlib
+    import json
+    threat = {"eps": 0.0}
+    old = {k: v for k, v in OLD_DQN_CONFIG.items() if k != "seed"}
+    text = json.dumps({"algo": "dqn", "env_id": "CartPole-v1", "config": old,
+                       "threat_model": threat}, sort_keys=True, separators=(",", ":"))
+    assert run_group("dqn", cfg, threat) == hashlib.sha256(text.encode()).hexdigest()
+    assert run_group("dqn", DQNConfig(**{**cfg.__dict__, "exploration_end": 0.06}),
+                     threat) != run_group("dqn", cfg, threat)
+    # a checkpoint whose config uses the old names resumes with the same exploration
+    algo = DQN(cfg).learn(100)
+    algo.save(tmp_path / "d.pt")
+    from certrl.io import load_checkpoint
+    data = load_checkpoint(tmp_path / "d.pt")
+    data["config"] = {**OLD_DQN_CONFIG}
+    again = DQN.resume(data)
+    assert again.cfg == cfg and again.resume_caveats == []
+    assert again.epsilon(50) == algo.epsilon(50)
+
+
+def test_set_accepts_old_exploration_names():
+    from certrl.algos.base import coerce_field
+
+    assert coerce_field(DQNConfig, "eps_end", "0.2") == 0.2
+    with pytest.raises(ValueError, match="no settable field"):
+        coerce_field(DQNConfig, "LEGACY_NAMES", "{}")

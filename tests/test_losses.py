@@ -24,6 +24,7 @@ from certrl.losses import (
     make_loss,
     soft_weights,
 )
+from certrl.losses.base import TrainContext
 from certrl.losses.radial import worst_logprob_bounds
 from certrl.nets import build_network
 from certrl.threat import ThreatModel
@@ -50,6 +51,13 @@ def linear_q(w=((2.0,), (-1.0,)), b=(0.0, 1.0)):
 
 def threat(eps):
     return ThreatModel(eps=eps)
+
+
+def ctx(batch, nets, eps, step):
+    """The hook context the algorithms build (settings of ``_Cfg``)."""
+    return TrainContext(batch=batch, nets=nets, threat=threat(eps), step=step,
+                        gamma=_Cfg.gamma, huber_delta=_Cfg.huber_delta,
+                        clip_coef=_Cfg.clip_coef)
 
 
 def test_eps_schedule_shape():
@@ -97,7 +105,9 @@ def test_car_dqn_hand_value_and_lambda_limits():
                         (1e6, float(h.mean()))]:
         loss = CARDQNLoss(CARConfig(lam=lam, schedule=EpsSchedule(**NOW)))
         loss.setup({"q": net}, _Cfg())
-        val = loss.modify_td_loss(torch.zeros(2), _car_batch(), {"q": net}, threat(0.5), 10)
+        val, logs = loss.modify_td_loss(torch.zeros(2), ctx(_car_batch(), {"q": net}, 0.5, 10))
+        assert logs["train_eps"] == 0.5 and logs["car_weight_max"] == pytest.approx(
+            float(soft_weights(h, lam).max()), rel=1e-4)
         assert float(val.detach()) == pytest.approx(expect, rel=1e-4)
 
 
@@ -123,11 +133,11 @@ def test_sa_dqn_hand_value():
         loss = SADQNLoss(SAConfig(kappa=0.5, c=2.0, solver=SolverConfig(solver, pgd_steps=20),
                                   schedule=EpsSchedule(**NOW)))
         loss.setup({"q": net}, _Cfg())
-        val, logs = loss(batch, {"q": net}, threat(0.1), 50)
+        val, logs = loss(ctx(batch, {"q": net}, 0.1, 50))
         assert float(val) == pytest.approx(0.5 * -1.7, abs=1e-4)
     loss = SADQNLoss(SAConfig(kappa=1.0, c=1.0, schedule=EpsSchedule(**NOW)))
     loss.setup({"q": net}, _Cfg())
-    assert float(loss(batch, {"q": net}, threat(0.1), 50)[0]) == pytest.approx(-1.0)  # capped
+    assert float(loss(ctx(batch, {"q": net}, 0.1, 50))[0]) == pytest.approx(-1.0)  # capped
 
 
 def test_radial_dqn_hand_value():
@@ -136,10 +146,10 @@ def test_radial_dqn_hand_value():
     loss.setup({"q": net}, _Cfg())
     batch = {"obs": torch.tensor([[1.0]]), "actions": torch.tensor([0]), "q": torch.zeros(1)}
     # Q = (2, 0): Q_diff = 2; eps 0.5: LB Q0 = 1, UB Q1 = 0.5; ovl = 0.5 - 1 + 1 = 0.5
-    val, logs = loss(batch, {"q": net}, threat(0.5), 10)
+    val, logs = loss(ctx(batch, {"q": net}, 0.5, 10))
     assert float(val) == pytest.approx(0.2 * 2 * 0.5)
-    assert float(loss.modify_td_loss(torch.tensor([1.0, 3.0]), batch, {"q": net}, threat(0.5),
-                                     10)) == pytest.approx(0.8 * 2.0)
+    td, _ = loss.modify_td_loss(torch.tensor([1.0, 3.0]), ctx(batch, {"q": net}, 0.5, 10))
+    assert float(td) == pytest.approx(0.8 * 2.0)
 
 
 def test_wocar_dqn_targets_hand_value():
@@ -151,13 +161,14 @@ def test_wocar_dqn_targets_hand_value():
              "actions": torch.tensor([0]), "rewards": torch.tensor([1.0]),
              "dones": torch.tensor([0.0]), "q": torch.zeros(1)}
     # eps 1: Q0 in [0, 4], Q1 in [-1, 1] -> both attackable; worst = action 1 (Q = 0)
-    y = loss.td_target(batch, nets, threat(1.0), 10)
+    y = loss.td_target(ctx(batch, nets, 1.0, 10))
     assert float(y) == pytest.approx(1 + 0.9 * 2.0)
-    assert float(loss._y_worst) == pytest.approx(1 + 0.9 * 0.0)
+    y_w, n_possible = loss.worst_case_target(ctx(batch, nets, 1.0, 10))
+    assert float(y_w) == pytest.approx(1 + 0.9 * 0.0) and n_possible == 2.0
     # eps 0.1: Q0 in [1.8, 2.2], Q1 in [-0.1, 0.1]: only action 0 reachable -> greedy target
-    loss.td_target(batch, nets, threat(0.1), 10)
-    assert float(loss._y_worst) == pytest.approx(1 + 0.9 * 2.0)
-    val, logs = loss(batch, nets, threat(0.1), 10)
+    y_w, _ = loss.worst_case_target(ctx(batch, nets, 0.1, 10))
+    assert float(y_w) == pytest.approx(1 + 0.9 * 2.0)
+    val, logs = loss(ctx(batch, nets, 0.1, 10))
     assert math.isfinite(float(val)) and logs["attackable_actions"] == 1.0
 
 
@@ -168,7 +179,7 @@ def test_sortnet_hinge_hand_value():
     q = net(x).detach()
     loss = SortNetLoss(SortNetConfig(kappa=1.0, c=100.0, schedule=EpsSchedule(**NOW)))
     loss.setup({"q": net}, _Cfg())
-    val, _ = loss({"obs": x, "q": torch.zeros(1)}, {"q": net}, threat(0.25), 10)
+    val, _ = loss(ctx({"obs": x, "q": torch.zeros(1)}, {"q": net}, 0.25, 10))
     gap = float(q.max() - q.min())
     assert float(val) == pytest.approx(-(gap - 2 * 2.0 * 0.25), abs=1e-5)
     with pytest.raises(ValueError, match="bounded form"):
@@ -183,7 +194,7 @@ def test_sa_ppo_hand_value_linear_gaussian():
     loss = SAPPOLoss(SAPPOConfig(reg=1.0, solver=SolverConfig("ibp"), schedule=EpsSchedule(**NOW)))
     loss.setup({"policy": pol}, _Cfg())
     x = torch.tensor([[0.5, 0.1]])
-    val, _ = loss({"obs": x, "mean": pol(x)}, {"policy": pol}, threat(0.1), 10)
+    val, _ = loss(ctx({"obs": x, "mean": pol(x)}, {"policy": pol}, 0.1, 10))
     assert float(val) == pytest.approx((3 * 0.1) ** 2 / 4.0, rel=1e-5)
 
 

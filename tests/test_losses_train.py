@@ -28,8 +28,8 @@ def _dqn(name, solver, steps=300, **kw):
     loss = make_loss("dqn", name, solver=solver, pgd_steps=3, warmup=0.3, ramp=0.3)
     extra = {"q_spec": sortnet_q_spec(hidden=16, depth=2)} if name == "sortnet" else {}
     cfg = DQNConfig(total_steps=steps, learning_starts=64, batch_size=16, hidden=(16, 16),
-                    threat={"eps": 0.05}, robust_loss=loss, **extra, **kw)
-    return DQN(cfg)
+                    threat={"eps": 0.05}, **extra, **kw)
+    return DQN(cfg, robust_loss=loss)
 
 
 @pytest.mark.parametrize("name,solver", DQN_LOSSES)
@@ -52,8 +52,8 @@ def test_ppo_loss_gradients_and_short_run(name, solver):
     loss = make_loss("ppo", name, solver=solver, pgd_steps=3, warmup=0.0, ramp=0.5)
     cfg = PPOConfig(env_id="Pendulum-v1", total_steps=256, num_envs=2, num_steps=64,
                     num_minibatches=2, update_epochs=1, hidden=(16, 16),
-                    threat={"eps": 0.05}, robust_loss=loss)
-    algo = PPO(cfg).learn()
+                    threat={"eps": 0.05})
+    algo = PPO(cfg, robust_loss=loss).learn()
     assert algo.logs.get("train_eps", 0) > 0
     roll = algo.collect(16)
     algo.cfg.update_epochs = 1
@@ -78,24 +78,28 @@ def test_wocar_and_sortnet_checkpoints_rebuild(tmp_path):
             assert "worst_q" in agent.nets
         else:
             assert agent.net.lipschitz_linf == 10.0
-        resumed = DQN.resume(path, robust_loss=make_loss("dqn", name), total_steps=150)
+        resumed = DQN.resume(path, total_steps=150)  # the loss comes from the checkpoint
+        got, want = resumed.robust_loss.config(), algo.robust_loss.config()
+        assert got.pop("schedule")["total_steps"] == 150  # the schedule follows the new length
+        want.pop("schedule")
+        assert got == want
         resumed.learn()
         assert resumed.global_step == 150
 
 
 def test_wocar_resume_restores_lagged_worst_net(tmp_path):
     algo = _dqn("wocar", "ibp", steps=200, target_update_interval=10_000)
-    algo.cfg.robust_loss.cfg.target_update_interval = 10_000  # keep Q_w^- lagged
+    algo.robust_loss.cfg.target_update_interval = 10_000  # keep Q_w^- lagged
     algo.learn()
-    lagged = {k: v.clone() for k, v in algo.cfg.robust_loss.worst_target.state_dict().items()}
-    live = algo.cfg.robust_loss.worst.state_dict()
+    lagged = {k: v.clone() for k, v in algo.robust_loss.worst_target.state_dict().items()}
+    live = algo.robust_loss.worst.state_dict()
     assert any(not torch.equal(lagged[k], live[k]) for k in lagged)  # Q_w^- != Q_w
     path = tmp_path / "wocar.pt"
     algo.save(path)
     resumed = DQN.resume(path, robust_loss=make_loss("dqn", "wocar",
                                                      target_update_interval=10_000))
-    got = resumed.cfg.robust_loss
-    assert got._calls == algo.cfg.robust_loss._calls > 0
+    got = resumed.robust_loss
+    assert got._calls == algo.robust_loss._calls > 0
     for k, v in got.worst_target.state_dict().items():
         torch.testing.assert_close(v, lagged[k])
 

@@ -2,7 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from certrl.nets import BOUNDABLE, body_spec, build_network, check_boundable
+import bounds
+from bounds.graph import UnsupportedLayerError
+from certrl.nets import BOUNDABLE, body_spec, build_network
+from certrl.threat import ThreatModel
 
 MLP = body_spec((6,), (32, 16), "relu")
 MLP_NORM = {**body_spec((6,), (32,), "tanh"),
@@ -34,7 +37,6 @@ def test_bounded_form_equals_network(spec):
             p.add_(0.05 * torch.randn_like(p))
     seq = net.bounded_form()
     assert isinstance(seq, nn.Sequential)
-    check_boundable(seq)
     assert all(isinstance(m, BOUNDABLE) for m in seq)
     shape = spec["body"].get("in_shape") or [spec["body"]["in_dim"]]
     x = torch.rand(5, *shape)
@@ -61,8 +63,9 @@ def test_bad_specs():
         build_network({"type": "q", "body": {"kind": "rnn"}, "n_out": 2})
     with pytest.raises(ValueError):
         build_network({"type": "q", "body": {**MLP, "activation": "gelu"}, "n_out": 2})
-    with pytest.raises(ValueError):
-        check_boundable(nn.Sequential(nn.Linear(2, 2), nn.Sigmoid()))
+    with pytest.raises(UnsupportedLayerError, match="Sigmoid"):  # bounds names the layer
+        bounds.compute(nn.Sequential(nn.Linear(2, 2), nn.Sigmoid()),
+                       bounds.LpBall(torch.zeros(1, 2), 0.1))
 
 
 def test_rebuild_from_spec_round_trip():
@@ -71,3 +74,31 @@ def test_rebuild_from_spec_round_trip():
     net2.load_state_dict(net.state_dict())
     x = torch.rand(3, 6)
     torch.testing.assert_close(net(x), net2(x))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s['type']}-{s['body']['kind']}")
+def test_shared_form_equals_network_and_trains_it(spec):
+    """shared_form computes the network, shares its parameters (dueling included: the
+    folded head is computed from the live streams) and bounds through it reach them."""
+    torch.manual_seed(0)
+    net = build_network(spec)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    seq = net.shared_form()
+    shape = spec["body"].get("in_shape") or [spec["body"]["in_dim"]]
+    x = torch.rand(3, *shape)
+    torch.testing.assert_close(seq(x), net(x), rtol=1e-5, atol=1e-5)
+    lb, ub = bounds.compute(seq, ThreatModel(eps=0.01).ball(x, 0.01), method="ibp")
+    ref_lb, ref_ub = bounds.compute(net.bounded_form(), ThreatModel(eps=0.01).ball(x, 0.01),
+                                    method="ibp")
+    torch.testing.assert_close(lb, ref_lb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ub, ref_ub, rtol=1e-5, atol=1e-5)
+    (torch.rand_like(lb) * lb + torch.rand_like(ub) * ub).sum().backward()  # A's bias
+    # cancels in a plain sum over actions (mean subtracted), so weight the outputs
+    head = [p for n, p in net.named_parameters() if "stream" in n or "head" in n]
+    assert head and all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in head)
+    with torch.no_grad():  # an optimiser step on the network is seen by the shared form
+        for p in net.parameters():
+            p.add_(0.1)
+    torch.testing.assert_close(seq(x), net(x), rtol=1e-5, atol=1e-5)

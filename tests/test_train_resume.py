@@ -224,7 +224,8 @@ def test_resume_bad_latest_is_a_one_line_error(damage, tmp_path, capsys):
     (["--set", "target_update_interval=0"], "target_update_interval"),
     (["--set", "lr=0"], "lr"),
     (["--set", "gamma=0"], "gamma"),
-    (["--set", "eps_fraction=1.5"], "eps_fraction"),
+    (["--set", "exploration_fraction=1.5"], "exploration_fraction"),
+    (["--set", "eps_fraction=1.5"], "exploration_fraction"),  # the old name still works
     (["--set", "hidden=0,64"], "hidden"),
 ])
 def test_train_bad_settings_one_line_nothing_written(extra, field, tmp_path, capsys):

@@ -19,6 +19,7 @@ import torch
 from certrl.agent import Agent
 from certrl.envs import env_family
 from certrl.io import CheckpointError, load_checkpoint
+from certrl.losses import loss_from_config
 from certrl.threat import ThreatModel, default_threat_model
 
 
@@ -61,102 +62,121 @@ def restore_rngs(state: dict, gen: np.random.Generator) -> None:
     gen.bit_generator.state = json.loads(st["algo"])
 
 
-def check_config(cfg, *, pos_int=(), nonneg_int=(), pos=(), nonneg=(), unit=(),
-                 unit_open0=(), finite=()) -> None:
-    """Validate config fields; ``ValueError`` names the field and the value.
+# check_config groups: (integer?, test, what the error says the value must be)
+_RULES: dict[str, tuple[bool, Callable[[float], bool], str]] = {
+    "pos_int": (True, lambda v: v >= 1, "a positive integer"),
+    "nonneg_int": (True, lambda v: v >= 0, "an integer >= 0"),
+    "pos": (False, lambda v: v > 0, "> 0"),
+    "nonneg": (False, lambda v: v >= 0, ">= 0"),
+    "unit": (False, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "unit_open0": (False, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "finite": (False, lambda v: True, "finite"),
+}
 
-    pos_int: integers > 0; nonneg_int: integers >= 0; pos: finite numbers > 0;
-    nonneg: finite numbers >= 0; unit: numbers in [0, 1]; unit_open0: in (0, 1];
-    finite: any finite number. A None value is allowed where the field's default is None.
-    """
-    name = type(cfg).__name__
 
-    def bad(field: str, what: str) -> ValueError:
-        return ValueError(f"{name}.{field} must be {what}; got {getattr(cfg, field)!r}")
+def _config_error(cfg, field: str, what: str) -> ValueError:
+    return ValueError(f"{type(cfg).__name__}.{field} must be {what}; got {getattr(cfg, field)!r}")
 
-    def number(field: str, integer: bool = False) -> float | None:
-        v = getattr(cfg, field)
-        if v is None and getattr(type(cfg), field, 0) is None:
-            return None
-        kind = numbers.Integral if integer else numbers.Real
-        if isinstance(v, bool) or not isinstance(v, kind):
-            raise bad(field, "an integer" if integer else "a number")
-        if not math.isfinite(float(v)):
-            raise bad(field, "finite")
-        return v
 
-    for f in pos_int:
-        v = number(f, integer=True)
-        if v is not None and v < 1:
-            raise bad(f, "a positive integer")
-    for f in nonneg_int:
-        v = number(f, integer=True)
-        if v is not None and v < 0:
-            raise bad(f, "an integer >= 0")
-    for f in pos:
-        v = number(f)
-        if v is not None and not v > 0:
-            raise bad(f, "> 0")
-    for f in nonneg:
-        v = number(f)
-        if v is not None and v < 0:
-            raise bad(f, ">= 0")
-    for f in unit:
-        v = number(f)
-        if v is not None and not 0 <= v <= 1:
-            raise bad(f, "in [0, 1]")
-    for f in unit_open0:
-        v = number(f)
-        if v is not None and not 0 < v <= 1:
-            raise bad(f, "in (0, 1]")
-    for f in finite:
-        number(f)
+def _number(cfg, field: str, integer: bool) -> float | None:
+    """The field's value checked to be a finite (integer) number; None where allowed."""
+    v = getattr(cfg, field)
+    if v is None and getattr(type(cfg), field, 0) is None:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise _config_error(cfg, field, "an integer" if integer else "a number")
+    if not math.isfinite(float(v)):
+        raise _config_error(cfg, field, "finite")
+    return v
+
+
+def _check_structure(cfg) -> None:
+    """hidden widths, dict-valued fields, env id and seed range."""
     hidden = getattr(cfg, "hidden", ())
     if not isinstance(hidden, (tuple, list)) or any(
             isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
-        raise bad("hidden", "a list of positive layer widths (e.g. 64,64)")
+        raise _config_error(cfg, "hidden", "a list of positive layer widths (e.g. 64,64)")
     for f in ("threat", "env_kwargs", "q_spec"):
-        if hasattr(cfg, f) and getattr(cfg, f) is not None and not isinstance(getattr(cfg, f),
-                                                                              dict):
-            raise bad(f, "a dict")
+        v = getattr(cfg, f, None)
+        if v is not None and not isinstance(v, dict):
+            raise _config_error(cfg, f, "a dict")
     if not isinstance(cfg.env_id, str) or not cfg.env_id:
-        raise bad("env_id", "an env id")
+        raise _config_error(cfg, "env_id", "an env id")
     if cfg.seed >= 2**63:
-        raise bad("seed", "below 2**63")
+        raise _config_error(cfg, "seed", "below 2**63")
 
 
-def run_group(algo_name: str, cfg, threat: dict) -> str:
+def check_config(cfg, **groups: tuple[str, ...]) -> None:
+    """Validate config fields; ``ValueError`` names the field and the value.
+
+    Groups (keyword -> field names): pos_int: integers > 0; nonneg_int: integers >= 0;
+    pos: finite numbers > 0; nonneg: finite numbers >= 0; unit: numbers in [0, 1];
+    unit_open0: in (0, 1]; finite: any finite number. A None value is allowed where the
+    field's default is None.
+    """
+    for group, fields in groups.items():
+        integer, ok, what = _RULES[group]
+        for f in fields:
+            v = _number(cfg, f, integer)
+            if v is not None and not ok(v):
+                raise _config_error(cfg, f, what)
+    _check_structure(cfg)
+
+
+def legacy_names(cls) -> dict[str, str]:
+    """Old config field name -> current name for config class ``cls`` (``LEGACY_NAMES``)."""
+    return dict(getattr(cls, "LEGACY_NAMES", {}))
+
+
+def canonical_config(cls, d: dict) -> dict:
+    """``d`` with old field names (e.g. DQN's ``eps_start``) renamed to the current ones."""
+    old = legacy_names(cls)
+    return {old.get(k, k): v for k, v in d.items()}
+
+
+def run_group(algo_name: str, cfg, threat: dict, robust_loss: dict | None = None) -> str:
     """sha256 of the canonical JSON of what defines a run apart from its seed.
 
-    Env id, algorithm, robust loss and its settings, the whole algorithm config
-    (total steps included) and the resolved threat model; not the seed, the output
-    folder or the thread count. Runs that differ only by seed share it.
+    Env id, algorithm, robust loss (``loss.config()``) and its settings, the whole
+    algorithm config (total steps included) and the resolved threat model; not the seed,
+    the output folder or the thread count. Runs that differ only by seed share it.
+    Renamed fields are hashed under their old names, so a run keeps its group.
     """
     config = config_to_dict(cfg)
     config.pop("seed", None)
+    to_old = {new: old for old, new in legacy_names(type(cfg)).items()}
+    config = {to_old.get(k, k): v for k, v in config.items()}
+    config["robust_loss"] = robust_loss
     ident = {"algo": algo_name, "env_id": cfg.env_id, "config": config, "threat_model": threat}
     text = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def config_to_dict(cfg) -> dict:
-    """JSON-able dict of a config dataclass (robust_loss -> its config() or None)."""
+    """JSON-able dict of a config dataclass (tuples -> lists)."""
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if f.name == "robust_loss":
-            v = None if v is None else v.config()
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
+        out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 
 
+def split_config(d: dict) -> tuple[dict, dict | None]:
+    """A stored training config -> (algorithm config fields, robust loss config or None).
+
+    Checkpoints store the loss's ``config()`` under ``"robust_loss"`` beside the fields.
+    """
+    d = dict(d)
+    return d, d.pop("robust_loss", None)
+
+
 def config_from_dict(cls, d: dict, **overrides):
-    """Build config ``cls`` from a dict (unknown keys -> ValueError)."""
+    """Build config ``cls`` from a dict of its fields (old field names accepted; unknown
+    keys -> ValueError). A stored training config goes through ``split_config`` first."""
     names = {f.name for f in dataclasses.fields(cls)}
-    data = {k: v for k, v in dict(d).items() if k != "robust_loss"}
-    data.update(overrides)
+    data = canonical_config(cls, d)
+    data.update(canonical_config(cls, overrides))
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
@@ -167,39 +187,43 @@ def config_from_dict(cls, d: dict, **overrides):
     return cls(**data)
 
 
-def coerce_field(cls, name: str, text: str):
-    """Parse a ``--set name=text`` value into the type of config field ``name``."""
-    hints = typing.get_type_hints(cls)
-    if name not in hints or name == "robust_loss":
-        raise ValueError(f"{cls.__name__} has no settable field {name!r}")
-    h = str(hints[name])
-    try:
-        if "dict" in h:
-            if "None" in h and text.lower() == "none":
-                return None
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError(text)
-            return value
-        if "tuple" in h:
-            return tuple(int(v) for v in text.split(",") if v.strip())
-        if "bool" in h:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            if "None" in h and text.lower() == "none":
-                return None
+def _parse_typed(h: str, text: str):
+    """Parse ``text`` as a value of the type hint string ``h`` (ValueError if it is not)."""
+    none = "None" in h and text.lower() == "none"
+    if "dict" in h:
+        value = None if none else json.loads(text)
+        if value is not None and not isinstance(value, dict):
             raise ValueError(text)
-        if "None" in h and text.lower() == "none":
+        return value
+    if "tuple" in h:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    if "bool" in h:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        if none:
             return None
-        if "int" in h and "float" not in h:
-            return int(text)
-        if "float" in h:
-            return float(text)
-        return text
+        raise ValueError(text)
+    if none:
+        return None
+    if "int" in h and "float" not in h:
+        return int(text)
+    return float(text) if "float" in h else text
+
+
+def coerce_field(cls, name: str, text: str):
+    """Parse a ``--set name=text`` value into the type of config field ``name``
+    (an old field name is accepted: ``canonical_config`` maps it)."""
+    name = legacy_names(cls).get(name, name)
+    hints = typing.get_type_hints(cls)
+    if name not in hints or name.isupper():
+        raise ValueError(f"{cls.__name__} has no settable field {name!r}")
+    try:
+        return _parse_typed(str(hints[name]), text)
     except ValueError:  # json.JSONDecodeError is a ValueError too
-        raise ValueError(f"bad value {text!r} for {cls.__name__}.{name} ({h})") from None
+        raise ValueError(f"bad value {text!r} for {cls.__name__}.{name} "
+                         f"({hints[name]})") from None
 
 
 def resolve_threat(env_id: str, threat: dict | None) -> ThreatModel:
@@ -212,12 +236,16 @@ def resolve_threat(env_id: str, threat: dict | None) -> ThreatModel:
     return ThreatModel.from_dict(d)
 
 
-class Algorithm:
-    """Base of DQN / PPO: a step counter, episode log and checkpoint plumbing.
+Callback = Callable[["Algorithm"], "bool | None"]
 
-    Subclasses set ``self.cfg``, ``self.agent_obj``, ``self.global_step`` and
-    ``self.episodes`` (list of {"episode", "step", "return", "length"}), and
-    implement ``learn`` and ``train_state`` / ``load_train_state``.
+
+class Algorithm:
+    """Base of DQN / PPO: the ``learn`` loop, episode log and checkpoint plumbing.
+
+    Subclasses set ``self.cfg``, ``self.robust_loss``, ``self.agent_obj``,
+    ``self.global_step`` and ``self.episodes`` (list of {"episode", "step", "return",
+    "length"}), and implement ``advance`` (one env step for DQN, one rollout + update for
+    PPO), ``checkpoint_ready`` and ``train_state`` / ``load_train_state``.
 
     Exact resume: ``train_state()`` holds everything the rest of the run depends on
     (optimizer, counters, every RNG via ``capture_rngs``, the env state as
@@ -230,15 +258,50 @@ class Algorithm:
     config_cls: type = object
 
     cfg: typing.Any
+    robust_loss: typing.Any
     agent_obj: Agent
     global_step: int
     episodes: list[dict]
     resume_caveats: list[str]
 
+    def learn(self, total_steps: int | None = None, callback: Callback | None = None):
+        """Train until ``global_step >= total_steps`` (default ``cfg.total_steps``).
+
+        ``callback(algo)`` runs after every DQN env step / every PPO update (progress,
+        checkpoints); returning False stops training there. Returns ``self``.
+        """
+        until = self.cfg.total_steps if total_steps is None else total_steps
+        while self.global_step < until:
+            self.advance(until)
+            if callback is not None and callback(self) is False:
+                break
+        return self
+
+    def advance(self, until: int) -> None:  # pragma: no cover - abstract
+        """One unit of training (never past ``until`` env steps where the unit allows)."""
+        raise NotImplementedError
+
+    @property
+    def checkpoint_ready(self) -> bool:  # pragma: no cover - abstract
+        """True where a checkpoint needs no env replay of a started unit (see subclasses)."""
+        raise NotImplementedError
+
+    def training_config(self) -> dict:
+        """The config as checkpoints store it: its fields plus ``robust_loss`` (its
+        ``config()``, or None for vanilla training)."""
+        loss = None if self.robust_loss is None else self.robust_loss.config()
+        return {**config_to_dict(self.cfg), "robust_loss": loss}
+
+    @property
+    def loss_name(self) -> str:
+        """The robust loss's name, "vanilla" without one."""
+        return "vanilla" if self.robust_loss is None else self.robust_loss.name
+
     @property
     def run_group(self) -> str:
-        """``run_group(algo, cfg, threat)`` of this run (shared by runs differing by seed)."""
-        return run_group(self.algo_name, self.cfg, self.agent_obj.threat_model.to_dict())
+        """``run_group(algo, cfg, threat, loss)`` of this run (shared by runs differing by seed)."""
+        loss = None if self.robust_loss is None else self.robust_loss.config()
+        return run_group(self.algo_name, self.cfg, self.agent_obj.threat_model.to_dict(), loss)
 
     @property
     def agent(self) -> Agent:
@@ -261,7 +324,7 @@ class Algorithm:
         """Checkpoint the agent (and, for resuming, the training state)."""
         self.agent.save(path, train_state=self.train_state() if with_train_state else None)
 
-    def _note(self, caveat: str) -> None:
+    def note(self, caveat: str) -> None:
         """Record (and warn about) something that makes this run deviate from exact."""
         if caveat not in self.resume_caveats:
             self.resume_caveats.append(caveat)
@@ -271,40 +334,22 @@ class Algorithm:
     def resume(cls, path: str | os.PathLike | dict, robust_loss=None, **overrides):
         """Rebuild the algorithm from a checkpoint with train state and continue from it.
 
-        ``path`` may also be the dict ``certrl.io.load_checkpoint`` returned. With the
-        same config (no ``overrides`` that change it), continuing with ``learn()`` ends
-        with the same weights as the uninterrupted run; anything that prevents this
-        is listed in ``resume_caveats`` (and warned about).
+        ``path`` may also be the dict ``certrl.io.load_checkpoint`` returned. The robust
+        loss is rebuilt from the checkpoint's config unless ``robust_loss`` is given.
+        With the same config (no ``overrides`` that change it), continuing with
+        ``learn()`` ends with the same weights as the uninterrupted run; anything that
+        prevents this is listed in ``resume_caveats`` (and warned about).
         """
-        if isinstance(path, dict):
-            data, source = path, "checkpoint"
-        else:
-            data, source = load_checkpoint(path), repr(str(path))
-        if data.get("algo") != cls.algo_name:
-            raise CheckpointError(f"{source} holds a {data.get('algo')!r} agent, "
-                                  f"not {cls.algo_name!r}")
-        if not isinstance(data.get("train_state"), dict):
-            raise CheckpointError(f"{source} has no training state to resume from")
-        if not isinstance(data["config"], dict):
-            raise CheckpointError(f"{source}: the training config is not a dict")
-        cfg = config_from_dict(cls.config_cls, data["config"], **overrides)
-        if robust_loss is not None:
-            cfg.robust_loss = robust_loss
-        algo = cls(cfg)
-        agent = Agent.from_payload(data, source=source)
+        data, source = _training_checkpoint(cls, path)
+        stored, loss_cfg = split_config(data["config"])
+        cfg = config_from_dict(cls.config_cls, stored, **overrides)
+        if robust_loss is None:
+            robust_loss = loss_from_config(loss_cfg)
+        algo = cls(cfg, robust_loss=robust_loss)
         try:
-            for name, net in algo.agent_obj.nets.items():
-                net.load_state_dict(agent.nets[name].state_dict())
-            if agent.obs_rms is not None and algo.agent_obj.obs_rms is not None:
-                algo.agent_obj.obs_rms.load_state_dict(data["obs_rms"])
-                algo.agent_obj.obs_rms.unfreeze()
+            algo.load_weights(data, source)
             algo.resume_caveats = [str(c) for c in data["train_state"].get("resume_caveats", [])]
-            old = {k: v for k, v in data["config"].items() if k != "robust_loss"}
-            new = {k: v for k, v in config_to_dict(cfg).items() if k != "robust_loss"}
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if changed:
-                algo._note("resumed with changed settings (" + ", ".join(
-                    f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed) + ")")
+            algo.note_changed_settings(canonical_config(cls.config_cls, stored))
             algo.load_train_state(data["train_state"])
         except CheckpointError:
             raise
@@ -313,5 +358,35 @@ class Algorithm:
                                   f"{type(e).__name__}: {e}") from None
         return algo
 
+    def load_weights(self, data: dict, source: str) -> None:
+        """Copy the checkpoint's networks (and observation statistics) into this run."""
+        agent = Agent.from_payload(data, source=source)
+        for name, net in self.agent_obj.nets.items():
+            net.load_state_dict(agent.nets[name].state_dict())
+        if agent.obs_rms is not None and self.agent_obj.obs_rms is not None:
+            self.agent_obj.obs_rms.load_state_dict(data["obs_rms"])
+            self.agent_obj.obs_rms.unfreeze()
 
-StepCallback = Callable[[Algorithm], None]
+    def note_changed_settings(self, old: dict) -> None:
+        """Note the config fields that differ from the checkpoint's (``old``)."""
+        new = config_to_dict(self.cfg)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            self.note("resumed with changed settings (" + ", ".join(
+                f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed) + ")")
+
+
+def _training_checkpoint(cls, path: str | os.PathLike | dict) -> tuple[dict, str]:
+    """(checkpoint dict, its name for messages) after checking it holds a ``cls`` run."""
+    if isinstance(path, dict):
+        data, source = path, "checkpoint"
+    else:
+        data, source = load_checkpoint(path), repr(str(path))
+    if data.get("algo") != cls.algo_name:
+        raise CheckpointError(f"{source} holds a {data.get('algo')!r} agent, "
+                              f"not {cls.algo_name!r}")
+    if not isinstance(data.get("train_state"), dict):
+        raise CheckpointError(f"{source} has no training state to resume from")
+    if not isinstance(data["config"], dict):
+        raise CheckpointError(f"{source}: the training config is not a dict")
+    return data, source

@@ -21,8 +21,9 @@ nothing needs replaying. Resuming and continuing gives the uninterrupted run's w
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,15 +32,15 @@ import torch.nn.functional as F
 from certrl.agent import Agent
 from certrl.algos.base import (
     Algorithm,
+    canonical_config,
     capture_rngs,
     check_config,
-    config_to_dict,
     resolve_threat,
     restore_rngs,
     seed_everything,
 )
 from certrl.envs import EnvReplayError, action_space_info, env_family, make_env
-from certrl.losses.base import RobustLoss
+from certrl.losses.base import RobustLoss, TrainContext
 from certrl.nets import body_spec, build_network
 
 # Per-env settings for classic control (after the rl-baselines3-zoo tuned values; the
@@ -48,10 +49,10 @@ from certrl.nets import body_spec, build_network
 CLASSIC_DEFAULTS: dict[str, dict] = {
     "CartPole-v1": dict(lr=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1_000,
                         target_update_interval=10, train_freq=256, gradient_steps=128,
-                        eps_fraction=0.16, eps_end=0.04),
+                        exploration_fraction=0.16, exploration_end=0.04),
     "Acrobot-v1": dict(lr=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=1_000,
                        target_update_interval=250, train_freq=4, gradient_steps=4,
-                       eps_fraction=0.12, eps_end=0.1),
+                       exploration_fraction=0.12, exploration_end=0.1),
 }
 
 
@@ -71,9 +72,9 @@ class DQNConfig:
     gradient_steps: int = 1
     target_update_interval: int = 500
     tau: float = 1.0
-    eps_start: float = 1.0
-    eps_end: float = 0.02
-    eps_fraction: float = 0.2
+    exploration_start: float = 1.0
+    exploration_end: float = 0.02
+    exploration_fraction: float = 0.2
     double: bool = True
     dueling: bool = False
     hidden: tuple[int, ...] = (64, 64)
@@ -82,14 +83,18 @@ class DQNConfig:
     threat: dict | None = None
     env_kwargs: dict = field(default_factory=dict)
     q_spec: dict | None = None
-    robust_loss: RobustLoss | None = None
+
+    # old field names, accepted from old checkpoints, configs and --set (eps is the radius)
+    LEGACY_NAMES: ClassVar[dict[str, str]] = {"eps_start": "exploration_start",
+                                              "eps_end": "exploration_end",
+                                              "eps_fraction": "exploration_fraction"}
 
     def __post_init__(self) -> None:
         check_config(self, pos_int=("total_steps", "buffer_size", "batch_size", "train_freq",
                                     "gradient_steps", "target_update_interval"),
                      nonneg_int=("seed", "learning_starts"),
                      pos=("lr", "huber_delta", "max_grad_norm"),
-                     unit=("eps_start", "eps_end", "eps_fraction"),
+                     unit=("exploration_start", "exploration_end", "exploration_fraction"),
                      unit_open0=("gamma", "tau"))
 
     @classmethod
@@ -99,9 +104,9 @@ class DQNConfig:
         base.update(CLASSIC_DEFAULTS.get(env_id, {}))
         if env_family(env_id) == "atari":
             base.update(lr=1e-4, buffer_size=100_000, batch_size=32, learning_starts=20_000,
-                        train_freq=4, target_update_interval=1_000, eps_end=0.01,
-                        eps_fraction=0.1)
-        base.update(overrides)
+                        train_freq=4, target_update_interval=1_000, exploration_end=0.01,
+                        exploration_fraction=0.1)
+        base.update(canonical_config(cls, overrides))
         return cls(**base)
 
 
@@ -111,8 +116,9 @@ class DQN(Algorithm):
     algo_name = "dqn"
     config_cls = DQNConfig
 
-    def __init__(self, cfg: DQNConfig):
+    def __init__(self, cfg: DQNConfig, robust_loss: RobustLoss | None = None):
         self.cfg = cfg
+        self.robust_loss = robust_loss
         self.rng = seed_everything(cfg.seed)
         self.env = make_env(cfg.env_id, cfg.seed, episode_seeds=(cfg.seed, 0), **cfg.env_kwargs)
         aspace = action_space_info(self.env.action_space)
@@ -131,16 +137,15 @@ class DQN(Algorithm):
         q = build_network(spec)
         self.target = copy.deepcopy(q)
         nets = {"q": q}
-        if cfg.robust_loss is not None:
-            cfg.robust_loss.setup({"q": q}, cfg)
-            nets.update(cfg.robust_loss.extra_networks())
+        if robust_loss is not None:
+            robust_loss.setup({"q": q}, cfg)
+            nets.update(robust_loss.extra_networks())
         preprocessing = {"kind": "pixels", "scale": 255.0} if family == "atari" else \
             {"kind": "identity"}
         self.agent_obj = Agent(
             nets, env_id=cfg.env_id, algo="dqn", obs_shape=obs_shape, action_space=aspace,
             preprocessing=preprocessing, threat_model=resolve_threat(cfg.env_id, cfg.threat),
-            config=config_to_dict(cfg), seed=cfg.seed,
-            loss_name=cfg.robust_loss.name if cfg.robust_loss is not None else "vanilla",
+            config=self.training_config(), seed=cfg.seed, loss_name=self.loss_name,
         )
         params = [p for n in nets.values() for p in n.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
@@ -170,10 +175,12 @@ class DQN(Algorithm):
 
     # ----------------------------------------------------------------- helpers
     def epsilon(self, step: int) -> float:
-        """Linear decay eps_start -> eps_end over eps_fraction * total_steps, then flat."""
-        span = max(1, int(self.cfg.eps_fraction * self.cfg.total_steps))
+        """Exploration rate: linear decay exploration_start -> exploration_end over
+        exploration_fraction * total_steps, then flat."""
+        cfg = self.cfg
+        span = max(1, int(cfg.exploration_fraction * cfg.total_steps))
         frac = min(1.0, step / span)
-        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+        return cfg.exploration_start + frac * (cfg.exploration_end - cfg.exploration_start)
 
     def _store(self, obs, action, reward, next_obs, done) -> None:
         i = self.buf_pos
@@ -197,40 +204,50 @@ class DQN(Algorithm):
             "dones": torch.as_tensor(self.buf["dones"][idx]),
         }
 
-    def update(self) -> dict[str, float]:
-        """One gradient step on a sampled batch; returns scalar logs."""
-        cfg, q, target = self.cfg, self.agent_obj.nets["q"], self.target
-        batch = self._sample()
+    def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y = r + gamma (1 - done) Q_target(x', a'), a' = argmax Q(x') (double) or of Q_target."""
+        q, target = self.agent_obj.nets["q"], self.target
         with torch.no_grad():
-            if cfg.double:
+            if self.cfg.double:
                 a_next = q(batch["next_obs"]).argmax(1, keepdim=True)
                 q_next = target(batch["next_obs"]).gather(1, a_next).squeeze(1)
             else:
                 q_next = target(batch["next_obs"]).max(1).values
-            y = batch["rewards"] + cfg.gamma * (1.0 - batch["dones"]) * q_next
-        rl = cfg.robust_loss
+            return batch["rewards"] + self.cfg.gamma * (1.0 - batch["dones"]) * q_next
+
+    def context(self, batch: dict[str, torch.Tensor]) -> TrainContext:
+        """The robust loss's view of this gradient step."""
+        return TrainContext(batch=batch, nets={**self.agent_obj.nets, "target": self.target},
+                            threat=self.agent_obj.threat_model, step=self.global_step,
+                            gamma=self.cfg.gamma, huber_delta=self.cfg.huber_delta)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(training loss, logs): mean Huber TD loss, or as the robust loss reshapes it."""
+        rl, ctx = self.robust_loss, self.context(batch)
+        y = self.td_target(batch)
         if rl is not None:
-            nets = {**self.agent_obj.nets, "target": target}
-            threat = self.agent_obj.threat_model
             with torch.no_grad():
-                y_new = rl.td_target(batch, nets, threat, self.global_step)
+                y_new = rl.td_target(ctx)
             if y_new is not None:
                 y = y_new.detach()
-        q_a = q(batch["obs"]).gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
-        td = F.huber_loss(q_a, y, reduction="none", delta=cfg.huber_delta)
+        q_a = self.agent_obj.nets["q"](batch["obs"]).gather(1, batch["actions"].unsqueeze(1))
+        q_a = q_a.squeeze(1)
+        td = F.huber_loss(q_a, y, reduction="none", delta=self.cfg.huber_delta)
         batch.update(td_target=y, q=q_a)
         logs = {"td_loss": float(td.detach().mean())}
-        if rl is not None:
-            loss = rl.modify_td_loss(td, batch, nets, threat, self.global_step)
-            extra, extra_logs = rl(batch, nets, threat, self.global_step)
-            loss = loss + extra
-            logs.update(extra_logs)
-        else:
-            loss = td.mean()
+        if rl is None:
+            return td.mean(), logs
+        loss, td_logs = rl.modify_td_loss(td, ctx)
+        extra, extra_logs = rl(ctx)
+        return loss + extra, {**logs, **td_logs, **extra_logs}
+
+    def update(self) -> dict[str, float]:
+        """One gradient step on a sampled batch; returns scalar logs."""
+        loss, logs = self.loss(self._sample())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         self.optimizer.step()
         logs["loss"] = float(loss.detach())
         return logs
@@ -242,51 +259,48 @@ class DQN(Algorithm):
                 pt.mul_(1.0 - tau).add_(p, alpha=tau)
 
     # -------------------------------------------------------------------- loop
-    def learn(self, until: int | None = None,
-              on_step: Callable[[Algorithm], None] | None = None,
-              on_episode: Callable[[dict], None] | None = None) -> DQN:
-        """Run env steps until ``global_step == until`` (default cfg.total_steps).
+    @property
+    def checkpoint_ready(self) -> bool:
+        """At an episode start: a checkpoint here replays no actions on resume."""
+        return self.at_episode_start
 
-        ``on_step(algo)`` runs after every env step (progress, checkpoints);
-        ``on_episode(record)`` after every finished episode.
-        """
-        import time
+    def act(self, eps: float) -> int:
+        """Random action with probability ``eps``, else argmax_a Q(x_t, a)."""
+        if self.rng.random() < eps:
+            return int(self.rng.integers(self.agent_obj.action_space["n"]))
+        with torch.no_grad():
+            x = self.agent_obj.preprocess(np.asarray(self._obs)[None])
+            return int(self.agent_obj.nets["q"](x).argmax(1).item())
 
-        cfg, q = self.cfg, self.agent_obj.nets["q"]
-        until = cfg.total_steps if until is None else until
-        while self.global_step < until:
-            eps = self.epsilon(self.global_step)
-            if self.rng.random() < eps:
-                action = int(self.rng.integers(self.agent_obj.action_space["n"]))
-            else:
-                with torch.no_grad():
-                    x = self.agent_obj.preprocess(np.asarray(self._obs)[None])
-                    action = int(q(x).argmax(1).item())
-            next_obs, reward, terminated, truncated, _ = self.env.step(action)
-            self._store(self._obs, action, reward, next_obs, float(terminated))
-            self._ep_return += float(reward)
-            self._ep_len += 1
-            self.global_step += 1
-            self._obs = next_obs
-            if terminated or truncated:
-                rec = {"episode": len(self.episodes), "step": self.global_step,
-                       "return": self._ep_return, "length": self._ep_len,
-                       "epsilon": round(eps, 4)}
-                self.episodes.append(rec)
-                if on_episode is not None:
-                    on_episode(rec)
-                self._obs, _ = self.env.reset()
-                self._ep_return, self._ep_len = 0.0, 0
-            if self.global_step > cfg.learning_starts and self.global_step % cfg.train_freq == 0:
-                t0 = time.perf_counter()
-                for _ in range(cfg.gradient_steps):
-                    self.logs = self.update()
-                self.update_time += time.perf_counter() - t0
-            if self.global_step % cfg.target_update_interval == 0:
-                self._update_target()
-            if on_step is not None:
-                on_step(self)
-        return self
+    def env_step(self) -> None:
+        """One env step: act, store the transition, log and reset at an episode end."""
+        eps = self.epsilon(self.global_step)
+        action = self.act(eps)
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self._store(self._obs, action, reward, next_obs, float(terminated))
+        self._ep_return += float(reward)
+        self._ep_len += 1
+        self.global_step += 1
+        self._obs = next_obs
+        if terminated or truncated:
+            self.episodes.append({"episode": len(self.episodes), "step": self.global_step,
+                                  "return": self._ep_return, "length": self._ep_len,
+                                  "epsilon": round(eps, 4)})
+            self._obs, _ = self.env.reset()
+            self._ep_return, self._ep_len = 0.0, 0
+
+    def advance(self, until: int) -> None:
+        """One env step, then ``gradient_steps`` updates every ``train_freq`` steps after
+        ``learning_starts`` and a target update every ``target_update_interval`` steps."""
+        cfg = self.cfg
+        self.env_step()
+        if self.global_step > cfg.learning_starts and self.global_step % cfg.train_freq == 0:
+            t0 = time.perf_counter()
+            for _ in range(cfg.gradient_steps):
+                self.logs = self.update()
+            self.update_time += time.perf_counter() - t0
+        if self.global_step % cfg.target_update_interval == 0:
+            self._update_target()
 
     # ----------------------------------------------------------------- resume
     def replay_nbytes(self) -> int:
@@ -313,8 +327,8 @@ class DQN(Algorithm):
             "rng": capture_rngs(self.rng),
             "env": self.env.state(), "obs": np.asarray(self._obs).copy(),
             "ep_return": float(self._ep_return), "ep_len": int(self._ep_len),
-            "robust_loss": (self.cfg.robust_loss.state_dict()
-                            if self.cfg.robust_loss is not None else {}),
+            "robust_loss": (self.robust_loss.state_dict()
+                            if self.robust_loss is not None else {}),
             "resume_caveats": list(self.resume_caveats),
         }
 
@@ -323,21 +337,21 @@ class DQN(Algorithm):
         self.episodes = list(st["episodes"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.target.load_state_dict(st["target"])
-        if self.cfg.robust_loss is not None and st.get("robust_loss"):
-            self.cfg.robust_loss.load_state_dict(st["robust_loss"])
+        if self.robust_loss is not None and st.get("robust_loss"):
+            self.robust_loss.load_state_dict(st["robust_loss"])
         if st.get("replay") is not None:
             for k, v in st["replay"].items():
                 self.buf[k][: len(v)] = v.numpy()
             self.buf_pos, self.buf_full = int(st["buf_pos"]), bool(st["buf_full"])
         elif self.global_step > 0:
-            self._note("the checkpoint holds no replay buffer (over the size cap); "
+            self.note("the checkpoint holds no replay buffer (over the size cap); "
                        "training went on with an empty one")
         self._restore_env(st)
         restore_rngs(st, self.rng)
 
     def _restore_env(self, st: dict) -> None:
         if "env" not in st:  # checkpoint from before env-state saving: fresh episode
-            self._note("the checkpoint holds no env state; a fresh episode was started")
+            self.note("the checkpoint holds no env state; a fresh episode was started")
             self._obs = self.env.restore({"key": [self.cfg.seed, 0],
                                           "episode": len(self.episodes), "actions": []})
             self._ep_return, self._ep_len = 0.0, 0
@@ -354,7 +368,7 @@ class DQN(Algorithm):
             self._obs = obs
             self._ep_return, self._ep_len = float(st["ep_return"]), int(st["ep_len"])
             return
-        self._note(f"{self.cfg.env_id}: replaying the current episode did not rebuild the "
+        self.note(f"{self.cfg.env_id}: replaying the current episode did not rebuild the "
                    f"env ({why}); a fresh episode was started")
         env_state = dict(st["env"])
         env_state.update(episode=int(env_state["episode"]) + 1, actions=[])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +39,6 @@ from certrl.algos.base import (
     Algorithm,
     capture_rngs,
     check_config,
-    config_to_dict,
     resolve_threat,
     restore_rngs,
     seed_everything,
@@ -52,7 +50,7 @@ from certrl.envs import (
     env_family,
     make_vec_env,
 )
-from certrl.losses.base import RobustLoss
+from certrl.losses.base import RobustLoss, TrainContext
 from certrl.nets import body_spec, build_network
 
 
@@ -83,7 +81,6 @@ class PPOConfig:
     log_std_init: float = 0.0
     threat: dict | None = None
     env_kwargs: dict = field(default_factory=dict)
-    robust_loss: RobustLoss | None = None
 
     def __post_init__(self) -> None:
         check_config(self, pos_int=("total_steps", "num_envs", "num_steps", "num_minibatches",
@@ -114,8 +111,9 @@ class PPO(Algorithm):
     algo_name = "ppo"
     config_cls = PPOConfig
 
-    def __init__(self, cfg: PPOConfig):
+    def __init__(self, cfg: PPOConfig, robust_loss: RobustLoss | None = None):
         self.cfg = cfg
+        self.robust_loss = robust_loss
         self.rng = seed_everything(cfg.seed)
         self.envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, episode_seeds=True,
                                  **cfg.env_kwargs)
@@ -133,9 +131,9 @@ class PPO(Algorithm):
                      "n_out": int(np.prod(aspace["shape"])), "log_std_init": cfg.log_std_init}
         nets: dict[str, nn.Module] = {"policy": build_network(pspec),
                                       "value": build_network({"type": "value", "body": body})}
-        if cfg.robust_loss is not None:
-            cfg.robust_loss.setup(dict(nets), cfg)
-            nets.update(cfg.robust_loss.extra_networks())
+        if robust_loss is not None:
+            robust_loss.setup(dict(nets), cfg)
+            nets.update(robust_loss.extra_networks())
         if family == "atari":
             preprocessing = {"kind": "pixels", "scale": 255.0}
         elif norm_obs:
@@ -146,8 +144,8 @@ class PPO(Algorithm):
         self.agent_obj = Agent(
             nets, env_id=cfg.env_id, algo="ppo", obs_shape=obs_shape, action_space=aspace,
             preprocessing=preprocessing, threat_model=resolve_threat(cfg.env_id, cfg.threat),
-            obs_rms=rms, config=config_to_dict(cfg), seed=cfg.seed,
-            loss_name=cfg.robust_loss.name if cfg.robust_loss is not None else "vanilla",
+            obs_rms=rms, config=self.training_config(), seed=cfg.seed,
+            loss_name=self.loss_name,
         )
         params = [p for n in nets.values() for p in n.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
@@ -180,7 +178,7 @@ class PPO(Algorithm):
         self._disc_ret[done] = 0.0
         return np.clip(r / math.sqrt(float(self.ret_rms.var) + 1e-8), -10, 10)
 
-    def collect(self, num_steps: int, on_step=None, on_episode=None) -> dict[str, torch.Tensor]:
+    def collect(self, num_steps: int) -> dict[str, torch.Tensor]:
         """Roll the policy for ``num_steps`` vector steps; returns the rollout tensors."""
         cfg, policy, value = self.cfg, self.agent_obj.nets["policy"], self.agent_obj.nets["value"]
         n = cfg.num_envs
@@ -210,8 +208,6 @@ class PPO(Algorithm):
                 rec = {"episode": len(self.episodes), "step": int(self.global_step + i + 1),
                        "return": float(self._ep_ret[i]), "length": int(self._ep_len[i])}
                 self.episodes.append(rec)
-                if on_episode is not None:
-                    on_episode(rec)
                 self._ep_ret[i], self._ep_len[i] = 0.0, 0
             xs.append(x)
             acts.append(a)
@@ -221,8 +217,6 @@ class PPO(Algorithm):
             dones.append(torch.as_tensor(done, dtype=torch.float32))
             self._obs = obs
             self.global_step += n
-            if on_step is not None:
-                on_step(self)
         with torch.no_grad():
             last_v = value(self._input(self._obs, update_stats=False)).squeeze(1)
         vals_t, rews_t = torch.stack(vals), torch.stack(rews)
@@ -241,10 +235,55 @@ class PPO(Algorithm):
                 "logprobs": flat(torch.stack(logps)), "values": flat(vals_t),
                 "advantages": flat(adv), "returns": flat(adv + vals_t)}
 
+    def minibatch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """(loss, logs) of one minibatch: L_pi - ent_coef H + vf_coef L_v [+ robust term]."""
+        cfg, rl = self.cfg, self.robust_loss
+        policy, value = self.agent_obj.nets["policy"], self.agent_obj.nets["value"]
+        out = policy(batch["obs"])
+        if self.discrete:
+            dist = torch.distributions.Categorical(logits=out)
+            newlogp, ent = dist.log_prob(batch["actions"]), dist.entropy()
+        else:
+            dist = torch.distributions.Normal(out, policy.log_std.exp().expand_as(out))
+            newlogp = dist.log_prob(batch["actions"]).sum(-1)
+            ent = dist.entropy().sum(-1)
+        logratio = newlogp - batch["logprobs"]
+        ratio = logratio.exp()
+        with torch.no_grad():
+            approx_kl = float(((ratio - 1) - logratio).mean())
+        adv = batch["advantages"]
+        if adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        pg = torch.max(-adv * ratio,
+                       -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+        v_loss = self.value_loss(value(batch["obs"]).squeeze(1), batch)
+        logs: dict[str, float] = {}
+        if rl is not None:
+            batch["mean"] = out
+            ctx = TrainContext(batch=batch, nets=self.agent_obj.nets,
+                               threat=self.agent_obj.threat_model, step=self.global_step,
+                               gamma=cfg.gamma, clip_coef=cfg.clip_coef)
+            pg, logs = rl.modify_policy_loss(pg, ctx)
+        loss = pg - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
+        if rl is not None:
+            extra, extra_logs = rl(ctx)
+            loss = loss + extra
+            logs = {**logs, **extra_logs}
+        logs.update(pg_loss=float(pg.detach()), v_loss=float(v_loss.detach()),
+                    entropy=float(ent.detach().mean()), approx_kl=approx_kl)
+        return loss, logs
+
+    def value_loss(self, v: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """0.5 mean max((V - R)^2, (V_clipped - R)^2) (clip_vloss) or 0.5 mean (V - R)^2."""
+        c, ret = self.cfg.clip_coef, batch["returns"]
+        if not self.cfg.clip_vloss:
+            return 0.5 * ((v - ret) ** 2).mean()
+        v_clip = batch["values"] + (v - batch["values"]).clamp(-c, c)
+        return 0.5 * torch.max((v - ret) ** 2, (v_clip - ret) ** 2).mean()
+
     def update(self, roll: dict[str, torch.Tensor]) -> dict[str, float]:
         """``update_epochs`` passes of minibatch PPO updates on a rollout."""
         cfg = self.cfg
-        policy, value = self.agent_obj.nets["policy"], self.agent_obj.nets["value"]
         size = roll["obs"].shape[0]
         mb = max(1, size // cfg.num_minibatches)
         gen = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
@@ -252,81 +291,36 @@ class PPO(Algorithm):
         logs: dict[str, float] = {}
         for _epoch in range(cfg.update_epochs):
             perm = torch.randperm(size, generator=gen)
-            approx_kl = 0.0
             for start in range(0, size, mb):
                 idx = perm[start:start + mb]
-                batch = {k: v[idx] for k, v in roll.items()}
-                out = policy(batch["obs"])
-                if self.discrete:
-                    dist = torch.distributions.Categorical(logits=out)
-                    newlogp, ent = dist.log_prob(batch["actions"]), dist.entropy()
-                else:
-                    dist = torch.distributions.Normal(out, policy.log_std.exp().expand_as(out))
-                    newlogp = dist.log_prob(batch["actions"]).sum(-1)
-                    ent = dist.entropy().sum(-1)
-                logratio = newlogp - batch["logprobs"]
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    approx_kl = float(((ratio - 1) - logratio).mean())
-                adv = batch["advantages"]
-                if adv.numel() > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg = torch.max(-adv * ratio,
-                               -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                v = value(batch["obs"]).squeeze(1)
-                if cfg.clip_vloss:
-                    v_clip = batch["values"] + (v - batch["values"]).clamp(-cfg.clip_coef,
-                                                                         cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((v - batch["returns"]) ** 2,
-                                             (v_clip - batch["returns"]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((v - batch["returns"]) ** 2).mean()
-                if cfg.robust_loss is not None:
-                    batch["mean"] = out
-                    pg = cfg.robust_loss.modify_policy_loss(pg, batch, self.agent_obj.nets,
-                                                            self.agent_obj.threat_model,
-                                                            self.global_step)
-                loss = pg - cfg.ent_coef * ent.mean() + cfg.vf_coef * v_loss
-                if cfg.robust_loss is not None:
-                    extra, extra_logs = cfg.robust_loss(batch, self.agent_obj.nets,
-                                                        self.agent_obj.threat_model,
-                                                        self.global_step)
-                    loss = loss + extra
-                    logs.update(extra_logs)
+                loss, mb_logs = self.minibatch_loss({k: v[idx] for k, v in roll.items()})
+                logs.update(mb_logs)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-            logs.update(pg_loss=float(pg.detach()), v_loss=float(v_loss.detach()),
-                        entropy=float(ent.detach().mean()),
-                        approx_kl=approx_kl)
-            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+            if cfg.target_kl is not None and logs["approx_kl"] > cfg.target_kl:
                 break
         return logs
 
-    def learn(self, until: int | None = None,
-              on_step: Callable[[Algorithm], None] | None = None,
-              on_episode: Callable[[dict], None] | None = None,
-              on_update: Callable[[Algorithm], None] | None = None) -> PPO:
-        """Alternate rollouts and updates until ``global_step >= until`` (env steps).
+    @property
+    def checkpoint_ready(self) -> bool:
+        """Always after an update (resume replays each sub-env's current episode)."""
+        return True
 
-        ``on_update(algo)`` runs after each update (a safe point to checkpoint).
-        """
+    def advance(self, until: int) -> None:
+        """One rollout (at most ``num_steps`` per env, none past ``until``) and its update;
+        the learning rate is annealed linearly to 0 over ``total_steps`` (``anneal_lr``)."""
         cfg = self.cfg
-        until = cfg.total_steps if until is None else until
-        while self.global_step < until:
-            steps = min(cfg.num_steps, max(1, math.ceil((until - self.global_step) / cfg.num_envs)))
-            if cfg.anneal_lr:
-                frac = 1.0 - self.global_step / max(1, cfg.total_steps)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = max(frac, 0.0) * cfg.lr
-            roll = self.collect(steps, on_step, on_episode)
-            t0 = time.perf_counter()
-            self.logs = self.update(roll)
-            self.update_time += time.perf_counter() - t0
-            if on_update is not None:
-                on_update(self)
-        return self
+        steps = min(cfg.num_steps, max(1, math.ceil((until - self.global_step) / cfg.num_envs)))
+        if cfg.anneal_lr:
+            frac = 1.0 - self.global_step / max(1, cfg.total_steps)
+            for g in self.optimizer.param_groups:
+                g["lr"] = max(frac, 0.0) * cfg.lr
+        roll = self.collect(steps)
+        t0 = time.perf_counter()
+        self.logs = self.update(roll)
+        self.update_time += time.perf_counter() - t0
 
     def train_state(self) -> dict:
         """Everything the rest of the run depends on (see the module docstring)."""
@@ -337,8 +331,8 @@ class PPO(Algorithm):
                 "ep_len": self._ep_len.copy(), "obs": np.asarray(self._obs).copy(),
                 "envs": [e.state() for e in self.envs.envs],
                 "rng": capture_rngs(self.rng),
-                "robust_loss": (self.cfg.robust_loss.state_dict()
-                                if self.cfg.robust_loss is not None else {}),
+                "robust_loss": (self.robust_loss.state_dict()
+                                if self.robust_loss is not None else {}),
                 "resume_caveats": list(self.resume_caveats)}
 
     def load_train_state(self, st: dict) -> None:
@@ -346,15 +340,15 @@ class PPO(Algorithm):
         self.episodes = list(st["episodes"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.ret_rms.load_state_dict(st["ret_rms"])
-        if self.cfg.robust_loss is not None and st.get("robust_loss"):
-            self.cfg.robust_loss.load_state_dict(st["robust_loss"])
+        if self.robust_loss is not None and st.get("robust_loss"):
+            self.robust_loss.load_state_dict(st["robust_loss"])
         self._restore_envs(st)
         restore_rngs(st, self.rng)
 
     def _restore_envs(self, st: dict) -> None:
         n, subs = self.cfg.num_envs, self.envs.envs
         if "envs" not in st or len(st["envs"]) != n:  # older checkpoint, or num_envs changed
-            self._note("the checkpoint holds no env state for these envs; fresh episodes "
+            self.note("the checkpoint holds no env state for these envs; fresh episodes "
                        "were started")
             fresh = [e.restore({"key": [self.cfg.seed, i], "actions": [],
                                 "episode": len(self.episodes) + 1})
@@ -377,7 +371,7 @@ class PPO(Algorithm):
             if same:
                 obs[i] = o
                 continue
-            self._note(f"{self.cfg.env_id} env {i}: replaying the current episode did not "
+            self.note(f"{self.cfg.env_id} env {i}: replaying the current episode did not "
                        f"rebuild the env ({why}); a fresh episode was started")
             obs[i] = env.restore({**es, "episode": int(es["episode"]) + 1, "actions": []})
             self._ep_ret[i], self._ep_len[i], self._disc_ret[i] = 0.0, 0, 0.0

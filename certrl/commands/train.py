@@ -31,11 +31,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from certrl.algos import ALGOS
-from certrl.algos.base import coerce_field, config_to_dict
+from certrl.algos.base import coerce_field
 from certrl.commands._common import eps_arg, positive_int, set_threads
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint
-from certrl.losses import LOSS_NAMES, loss_from_config, make_loss, sortnet_q_spec
+from certrl.losses import LOSS_NAMES, make_loss, sortnet_q_spec
 from certrl.losses.common import SOLVERS
 from certrl.records import write_jsonl
 
@@ -117,130 +117,151 @@ def _overrides(cfg_cls, items: list[str]) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    latest = out / "checkpoints" / "latest.pt"
-    if args.resume:
-        if not latest.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {latest}")
-        head = load_checkpoint(latest)  # CheckpointError for truncated / pickled / foreign
-        algo_name = head.get("algo")
-        if algo_name not in ALGOS or not isinstance(head.get("train_state"), dict):
-            raise CheckpointError(f"{latest} is not a certrl training checkpoint")
-        if args.algo and args.algo != algo_name:
-            raise ValueError(f"--algo {args.algo} but {latest} holds a {algo_name} run")
-        if args.env and args.env != head.get("env_id"):
-            raise ValueError(f"--env {args.env} but {latest} holds a {head.get('env_id')} run")
-        env_id = head["env_id"]
-        algo_cls, cfg_cls = ALGOS[algo_name]
-        over = _overrides(cfg_cls, args.set)
-        if args.steps:
-            over["total_steps"] = args.steps
-        _threads(args, env_id)
-        rl = loss_from_config((head.get("config") or {}).get("robust_loss"))
-        with warnings.catch_warnings():  # caveats are printed as one-line notes below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            algo = algo_cls.resume(head, robust_loss=rl, **over)
-        for c in algo.resume_caveats:
-            print(f"certrl train: note: resume not exact: {c}", file=sys.stderr)
-    else:
-        if not (args.env and args.algo and args.steps):
-            raise ValueError("train needs --env, --algo and --steps (or --resume)")
-        if args.seed < 0 or args.seed >= 2**63:
-            raise ValueError(f"--seed must be an integer in [0, 2**63); got {args.seed}")
-        env_family(args.env)  # unknown env -> clear error before anything is written
-        if (out / "agent.pt").exists() or latest.exists():
-            raise ValueError(f"{out} already holds a run; use --resume or another --out")
-        algo_cls, cfg_cls = ALGOS[args.algo]
-        over = _overrides(cfg_cls, args.set)
-        over.update(total_steps=args.steps, seed=args.seed)
-        rl = _robust_loss(args, args.algo)
-        if rl is not None:
-            over["robust_loss"] = rl
-        if args.train_eps is not None:
-            over["threat"] = {**(over.get("threat") or {}), "eps": args.train_eps}
-        if args.loss == "sortnet":
-            over["q_spec"] = sortnet_q_spec(args.sortnet_hidden, args.sortnet_depth,
-                                            args.sortnet_scale)
-        cfg = cfg_cls.for_env(args.env, **over)
-        _threads(args, args.env)
-        algo = algo_cls(cfg)
-    cfg = algo.cfg
-    total = cfg.total_steps
-    every = args.checkpoint_every or max(1, total // 10)
-    if args.replay_cap_mb is not None and hasattr(algo, "max_replay_bytes"):
-        algo.max_replay_bytes = args.replay_cap_mb * 2**20
-    _write_command(out, args, algo)
+def _resume_algo(args: argparse.Namespace, latest: Path):
+    """The algorithm rebuilt from latest.pt (robust loss from its config), flags checked."""
+    if not latest.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {latest}")
+    head = load_checkpoint(latest)  # CheckpointError for truncated / pickled / foreign
+    algo_name = head.get("algo")
+    if algo_name not in ALGOS or not isinstance(head.get("train_state"), dict):
+        raise CheckpointError(f"{latest} is not a certrl training checkpoint")
+    if args.algo and args.algo != algo_name:
+        raise ValueError(f"--algo {args.algo} but {latest} holds a {algo_name} run")
+    if args.env and args.env != head.get("env_id"):
+        raise ValueError(f"--env {args.env} but {latest} holds a {head.get('env_id')} run")
+    algo_cls, cfg_cls = ALGOS[algo_name]
+    over = _overrides(cfg_cls, args.set)
+    if args.steps:
+        over["total_steps"] = args.steps
+    _threads(args, head["env_id"])
+    with warnings.catch_warnings():  # caveats are printed as one-line notes below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        algo = algo_cls.resume(head, **over)
+    for c in algo.resume_caveats:
+        print(f"certrl train: note: resume not exact: {c}", file=sys.stderr)
+    return algo
 
-    start_step, t0 = algo.global_step, time.perf_counter()
-    bar = tqdm(total=total, initial=start_step, disable=args.no_progress, unit="step",
-               desc=f"{cfg.env_id} {algo.algo_name}", dynamic_ncols=True, file=sys.stderr)
-    state = {"next_ckpt": (start_step // every + 1) * every, "last": start_step, "saves": 0}
 
-    def base() -> dict:
+def _new_algo(args: argparse.Namespace, out: Path, latest: Path):
+    """A fresh algorithm from the flags (config, threat eps, robust loss beside it)."""
+    if not (args.env and args.algo and args.steps):
+        raise ValueError("train needs --env, --algo and --steps (or --resume)")
+    if args.seed < 0 or args.seed >= 2**63:
+        raise ValueError(f"--seed must be an integer in [0, 2**63); got {args.seed}")
+    env_family(args.env)  # unknown env -> clear error before anything is written
+    if (out / "agent.pt").exists() or latest.exists():
+        raise ValueError(f"{out} already holds a run; use --resume or another --out")
+    algo_cls, cfg_cls = ALGOS[args.algo]
+    over = _overrides(cfg_cls, args.set)
+    over.update(total_steps=args.steps, seed=args.seed)
+    rl = _robust_loss(args, args.algo)
+    if args.train_eps is not None:
+        over["threat"] = {**(over.get("threat") or {}), "eps": args.train_eps}
+    if args.loss == "sortnet":
+        over["q_spec"] = sortnet_q_spec(args.sortnet_hidden, args.sortnet_depth,
+                                        args.sortnet_scale)
+    cfg = cfg_cls.for_env(args.env, **over)
+    _threads(args, args.env)
+    return algo_cls(cfg, robust_loss=rl)
+
+
+class _TrainRun:
+    """The output folder of one ``certrl train`` run: progress bar, checkpoints, log."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, algo) -> None:
+        self.args, self.out, self.algo = args, out, algo
+        self.latest = out / "checkpoints" / "latest.pt"
+        self.every = args.checkpoint_every or max(1, algo.cfg.total_steps // 10)
+        self.start_step, self.t0 = algo.global_step, time.perf_counter()
+        self.next_ckpt = (self.start_step // self.every + 1) * self.every
+        self.last, self.saves, self.seen = self.start_step, 0, len(algo.episodes)
+        self.bar = tqdm(total=algo.cfg.total_steps, initial=self.start_step,
+                        disable=args.no_progress, unit="step",
+                        desc=f"{algo.cfg.env_id} {algo.algo_name}", dynamic_ncols=True,
+                        file=sys.stderr)
+
+    def base(self) -> dict:
+        """The fields every train.jsonl row carries."""
+        cfg = self.algo.cfg
         return {"env_id": cfg.env_id, "env_version": env_version(cfg.env_id),
-                "algo": algo.algo_name, "loss": algo.agent_obj.loss_name, "seed": cfg.seed}
+                "algo": self.algo.algo_name, "loss": self.algo.agent_obj.loss_name,
+                "seed": cfg.seed}
 
-    def write_log(final: bool) -> None:
-        wall = time.perf_counter() - t0
-        steps_done = algo.global_step - start_step
+    def write_log(self, final: bool) -> None:
+        """train.jsonl: one row per episode and a summary."""
+        algo, wall = self.algo, time.perf_counter() - self.t0
+        steps_done = algo.global_step - self.start_step
         tm = algo.agent_obj.threat_model
         last = [e["return"] for e in algo.episodes[-20:]]
-        summary = {"record": "summary", **base(), "steps": algo.global_step,
+        summary = {"record": "summary", **self.base(), "steps": algo.global_step,
                    "episodes": len(algo.episodes),
                    "last20_return": sum(last) / len(last) if last else None,
                    "wall_s": wall, "steps_per_s": steps_done / wall if wall > 0 else None,
                    "update_share": algo.update_time / wall if wall > 0 else None,
                    "eps": tm.eps, "norm": tm.to_dict()["norm"], "eps_space": tm.space,
-                   "attack": None, "finished": final, "config": config_to_dict(cfg),
+                   "attack": None, "finished": final, "config": algo.training_config(),
                    "run_group": algo.run_group, "resume": _resume_info(algo),
                    "versions": library_versions()}
-        rows = [{"record": "episode", **base(), **e} for e in algo.episodes]
-        write_jsonl(out / "train.jsonl", [*rows, summary])
+        rows = [{"record": "episode", **self.base(), **e} for e in algo.episodes]
+        write_jsonl(self.out / "train.jsonl", [*rows, summary])
 
-    def checkpoint() -> None:
-        algo.save(latest)
-        algo.save(out / "checkpoints" / f"step_{algo.global_step}.pt", with_train_state=False)
-        write_log(final=False)
-        while state["next_ckpt"] <= algo.global_step:
-            state["next_ckpt"] += every
-        state["saves"] += 1
-        if args.kill_after_checkpoint and state["saves"] >= args.kill_after_checkpoint:
+    def checkpoint(self) -> None:
+        """latest.pt (with training state), a step_N.pt snapshot and the log so far."""
+        algo = self.algo
+        algo.save(self.latest)
+        algo.save(self.out / "checkpoints" / f"step_{algo.global_step}.pt",
+                  with_train_state=False)
+        self.write_log(final=False)
+        while self.next_ckpt <= algo.global_step:
+            self.next_ckpt += self.every
+        self.saves += 1
+        if self.args.kill_after_checkpoint and self.saves >= self.args.kill_after_checkpoint:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook: die as a real kill would
 
-    def on_step(a) -> None:
-        bar.update(a.global_step - state["last"])
-        state["last"] = a.global_step
-        # DQN: at the first episode end after the interval (the env was just reset)
-        if algo.algo_name == "dqn" and a.global_step >= state["next_ckpt"] \
-                and a.at_episode_start:
-            checkpoint()
+    def callback(self, algo) -> bool:
+        """After each step / update: progress, and a checkpoint once the interval has
+        passed and the algorithm is at a checkpoint-ready point."""
+        self.bar.update(algo.global_step - self.last)
+        self.last = algo.global_step
+        if len(algo.episodes) > self.seen:
+            self.seen = len(algo.episodes)
+            self.bar.set_postfix(ret=f"{algo.episodes[-1]['return']:.1f}", refresh=False)
+        if algo.global_step >= self.next_ckpt and algo.checkpoint_ready:
+            self.checkpoint()
+        return True
 
-    def on_update(a) -> None:
-        if a.global_step >= state["next_ckpt"]:
-            checkpoint()
+    def finish(self) -> None:
+        """Final latest.pt, agent.pt, log and the summary lines."""
+        algo, out = self.algo, self.out
+        algo.save(self.latest)
+        algo.save(out / "agent.pt", with_train_state=False)
+        self.write_log(final=True)
+        wall = time.perf_counter() - self.t0
+        last = [e["return"] for e in algo.episodes[-20:]]
+        avg = f"{sum(last) / len(last):.1f}" if last else "n/a"
+        print(f"trained {algo.algo_name} on {algo.cfg.env_id} (seed {algo.cfg.seed}): "
+              f"{algo.global_step} steps, {len(algo.episodes)} episodes, "
+              f"mean return of last {len(last)} episodes {avg}, "
+              f"{(algo.global_step - self.start_step) / max(wall, 1e-9):.0f} steps/s")
+        print(f"agent: {out / 'agent.pt'}   log: {out / 'train.jsonl'}")
+        for c in algo.resume_caveats:
+            print(f"note: resume not exact: {c}")
 
-    def on_episode(rec) -> None:
-        bar.set_postfix(ret=f"{rec['return']:.1f}", refresh=False)
 
-    kw = {"on_update": on_update} if algo.algo_name == "ppo" else {}
+def run(args: argparse.Namespace) -> int:
+    """certrl train: build or resume the algorithm, learn with checkpoints, write the run."""
+    out = Path(args.out)
+    latest = out / "checkpoints" / "latest.pt"
+    algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
+    if args.replay_cap_mb is not None and hasattr(algo, "max_replay_bytes"):
+        algo.max_replay_bytes = args.replay_cap_mb * 2**20
+    _write_command(out, args, algo)
+    tr = _TrainRun(args, out, algo)
     try:
-        algo.learn(total, on_step=on_step, on_episode=on_episode, **kw)
+        algo.learn(algo.cfg.total_steps, callback=tr.callback)
     finally:
-        bar.close()
-    algo.save(latest)
-    algo.save(out / "agent.pt", with_train_state=False)
-    write_log(final=True)
-    wall = time.perf_counter() - t0
-    last = [e["return"] for e in algo.episodes[-20:]]
-    avg = f"{sum(last) / len(last):.1f}" if last else "n/a"
-    print(f"trained {algo.algo_name} on {cfg.env_id} (seed {cfg.seed}): "
-          f"{algo.global_step} steps, {len(algo.episodes)} episodes, "
-          f"mean return of last {len(last)} episodes {avg}, "
-          f"{(algo.global_step - start_step) / max(wall, 1e-9):.0f} steps/s")
-    print(f"agent: {out / 'agent.pt'}   log: {out / 'train.jsonl'}")
-    for c in algo.resume_caveats:
-        print(f"note: resume not exact: {c}")
+        tr.bar.close()
+    tr.finish()
     return 0
 
 
@@ -257,7 +278,7 @@ def _resume_info(algo) -> dict:
 def _write_command(out: Path, args: argparse.Namespace, algo) -> None:
     """command.json (a resume appends itself to ``resumes``); one-line errors, and no
     folder left behind when it cannot be written."""
-    entry = {"argv": getattr(args, "argv", None), "config": config_to_dict(algo.cfg)}
+    entry = {"argv": getattr(args, "argv", None), "config": algo.training_config()}
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from certrl.losses.base import Logs, TrainContext
 from certrl.losses.common import ScheduledLoss, SolverConfig, pgd_states
 from certrl.losses.ppo_utils import (
     adversarial_surrogate,
@@ -84,23 +85,18 @@ class CARDQNLoss(ScheduledLoss):
         ub_a = ub.gather(1, a[:, None]).squeeze(1)
         return torch.maximum((ub_a - y).abs(), (lb_a - y).abs())
 
-    def modify_td_loss(self, td_loss: Tensor, batch: dict[str, Tensor],
-                       nets: dict[str, nn.Module], threat: ThreatModel, step: int) -> Tensor:
-        eps = self.eps_at(step, threat)
-        self._logs = {"train_eps": eps}
+    def modify_td_loss(self, td_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        """sum_i p_i h(delta_i), p = softmax(h(delta) / lambda) (detached); the mean at eps 0."""
+        eps = self.eps_at(ctx.step, ctx.threat)
+        logs = {"train_eps": eps}
         if eps <= 0:
-            return td_loss.mean()
-        delta = self.worst_td_error(batch, nets["q"], eps, threat, step)
-        hd = float(getattr(self.algo_cfg, "huber_delta", 1.0))
-        h = F.huber_loss(delta, torch.zeros_like(delta), reduction="none", delta=hd)
+            return td_loss.mean(), logs
+        delta = self.worst_td_error(ctx.batch, ctx.nets["q"], eps, ctx.threat, ctx.step)
+        h = F.huber_loss(delta, torch.zeros_like(delta), reduction="none",
+                         delta=float(ctx.huber_delta))
         p = soft_weights(h, self.cfg.lam)
-        self._logs.update(car_worst_td=float(delta.detach().max()),
-                          car_weight_max=float(p.max()))
-        return (p * h).sum()
-
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
-        return batch["q"].new_zeros(()), dict(getattr(self, "_logs", {}))
+        logs.update(car_worst_td=float(delta.detach().max()), car_weight_max=float(p.max()))
+        return (p * h).sum(), logs
 
 
 @dataclass
@@ -130,37 +126,30 @@ class CARPPOLoss(ScheduledLoss):
     algo = "ppo"
     config_cls = CARPPOConfig
 
-    def modify_policy_loss(self, pg_loss: Tensor, batch: dict[str, Tensor],
-                           nets: dict[str, nn.Module], threat: ThreatModel,
-                           step: int) -> Tensor:
-        eps = self.eps_at(step, threat)
-        self._logs = {"train_eps": eps}
+    def modify_policy_loss(self, pg_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        """sum_i p_i l_i(s_adv) + kl_coef * KL(pi(.|s) || pi(.|s_adv)); unchanged at eps 0."""
+        eps = self.eps_at(ctx.step, ctx.threat)
+        logs = {"train_eps": eps}
         if eps <= 0:
-            return pg_loss
-        policy, x = nets["policy"], batch["obs"]
+            return pg_loss, logs
+        batch, policy, clip = ctx.batch, ctx.nets["policy"], float(ctx.clip_coef)
         adv = normalized(batch["advantages"])
-        old, acts = batch["logprobs"], batch["actions"]
-        clip = float(getattr(self.algo_cfg, "clip_coef", 0.2))
-        out = batch["mean"]
+        old, acts, out = batch["logprobs"], batch["actions"], batch["mean"]
         if self.cfg.solver.kind == "pgd":
             def obj(z: Tensor) -> Tensor:
                 return clipped_surrogate(log_prob(policy, policy(z), acts), old, adv, clip)
-            xa = pgd_states(obj, x, threat, eps, self.cfg.solver.pgd_steps,
+            xa = pgd_states(obj, batch["obs"], ctx.threat, eps, self.cfg.solver.pgd_steps,
                             self.cfg.solver.pgd_step_size)
             out_adv = policy(xa)
             logp_adv = log_prob(policy, out_adv, acts)
             kl = policy_kl(policy, out, out_adv).mean()
         else:
-            lb, ub = self.bounds_of(policy, x, eps, threat, step)
+            lb, ub = self.bounds_of(policy, batch["obs"], eps, ctx.threat, ctx.step)
             lo, hi = worst_logprob_bounds(policy, lb, ub, acts)
             logp_adv = torch.where(adv >= 0, lo, hi)
             kl = out.new_zeros(())
         # weights from the worst-case surrogate; gradient with the clean trust region
         p = soft_weights(clipped_surrogate(logp_adv, old, adv, clip), self.cfg.lam)
         l_i = adversarial_surrogate(logp_adv, log_prob(policy, out, acts), old, adv, clip)
-        self._logs.update(car_kl=float(kl.detach()), car_weight_max=float(p.max()))
-        return (p * l_i).sum() + self.cfg.kl_coef * kl
-
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
-        return batch["mean"].new_zeros(()), dict(getattr(self, "_logs", {}))
+        logs.update(car_kl=float(kl.detach()), car_weight_max=float(p.max()))
+        return (p * l_i).sum() + self.cfg.kl_coef * kl, logs

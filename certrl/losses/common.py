@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import bounds
-from certrl.attacks import _pgd_loop
+from certrl.attacks import pgd_maximize
 from certrl.losses.base import RobustLoss
 from certrl.losses.schedule import EpsSchedule
 from certrl.threat import ThreatModel
@@ -49,19 +49,13 @@ class SolverConfig:
 
 
 def shared_form(net: nn.Module) -> nn.Sequential:
-    """``nn.Sequential`` computing ``net`` that shares its parameters (differentiable bounds).
-
-    Works for the MLP / CNN Q-networks without dueling head and the PPO policy / value
-    networks (body + head). Dueling and Lipschitz networks raise ``ValueError``.
-    """
-    if getattr(net, "dueling", False):
-        raise ValueError("bound-based robust losses need a non-dueling Q-network "
-                         "(the folded dueling head is a copy without gradients)")
-    if hasattr(net, "body") and hasattr(net, "head"):
-        return nn.Sequential(*net.body, net.head)
+    """The network's ``shared_form()`` (parameters shared, differentiable bounds); a plain
+    ``nn.Sequential`` is its own shared form."""
     if isinstance(net, nn.Sequential):
         return net
-    raise ValueError(f"{type(net).__name__} has no bound-able form for robust training")
+    if not hasattr(net, "shared_form"):
+        raise ValueError(f"{type(net).__name__} has no bound-able form for robust training")
+    return net.shared_form()
 
 
 def output_bounds(net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
@@ -108,7 +102,7 @@ def pgd_states(objective: Callable[[Tensor], Tensor], x: Tensor, threat: ThreatM
     """
     if eps <= 0:
         return x.detach()
-    return _pgd_loop(objective, x.detach(), threat, eps, steps, step_size, True, None)
+    return pgd_maximize(objective, x.detach(), threat, eps, steps, step_size, True, None)
 
 
 def pgd_action_states(net: nn.Module, x: Tensor, labels: Tensor, threat: ThreatModel,
@@ -161,11 +155,10 @@ class ScheduledLoss(RobustLoss):
         if self.cfg.solver.kind not in self.solvers:
             raise ValueError(f"{self.name} ({self.algo}) supports the solvers "
                              f"{', '.join(self.solvers)}; got {self.cfg.solver.kind!r}")
-        self.algo_cfg: Any = None
 
     def setup(self, nets: dict[str, nn.Module], cfg: Any) -> None:
+        """Fix the eps schedule's length to the run's ``total_steps``."""
         self.cfg.schedule.total_steps = int(cfg.total_steps)
-        self.algo_cfg = cfg
 
     def eps_at(self, step: int, threat: ThreatModel) -> float:
         return self.cfg.schedule.eps(step, threat.eps)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from certrl.losses.base import Logs, TrainContext
 from certrl.losses.common import ScheduledLoss, SolverConfig
 from certrl.losses.ppo_utils import clipped_surrogate, normalized
 from certrl.losses.schedule import EpsSchedule
-from certrl.threat import ThreatModel
 
 
 @dataclass
@@ -60,12 +60,12 @@ class RadialDQNLoss(_RadialBase):
     name = "radial"
     algo = "dqn"
 
-    def modify_td_loss(self, td_loss: Tensor, batch: dict[str, Tensor],
-                       nets: dict[str, nn.Module], threat: ThreatModel, step: int) -> Tensor:
-        return self.kappa_at(step) * td_loss.mean()
+    def modify_td_loss(self, td_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        """kappa_t * mean TD loss."""
+        return self.kappa_at(ctx.step) * td_loss.mean(), {}
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if eps <= 0:
             return batch["q"].new_zeros(()), {"train_eps": eps}
@@ -104,13 +104,12 @@ class RadialPPOLoss(_RadialBase):
     name = "radial"
     algo = "ppo"
 
-    def modify_policy_loss(self, pg_loss: Tensor, batch: dict[str, Tensor],
-                           nets: dict[str, nn.Module], threat: ThreatModel,
-                           step: int) -> Tensor:
-        return self.kappa_at(step) * pg_loss
+    def modify_policy_loss(self, pg_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        """kappa_t * clipped surrogate."""
+        return self.kappa_at(ctx.step) * pg_loss, {}
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if eps <= 0:
             return batch["mean"].new_zeros(()), {"train_eps": eps}
@@ -119,7 +118,7 @@ class RadialPPOLoss(_RadialBase):
         lo, hi = worst_logprob_bounds(policy, lb, ub, batch["actions"])
         adv = normalized(batch["advantages"])
         worst = torch.where(adv >= 0, lo, hi)
-        clip = float(getattr(self.algo_cfg, "clip_coef", 0.2))
+        clip = float(ctx.clip_coef)
         l_adv = clipped_surrogate(worst, batch["logprobs"], adv, clip).mean()
         k = self.kappa_at(step)
         return (1 - k) * l_adv, {"train_eps": eps, "radial_adv": float(l_adv.detach())}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from certrl.losses.base import Logs, TrainContext
 from certrl.losses.common import (
     ScheduledLoss,
     SolverConfig,
@@ -43,8 +44,8 @@ class SADQNLoss(ScheduledLoss):
     algo = "dqn"
     config_cls = SAConfig
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         q = nets["q"]
         if eps <= 0 or self.cfg.kappa == 0:
@@ -98,8 +99,8 @@ class SAPPOLoss(ScheduledLoss):
     algo = "ppo"
     config_cls = SAPPOConfig
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if eps <= 0 or self.cfg.reg == 0:
             return batch["mean"].new_zeros(()), {"train_eps": eps}

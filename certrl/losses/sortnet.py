@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from certrl.losses.base import Logs, TrainContext
 from certrl.losses.common import ScheduledLoss, SolverConfig, hinge_margin
 from certrl.losses.schedule import EpsSchedule
-from certrl.threat import ThreatModel
 
 
 def sortnet_q_spec(hidden: int = 128, depth: int = 3, scale: float = 10.0,
@@ -59,8 +59,8 @@ class SortNetLoss(ScheduledLoss):
             raise ValueError("the sortnet loss needs a Lipschitz Q-network: "
                              "DQNConfig(q_spec=certrl.losses.sortnet.sortnet_q_spec())")
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if self.cfg.kappa == 0:
             return batch["q"].new_zeros(()), {"train_eps": eps}

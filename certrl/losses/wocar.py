@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from certrl.losses.base import Logs, TrainContext
 from certrl.losses.common import ScheduledLoss, SolverConfig, hinge_margin
 from certrl.losses.ppo_utils import clipped_surrogate, log_prob, normalized
 from certrl.losses.sa import mean_deviation
 from certrl.losses.schedule import EpsSchedule
 from certrl.nets import build_network
-from certrl.threat import ThreatModel
 
 
 @dataclass
@@ -64,7 +64,6 @@ class WocarDQNLoss(ScheduledLoss):
         self.worst.load_state_dict(nets["q"].state_dict())
         self.worst_target = copy.deepcopy(self.worst)
         self._calls = 0
-        self._y_worst: Tensor | None = None
 
     def extra_networks(self) -> dict[str, nn.Module]:
         return {"worst_q": self.worst}
@@ -77,36 +76,39 @@ class WocarDQNLoss(ScheduledLoss):
         self.worst_target.load_state_dict(state["worst_target"])
         self._calls = int(state["calls"])
 
-    def td_target(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                  threat: ThreatModel, step: int) -> Tensor | None:
-        gamma = float(getattr(self.algo_cfg, "gamma", 0.99))
-        x2, r, d = batch["next_obs"], batch["rewards"], batch["dones"]
-        q, qw = nets["q"], nets["worst_q"]
-        rw = self.cfg.worst_weight
+    def td_target(self, ctx: TrainContext) -> Tensor | None:
+        """y = r + gamma (1 - d) Q^-(s', argmax_a (1 - r) Q(s', a) + r Q_w(s', a))."""
+        b, nets = ctx.batch, ctx.nets
+        x2, rw = b["next_obs"], self.cfg.worst_weight
         with torch.no_grad():
-            a_next = ((1 - rw) * q(x2) + rw * qw(x2)).argmax(1, keepdim=True)
-            y = r + gamma * (1 - d) * nets["target"](x2).gather(1, a_next).squeeze(1)
-            eps = self.eps_at(step, threat)
-            lb, ub = self.bounds_of(q, x2, eps, threat, step)
+            a_next = ((1 - rw) * nets["q"](x2) + rw * nets["worst_q"](x2)).argmax(1, keepdim=True)
+            q_next = nets["target"](x2).gather(1, a_next).squeeze(1)
+            return b["rewards"] + ctx.gamma * (1 - b["dones"]) * q_next
+
+    def worst_case_target(self, ctx: TrainContext) -> tuple[Tensor, float]:
+        """(y_w, mean number of attackable actions): y_w = r + gamma (1 - d) Q_w^-(s', a_w)."""
+        b, q, qw = ctx.batch, ctx.nets["q"], ctx.nets["worst_q"]
+        x2 = b["next_obs"]
+        with torch.no_grad():
+            eps = self.eps_at(ctx.step, ctx.threat)
+            lb, ub = self.bounds_of(q, x2, eps, ctx.threat, ctx.step)
             possible = attackable_actions(lb, ub)
             a_w = qw(x2).masked_fill(~possible, float("inf")).argmin(1, keepdim=True)
-            self._y_worst = r + gamma * (1 - d) * self.worst_target(x2).gather(1, a_w).squeeze(1)
-            self._n_possible = float(possible.float().sum(1).mean())
-        return y
+            q_w = self.worst_target(x2).gather(1, a_w).squeeze(1)
+            y_w = b["rewards"] + ctx.gamma * (1 - b["dones"]) * q_w
+        return y_w, float(possible.float().sum(1).mean())
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
-        if self._y_worst is None:
-            raise RuntimeError("WocarDQNLoss: td_target must run before the loss (DQN does this)")
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
+        y_worst, n_possible = self.worst_case_target(ctx)
         qw_a = nets["worst_q"](batch["obs"]).gather(1, batch["actions"][:, None]).squeeze(1)
-        hd = float(getattr(self.algo_cfg, "huber_delta", 1.0))
-        lw = F.huber_loss(qw_a, self._y_worst, reduction="mean", delta=hd)
+        lw = F.huber_loss(qw_a, y_worst, reduction="mean", delta=float(ctx.huber_delta))
         self._calls += 1
         if self._calls % max(1, self.cfg.target_update_interval) == 0:
             self.worst_target.load_state_dict(self.worst.state_dict())
         eps = self.eps_at(step, threat)
         logs = {"train_eps": eps, "worst_td": float(lw.detach()),
-                "attackable_actions": self._n_possible}
+                "attackable_actions": n_possible}
         loss = lw
         if eps > 0 and self.cfg.kappa > 0:
             q, x = nets["q"], batch["obs"]
@@ -137,24 +139,23 @@ class WocarPPOLoss(ScheduledLoss):
     config_cls = WocarPPOConfig
     solvers = ("ibp", "crown-ibp")
 
-    def modify_policy_loss(self, pg_loss: Tensor, batch: dict[str, Tensor],
-                           nets: dict[str, nn.Module], threat: ThreatModel,
-                           step: int) -> Tensor:
+    def modify_policy_loss(self, pg_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        """Clipped surrogate on the worst-case-mixed advantage; unchanged at eps 0."""
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if eps <= 0 or self.cfg.worst_weight == 0:
-            return pg_loss
+            return pg_loss, {}
         value, policy, x = nets["value"], nets["policy"], batch["obs"]
         with torch.no_grad():
             v = value(x).squeeze(1)
             lbv, _ = self.bounds_of(value, x, eps, threat, step)
             drop = v - lbv.squeeze(1)
         adv = normalized(batch["advantages"] - self.cfg.worst_weight * drop)
-        clip = float(getattr(self.algo_cfg, "clip_coef", 0.2))
         logp = log_prob(policy, batch["mean"], batch["actions"])
-        return clipped_surrogate(logp, batch["logprobs"], adv, clip).mean()
+        return clipped_surrogate(logp, batch["logprobs"], adv, float(ctx.clip_coef)).mean(), {}
 
-    def __call__(self, batch: dict[str, Tensor], nets: dict[str, nn.Module],
-                 threat: ThreatModel, step: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if eps <= 0 or self.cfg.reg == 0:
             return batch["mean"].new_zeros(()), {"train_eps": eps}
