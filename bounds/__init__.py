@@ -27,10 +27,10 @@ from bounds.lipschitz import (
     LinfDistLayer,
     LipschitzMLP,
     SortNetLayer,
-    certified_radius,
     global_lipschitz,
     lipschitz_margin_certificate,
     lipsdp_l2,
+    margin_radius,
 )
 from bounds.perturbation import LpBall, parse_norm
 from bounds.smoothing import certified_linf, linf_to_l2
@@ -43,12 +43,12 @@ __all__ = [
     "LinfDistLayer",
     "LipschitzMLP",
     "SortNetLayer",
-    "certified_radius",
     "certified_linf",
     "global_lipschitz",
     "linf_to_l2",
     "lipschitz_margin_certificate",
     "lipsdp_l2",
+    "margin_radius",
     "lp_margin",
     "milp_margin",
     "BACKENDS",

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bounds import graph, interval, linear, spec
+from bounds.flatten import flatten_modules
 from bounds.perturbation import LpBall
 
 METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
@@ -131,7 +132,7 @@ class BoundNetwork:
         labels_t = _check_labels(labels, ball.center.device)
         seq = _as_seq(self.net)
         if isinstance(seq, nn.Sequential):
-            self._check_fit(graph.flatten_modules(seq), ball.in_shape)
+            self._check_fit(flatten_modules(seq), ball.in_shape)
         with torch.no_grad():
             center_out = seq(ball.center).flatten(1)
             K = center_out.shape[1]
@@ -152,7 +153,7 @@ class BoundNetwork:
         if self.backend != "auto":
             return self.backend, []
         try:
-            modules = graph.flatten_modules(self.net)
+            modules = flatten_modules(self.net)
         except Exception:  # bounded_form() failed: the same message as the one-shot form
             return "lirpa", graph.unsupported_layers(self.net)
         if self._auto is None or not graph.same_modules(self._auto[0], modules):
@@ -169,7 +170,7 @@ class BoundNetwork:
 
     def _layers(self, in_shape: tuple[int, ...]) -> list[graph.Layer]:
         """The parsed layers for inputs of ``in_shape`` (parsed once per module list)."""
-        modules = graph.flatten_modules(self.net)
+        modules = flatten_modules(self.net)
         cached = self._parsed.get(in_shape)
         if cached is not None and graph.same_modules(cached[0], modules):
             return cached[1]
@@ -202,7 +203,7 @@ class BoundNetwork:
         """``C`` checked against the network's output width (auto_LiRPA backend)."""
         seq = _as_seq(self.net)
         if isinstance(seq, nn.Sequential):
-            self._check_fit(graph.flatten_modules(seq), ball.in_shape)
+            self._check_fit(flatten_modules(seq), ball.in_shape)
         with torch.no_grad():
             out_dim = seq(ball.center[:1]).flatten(1).shape[1]
         return spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bounds.lipschitz import _affine_chain
+from bounds.flatten import affine_chain
 
 __all__ = ["ExactResult", "milp_margin", "lp_margin", "relu_chain"]
 
@@ -74,7 +74,7 @@ def relu_chain(net: nn.Module, in_shape) -> tuple[list[np.ndarray], list[np.ndar
     (and Conv1d/Conv2d, unrolled). Returns (Ws, bs), lists of numpy arrays.
     """
     try:
-        Ws, bs, _ = _affine_chain(net, tuple(in_shape), (nn.ReLU,), "exact")
+        Ws, bs, _ = affine_chain(net, tuple(in_shape), (nn.ReLU,), "exact")
     except ValueError as e:
         raise ValueError(f"{e} (exact handles ReLU networks only)") from None
     return [W.numpy() for W in Ws], [b.numpy() for b in bs]

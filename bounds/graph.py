@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bounds.flatten import flatten_modules
 from bounds.layers import Normalize
 
 AFFINE = (nn.Linear, nn.Conv2d)
@@ -52,18 +53,6 @@ class Layer:
         if isinstance(m, nn.Flatten):
             return "flatten"
         return "identity"
-
-
-def flatten_modules(net: nn.Module) -> list[nn.Module]:
-    """The layers of ``net`` in order (``bounded_form()`` used, nested Sequentials flattened)."""
-    if hasattr(net, "bounded_form") and not isinstance(net, nn.Sequential):
-        net = net.bounded_form()
-    if isinstance(net, nn.Sequential):
-        out: list[nn.Module] = []
-        for m in net:
-            out.extend(flatten_modules(m))
-        return out
-    return [net]
 
 
 # Layers that keep the shape of their input (elementwise maps), for ``check_input``.

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bounds.flatten import affine_chain, leaf_modules, unroll_affine
 from bounds.layers import Normalize
 from bounds.perturbation import parse_norm
 
@@ -221,7 +221,7 @@ def _top_and_runner(outputs: torch.Tensor, labels=None):
     return labels, top, runner
 
 
-def certified_radius(
+def margin_radius(
     outputs: torch.Tensor, lipschitz: float = 1.0, labels=None
 ) -> torch.Tensor:
     """Certified l_inf radius (top - runner_up) / (2 L) of an L-Lipschitz-per-output net.
@@ -235,6 +235,10 @@ def certified_radius(
         raise ValueError(f"lipschitz must be positive and finite; got {lipschitz}")
     _, top, runner = _top_and_runner(outputs.detach(), labels)
     return ((top - runner) / (2 * L)).clamp_min(0.0)
+
+
+# alias kept until certrl.certify switches (issue #10)
+certified_radius = margin_radius
 
 
 def lipschitz_margin_certificate(
@@ -284,89 +288,14 @@ _ACTS_ONE = (nn.ReLU, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.ReLU6)
 _PASS = (nn.Identity, nn.Flatten, nn.Dropout)
 
 
-def _modules(net: nn.Module) -> list[nn.Module]:
-    """Leaf layers of a (nested) Sequential, in order."""
-    if isinstance(net, nn.Sequential):
-        out: list[nn.Module] = []
-        for m in net:
-            out.extend(_modules(m))
-        return out
-    return [net]
-
-
-def _unroll(module: nn.Module, in_shape: tuple[int, ...], max_size: int = 2**24):
-    """Affine layer as a dense float64 matrix: flat(module(x)) = W flat(x) + b."""
-    if isinstance(module, nn.Linear) and len(in_shape) == 1:
-        W = module.weight.detach().cpu().double()
-        b = (module.bias.detach().cpu().double() if module.bias is not None
-             else torch.zeros(W.shape[0], dtype=W.dtype))
-        return W, b, (W.shape[0],)
-    n = int(np.prod(in_shape))
-    m = copy.deepcopy(module).cpu().double().eval()
-    with torch.no_grad():
-        zero = m(torch.zeros((1, *in_shape), dtype=torch.float64))
-        out_shape = tuple(zero.shape[1:])
-        if n * zero[0].numel() > max_size:
-            raise ValueError(
-                f"{type(module).__name__}: unrolled matrix of size {zero[0].numel()} x {n} is too "
-                "large"
-            )
-        cols = m(torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)) - zero
-    return cols.reshape(n, -1).T.contiguous(), zero.reshape(-1), out_shape
-
-
-def _is_affine(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, Normalize))
-
-
-def _affine_chain(net: nn.Module, in_shape: tuple[int, ...], acts: tuple[type, ...], who: str):
-    """Write net as A_L o act o ... o act o A_0 (A_k affine, dense float64).
-
-    Returns (Ws, bs, act_modules): len(Ws) = len(act_modules) + 1. Consecutive
-    affine layers are composed; Flatten/Identity/Dropout(eval) are dropped.
-    Raises ValueError naming any other layer.
-    """
-    Ws: list[torch.Tensor] = []
-    bs: list[torch.Tensor] = []
-    act_mods: list[nn.Module] = []
-    shape = tuple(in_shape)
-    n = int(np.prod(shape))
-    W = torch.eye(n, dtype=torch.float64)
-    b = torch.zeros(n, dtype=torch.float64)
-    for m in _modules(net):
-        if isinstance(m, nn.Dropout) and m.training and m.p > 0:
-            raise ValueError(f"{who}: Dropout in training mode is not deterministic; call eval()")
-        if isinstance(m, (nn.Identity, nn.Dropout)):
-            continue
-        if isinstance(m, nn.Flatten):
-            shape = (int(np.prod(shape)),)
-            continue
-        if _is_affine(m):
-            Wm, bm, shape = _unroll(m, shape)
-            W, b = Wm @ W, Wm @ b + bm
-            continue
-        if isinstance(m, acts):
-            Ws.append(W)
-            bs.append(b)
-            act_mods.append(m)
-            k = int(np.prod(shape))
-            W = torch.eye(k, dtype=torch.float64)
-            b = torch.zeros(k, dtype=torch.float64)
-            continue
-        raise ValueError(
-            f"{who}: unsupported layer {type(m).__name__}; supported: Linear, Conv1d/Conv2d, "
-            f"Normalize, Flatten, Identity, Dropout(eval) and "
-            f"{', '.join(a.__name__ for a in acts)}"
-        )
-    Ws.append(W)
-    bs.append(b)
-    return Ws, bs, act_mods
+# alias kept until certrl.certify switches to bounds.flatten.leaf_modules (issue #10)
+_modules = leaf_modules
 
 
 def _infer_in_shape(net: nn.Module, input_shape) -> tuple[int, ...]:
     if input_shape is not None:
         return tuple(int(s) for s in input_shape)
-    for m in _modules(net):
+    for m in leaf_modules(net):
         if isinstance(m, nn.Linear):
             return (m.in_features,)
         if isinstance(m, (SortNetLayer, LinfDistLayer)):
@@ -412,7 +341,7 @@ def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 
     For l_inf the bound also holds for every single output.
     """
     p = parse_norm(p)
-    mods = _modules(net)
+    mods = leaf_modules(net)
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     L = 1.0
     for m in mods:
@@ -442,7 +371,7 @@ def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 
                 with torch.no_grad():
                     out_shape = tuple(m(probe).shape[1:])
                 if n * int(np.prod(out_shape)) <= max_unroll:
-                    W, _, shape = _unroll(m, shape, max_size=max_unroll)
+                    W, _, shape = unroll_affine(m, shape, max_size=max_unroll)
                     f = _op_norm(W, p)
                 else:
                     shape = out_shape
@@ -485,7 +414,7 @@ def lipsdp_l2(
     import cvxpy as cp
 
     shape = _infer_in_shape(net, input_shape)
-    Ws, _, acts = _affine_chain(net, shape, (nn.ReLU, nn.Tanh), "lipsdp_l2")
+    Ws, _, acts = affine_chain(net, shape, (nn.ReLU, nn.Tanh), "lipsdp_l2")
     prod = 1.0
     for W in Ws:
         prod *= _op_norm(W, 2.0)

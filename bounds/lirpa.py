@@ -22,9 +22,10 @@ import weakref
 import torch
 from torch import nn
 
-from bounds._lirpa_compat import import_auto_lirpa
-from bounds.graph import UnsupportedLayerError, check_input, flatten_modules
+from bounds.flatten import flatten_modules
+from bounds.graph import UnsupportedLayerError, check_input
 from bounds.layers import Normalize
+from bounds.lirpa_compat import import_auto_lirpa
 from bounds.perturbation import LpBall
 
 METHODS = {

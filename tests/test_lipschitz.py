@@ -79,7 +79,7 @@ def test_radius_certificate_holds_under_attack(kind):
     x = torch.randn(10, 5)
     with torch.no_grad():
         out = net(x)
-    radius = lp.certified_radius(out)
+    radius = lp.margin_radius(out)
     pred = out.argmax(1)
     assert (radius > 0.01).sum() >= 5  # the attack below is exercised
     for b in range(x.shape[0]):
@@ -114,8 +114,8 @@ def test_radius_certificate_holds_under_attack(kind):
 
 def test_margin_certificate_closed_form():
     out = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.5, 0.4]])
-    assert torch.allclose(lp.certified_radius(out), torch.tensor([1.0, 0.05]))
-    assert torch.allclose(lp.certified_radius(out, lipschitz=2.0), torch.tensor([0.5, 0.025]))
+    assert torch.allclose(lp.margin_radius(out), torch.tensor([1.0, 0.05]))
+    assert torch.allclose(lp.margin_radius(out, lipschitz=2.0), torch.tensor([0.5, 0.025]))
     c = lp.lipschitz_margin_certificate(out, 0.9)
     assert c.certified.tolist() == [True, False]
     assert c.prediction.tolist() == [0, 1]

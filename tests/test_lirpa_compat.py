@@ -1,21 +1,21 @@
-"""Each auto_LiRPA compatibility shim does what bounds/_lirpa_compat.py says."""
+"""Each auto_LiRPA compatibility shim does what bounds/lirpa_compat.py says."""
 
 import sys
 
 import numpy as np
 import torch
 
-from bounds import _lirpa_compat
+from bounds import lirpa_compat
 
 
 def test_numpy_arraysetops_shim():
-    _lirpa_compat.apply_shims()
+    lirpa_compat.apply_shims()
     mod = sys.modules["numpy.lib.arraysetops"]
     assert mod.isin(np.array([1, 2, 3]), [2]).tolist() == [False, True, False]
 
 
 def test_set_opset_version_shim():
-    _lirpa_compat.apply_shims()
+    lirpa_compat.apply_shims()
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
     from torch.onnx.symbolic_helper import _set_opset_version
 
@@ -28,7 +28,7 @@ def test_set_opset_version_shim():
 
 
 def test_node_getitem_shim():
-    _lirpa_compat.apply_shims()
+    lirpa_compat.apply_shims()
     graph = torch.jit.trace(lambda x: x * 2.5, torch.ones(2)).graph
     consts = [n for n in graph.nodes() if n.kind() == "prim::Constant" and n.hasAttribute("value")]
     assert consts, "expected a constant node in the traced graph"
@@ -37,7 +37,7 @@ def test_node_getitem_shim():
 
 
 def test_auto_lirpa_imports_and_bounds_a_net():
-    al = _lirpa_compat.import_auto_lirpa()
+    al = lirpa_compat.import_auto_lirpa()
     net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
     x = torch.zeros(1, 2)
     bm = al.BoundedModule(net, x, verbose=False)
