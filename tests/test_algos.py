@@ -305,3 +305,34 @@ def test_set_accepts_old_exploration_names():
     assert coerce_field(DQNConfig, "eps_end", "0.2") == 0.2
     with pytest.raises(ValueError, match="no settable field"):
         coerce_field(DQNConfig, "LEGACY_NAMES", "{}")
+
+
+def test_shipped_agents_configs_build_and_keep_their_run_group():
+    """The shipped checkpoints (old eps_* names, loss in the config) rebuild their
+    algorithm with the loss beside the config, take their weights back, and hash to the
+    group their stored config had."""
+    import glob
+    import hashlib
+    import json
+
+    import certrl
+    from certrl.algos.base import config_from_dict, run_group, split_config
+    from certrl.io import load_checkpoint
+    from certrl.losses import loss_from_config
+
+    paths = sorted(glob.glob("certrl/agents/*.pt"))
+    assert paths
+    for p in paths:
+        data = load_checkpoint(p)
+        fields, loss = split_config(data["config"])
+        cfg = config_from_dict(DQNConfig, fields)
+        algo = DQN(cfg, robust_loss=loss_from_config(loss))
+        algo.load_weights(data, p)
+        x = torch.randn(5, 4)
+        torch.testing.assert_close(algo.agent_obj.forward(x), certrl.load(p).forward(x))
+        tm = algo.agent_obj.threat_model.to_dict()
+        old = {k: v for k, v in data["config"].items() if k != "seed"}
+        text = json.dumps({"algo": "dqn", "env_id": cfg.env_id, "config": old,
+                           "threat_model": tm}, sort_keys=True, separators=(",", ":"))
+        assert run_group("dqn", cfg, tm, loss) == hashlib.sha256(text.encode()).hexdigest()
+        assert algo.training_config()["robust_loss"] == loss

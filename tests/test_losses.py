@@ -249,3 +249,30 @@ def test_adversarial_surrogate_uses_the_clean_trust_region():
     la = logp_adv.detach().clone().requires_grad_(True)
     adversarial_surrogate(la, logp2, old, adv, 0.2)[0].backward()
     assert la.grad[0] == 0
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_loss_bounds_through_bind_equal_one_shot_and_follow_weight_updates(dueling):
+    """A loss binds each network once; after an optimizer-like weight change its bounds
+    are still those of a fresh ``bounds.compute`` on the network's shared form."""
+    import bounds
+    from certrl.losses.common import margin_lower_bounds, shared_form
+
+    torch.manual_seed(0)
+    net = build_network({"type": "q", "body": {"kind": "mlp", "in_dim": 3, "hidden": [8]},
+                         "n_out": 2, "dueling": dueling})
+    loss = CARDQNLoss(CARConfig(solver=SolverConfig("ibp"), schedule=EpsSchedule(**NOW)))
+    loss.setup({"q": net}, _Cfg())
+    x, C = torch.randn(4, 3), None
+    for _ in range(2):
+        got = loss.bounds_of(net, x, 0.1, threat(0.1), 0, C)
+        ref = bounds.compute(shared_form(net), threat(0.1).ball(x, 0.1), method="ibp")
+        assert all(torch.equal(a, b) for a, b in zip(got, ref))
+        a = torch.tensor([0, 1, 1, 0])
+        m = loss.margins_of(net, x, a, 0.1, threat(0.1), 0)
+        ref_m = margin_lower_bounds(net, x, a, 0.1, threat(0.1), "ibp")  # fresh bind
+        assert torch.equal(m, ref_m)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.3)
+    assert loss.bound_network(net) is loss.bound_network(net)

@@ -59,23 +59,25 @@ def shared_form(net: nn.Module) -> nn.Sequential:
 
 
 def output_bounds(net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
-                  method: str = "ibp", beta: float = 0.0,
-                  C: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  method: str = "ibp", beta: float = 0.0, C: Tensor | None = None,
+                  bound: bounds.BoundNetwork | None = None) -> tuple[Tensor, Tensor]:
     """(lb, ub) of C f(x') (or f(x') if C is None) over B(x, eps); differentiable.
 
     method "ibp": IBP; "crown-ibp": beta * CROWN-IBP + (1 - beta) * IBP (a convex
-    combination of two sound bounds is sound). eps = 0 returns f(x) twice.
+    combination of two sound bounds is sound). eps = 0 returns f(x) twice. ``bound``:
+    ``bounds.bind(shared_form(net))`` made once (``ScheduledLoss.bound_network``); the
+    numbers are those of ``bounds.compute``.
     """
-    seq = shared_form(net)
+    bound = bounds.bind(shared_form(net)) if bound is None else bound
     if eps <= 0:
-        out = seq(x)
+        out = bound.net(x)
         if C is not None:
             out = torch.einsum("bmk,bk->bm", C, out)
         return out, out
     ball = threat.ball(x, eps)
-    lb, ub = bounds.compute(seq, ball, method="ibp", C=C)
+    lb, ub = bound.compute(ball, method="ibp", C=C)
     if method == "crown-ibp" and beta > 0:
-        lc, uc = bounds.compute(seq, ball, method="crown-ibp", C=C)
+        lc, uc = bound.compute(ball, method="crown-ibp", C=C)
         lb = beta * lc + (1 - beta) * lb
         ub = beta * uc + (1 - beta) * ub
     elif method not in ("ibp", "crown-ibp"):
@@ -84,12 +86,14 @@ def output_bounds(net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
 
 
 def margin_lower_bounds(net: nn.Module, x: Tensor, labels: Tensor, eps: float,
-                        threat: ThreatModel, method: str = "ibp", beta: float = 0.0) -> Tensor:
+                        threat: ThreatModel, method: str = "ibp", beta: float = 0.0,
+                        bound: bounds.BoundNetwork | None = None) -> Tensor:
     """(B, K) lower bounds of f_label(x') - f_j(x') over the ball; +inf at j = label."""
+    bound = bounds.bind(shared_form(net)) if bound is None else bound
     with torch.no_grad():
-        k = shared_form(net)(x[:1]).shape[1]
+        k = bound.net(x[:1]).shape[1]
     C = bounds.margin_spec(labels, k).to(x)
-    lb, _ = output_bounds(net, x, eps, threat, method, beta, C)
+    lb, _ = output_bounds(net, x, eps, threat, method, beta, C, bound)
     own = torch.nn.functional.one_hot(labels, k).bool()
     return lb.masked_fill(own, float("inf"))
 
@@ -155,10 +159,21 @@ class ScheduledLoss(RobustLoss):
         if self.cfg.solver.kind not in self.solvers:
             raise ValueError(f"{self.name} ({self.algo}) supports the solvers "
                              f"{', '.join(self.solvers)}; got {self.cfg.solver.kind!r}")
+        self._bound: dict[int, tuple[nn.Module, bounds.BoundNetwork]] = {}
 
     def setup(self, nets: dict[str, nn.Module], cfg: Any) -> None:
         """Fix the eps schedule's length to the run's ``total_steps``."""
         self.cfg.schedule.total_steps = int(cfg.total_steps)
+
+    def bound_network(self, net: nn.Module) -> bounds.BoundNetwork:
+        """``bounds.bind(shared_form(net))``, made once per network: the bound network
+        shares the live modules, so optimizer steps on ``net`` are seen (a target copy is
+        another network and gets its own)."""
+        hit = self._bound.get(id(net))
+        if hit is None or hit[0] is not net:
+            hit = (net, bounds.bind(shared_form(net)))
+            self._bound[id(net)] = hit
+        return hit[1]
 
     def eps_at(self, step: int, threat: ThreatModel) -> float:
         return self.cfg.schedule.eps(step, threat.eps)
@@ -170,7 +185,8 @@ class ScheduledLoss(RobustLoss):
                   step: int, C: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(lb, ub) of the outputs over B(x, eps) with the configured bound solver."""
         method = "crown-ibp" if self.cfg.solver.kind == "crown-ibp" else "ibp"
-        return output_bounds(net, x, eps, threat, method, self.beta_at(step), C)
+        return output_bounds(net, x, eps, threat, method, self.beta_at(step), C,
+                             self.bound_network(net))
 
     def margins_of(self, net: nn.Module, x: Tensor, labels: Tensor, eps: float,
                    threat: ThreatModel, step: int) -> Tensor:
@@ -183,7 +199,8 @@ class ScheduledLoss(RobustLoss):
             own = torch.nn.functional.one_hot(labels, out.shape[1]).bool()
             return m.masked_fill(own, float("inf"))
         method = "crown-ibp" if self.cfg.solver.kind == "crown-ibp" else "ibp"
-        return margin_lower_bounds(net, x, labels, eps, threat, method, self.beta_at(step))
+        return margin_lower_bounds(net, x, labels, eps, threat, method, self.beta_at(step),
+                                   self.bound_network(net))
 
     def config(self) -> dict:
         return {"name": self.name, "algo": self.algo, **dataclasses.asdict(self.cfg)}
