@@ -508,18 +508,23 @@ class UnitRow(AgentKey):
 class EpisodeRow(UnitRow):
     """One evaluate / attack episode (``source`` "evaluate" or "attack", record "episode")."""
 
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset(
-        {"action_changes", "step_size", "objective", "threat_model"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"action_changes"})
+    ATTACK_ONLY: ClassVar[frozenset[str]] = frozenset({"step_size", "objective", "threat_model"})
     deterministic: bool | None = None
     attack: str | None = None
     attack_steps: int | None = None
-    step_size: float | None = None  # attack rows (omitted when None)
-    objective: str | None = None  # attack rows (omitted when None)
-    threat_model: dict | None = None  # attack rows
+    step_size: float | None = None  # attack rows only (ATTACK_ONLY)
+    objective: str | None = None  # attack rows only
+    threat_model: dict | None = None  # attack rows only
     return_: float | None = _json_field("return")
     length: int | None = None
     truncated: bool | None = None
     action_changes: int | None = None  # discrete agent under attack only
+
+    def _omitted(self, key: str, name: str) -> bool:
+        if self.absent is None and name in self.ATTACK_ONLY:
+            return self.source != "attack"
+        return super()._omitted(key, name)
 
 
 @dataclass(kw_only=True)

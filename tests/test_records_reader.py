@@ -148,3 +148,26 @@ def test_unit_log_restarts_when_the_file_is_replaced(tmp_path):
     p.unlink()
     append_rows_atomic(p, [{"unit": "u3"}])
     assert log.refresh() == {"u3"}
+
+
+EPISODE_KEYS = {"agent_id", "agent_label", "algo", "attack", "attack_steps", "checkpoint",
+                "config", "deterministic", "env_id", "env_version", "episode", "episode_seed",
+                "eps", "eps_space", "eval_seed", "length", "loss", "norm", "record", "return",
+                "run_group", "seed", "settings", "settings_hash", "source", "truncated", "unit",
+                "versions", "train_versions"}  # the keys written before the row types existed
+ATTACK_KEYS = EPISODE_KEYS | {"action_changes", "objective", "step_size", "threat_model"}
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_evaluate_and_attack_rows_keep_their_keys(tmp_path, cartpole):
+    from certrl.cli import main
+
+    ev, atk = tmp_path / "e.jsonl", tmp_path / "a.jsonl"
+    assert main(["evaluate", "cartpole-dqn-vanilla", "--episodes", "1", "--max-steps", "5",
+                 "--out", str(ev)]) == 0
+    assert main(["attack", "cartpole-dqn-vanilla", "--attack", "pgd", "--eps", "0.05",
+                 "--episodes", "1", "--max-steps", "5", "--out", str(atk)]) == 0
+    (e,), (a,) = read_rows(ev), read_rows(atk)
+    assert set(e) == EPISODE_KEYS and set(a) == ATTACK_KEYS
+    assert a["step_size"] is None and a["objective"] == "ce"  # written even when null
+    assert row_from_json(a).to_json() == a
