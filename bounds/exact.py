@@ -162,36 +162,70 @@ def _forward64(net: nn.Module):
     return fwd
 
 
-def _solve_margins(
-    net, x, eps, label, lower, upper, time_limit, max_relus, preact, relax, mip_rel_gap,
-    verbose,
-) -> ExactResult:
-    import cvxpy as cp
+@dataclass
+class SolveOptions:
+    """How ``milp_margin`` / ``lp_margin`` solve: per-problem time limit (seconds), the
+    largest number of unstable ReLUs accepted, pre-activation bounds ("ibp" or "crown"),
+    LP relaxation instead of the MILP, the MILP's relative gap, solver output."""
 
-    x, eps_t, LO, HI, labels = _prepare(net, x, eps, label, lower, upper)
-    B = x.shape[0]
-    in_shape = tuple(x.shape[1:])
-    Ws, bs = relu_chain(net, in_shape)
-    K = Ws[-1].shape[0]
-    if (labels < 0).any() or (labels >= K).any():
-        raise ValueError(f"labels must lie in [0, {K})")
-    nL = len(Ws) - 1  # number of ReLU layers
+    time_limit: float
+    max_relus: int
+    preact: str
+    relax: bool
+    mip_rel_gap: float
+    verbose: bool
 
-    pres = [_ibp(Ws, bs, LO[b], HI[b]) for b in range(B)]
+    def solver_args(self) -> dict:
+        """Keyword arguments of HiGHS through cvxpy."""
+        opts = {"time_limit": float(self.time_limit)}
+        if not self.relax:
+            opts["mip_rel_gap"] = float(self.mip_rel_gap)
+            opts["mip_abs_gap"] = 1e-9
+        return opts
+
+
+@dataclass
+class MarginProblem:
+    """The checked query: inputs, boxes [lo, hi] (B, n), labels, the network as affine
+    maps Ws, bs around its ReLUs, pre-activation bounds per state and unstable counts."""
+
+    x: torch.Tensor
+    eps: torch.Tensor
+    lo: np.ndarray
+    hi: np.ndarray
+    labels: torch.Tensor
+    Ws: list[np.ndarray]
+    bs: list[np.ndarray]
+    pres: list[list[tuple[np.ndarray, np.ndarray]]]
+    num_unstable: list[int]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+def _preactivations(net, x, eps_t, lower, upper, Ws, bs, LO, HI, preact):
+    """Per state, interval pre-activation bounds, intersected with CROWN's if asked."""
+    nL = len(Ws) - 1
+    pres = [_ibp(Ws, bs, LO[b], HI[b]) for b in range(x.shape[0])]
     if preact == "crown" and nL > 0:
         cr = _crown_preact(net, x, eps_t, lower, upper)
         if len(cr) != nL:
             raise RuntimeError("exact: CROWN pre-activation bounds do not match the ReLU layers")
-        for b in range(B):
+        for b in range(x.shape[0]):
             for k in range(nL):
                 l, u = pres[b][k]
                 pres[b][k] = (np.maximum(l, cr[k][0][b]), np.minimum(u, cr[k][1][b]))
     elif preact not in ("ibp", "crown"):
         raise ValueError(f"preact must be 'ibp' or 'crown'; got {preact!r}")
+    return pres
 
+
+def _count_unstable(pres, nL: int, max_relus: int) -> list[int]:
+    """Unstable ReLUs (l < 0 < u) per state; ValueError above ``max_relus``."""
     n_unst = []
-    for b in range(B):
-        n = int(sum(((l < 0) & (u > 0)).sum() for l, u in pres[b][:nL]))
+    for b, pre in enumerate(pres):
+        n = int(sum(((l < 0) & (u > 0)).sum() for l, u in pre[:nL]))
         n_unst.append(n)
         if n > max_relus:
             raise ValueError(
@@ -199,108 +233,151 @@ def _solve_margins(
                 f"ReLUs > max_relus={max_relus} (use a smaller eps or net, raise max_relus, "
                 "or use a bound method such as crown)"
             )
+    return n_unst
 
-    fwd = _forward64(net)
-    values = torch.full((B, K), INF, dtype=torch.float64)
-    upp = torch.full((B, K), INF, dtype=torch.float64)
-    times = torch.zeros((B, K), dtype=torch.float64)
-    wit = torch.full((B, K, *in_shape), math.nan, dtype=torch.float64)
-    status = [["label"] * K for _ in range(B)]
-    WL, bL = Ws[-1], bs[-1]
-    opts = {"time_limit": float(time_limit)}
-    if not relax:
-        opts["mip_rel_gap"] = float(mip_rel_gap)
-        opts["mip_abs_gap"] = 1e-9
 
-    for b in range(B):
-        lab = int(labels[b])
-        xv = cp.Variable(LO.shape[1], bounds=[LO[b], HI[b]])
-        cons = []
-        prev = xv
-        lo_h, hi_h = LO[b], HI[b]
-        has_int = False
-        for k in range(nL):
-            l, u = pres[b][k]
-            z = Ws[k] @ prev + bs[k]
-            act = np.flatnonzero(l >= 0)
-            unst = np.flatnonzero((l < 0) & (u > 0))
-            dead = np.flatnonzero(u <= 0)
-            h = cp.Variable(len(l), bounds=[np.zeros(len(l)), np.maximum(u, 0.0)])
-            if act.size:
-                cons.append(h[act] == z[act])
-            if dead.size:
-                cons.append(h[dead] == 0)
-            if unst.size:
-                lu, uu = l[unst], u[unst]
-                cons.append(h[unst] >= z[unst])
-                if relax:
-                    cons.append(h[unst] <= cp.multiply(uu / (uu - lu), z[unst] - lu))
-                else:
-                    d = cp.Variable(unst.size, boolean=True)
-                    has_int = True
-                    cons.append(h[unst] <= cp.multiply(uu, d))
-                    cons.append(h[unst] <= z[unst] - cp.multiply(lu, 1 - d))
-            prev = h
-            lo_h, hi_h = np.maximum(l, 0.0), np.maximum(u, 0.0)
-        c = cp.Parameter(WL.shape[1])
-        prob = cp.Problem(cp.Minimize(c @ prev), cons)
-        for j in range(K):
-            if j == lab:
-                continue
-            cvec = WL[lab] - WL[j]
-            off = float(bL[lab] - bL[j])
-            ibp_lb = float(np.maximum(cvec, 0) @ lo_h + np.minimum(cvec, 0) @ hi_h) + off
-            c.value = cvec
-            t0 = time.perf_counter()
-            st, lb, xs = "error", ibp_lb, None
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # "may be inaccurate" at limits
-                    prob.solve(solver=cp.HIGHS, verbose=verbose, **opts)
-                cst = prob.status
-                info = prob.solver_stats.extra_stats if prob.solver_stats else None
-                val = prob.value
-                if cst == cp.OPTIMAL:
-                    st = "optimal"
-                    lb = float(val)
-                    if has_int and info is not None:
-                        dual = float(getattr(info, "mip_dual_bound", -INF))
-                        if math.isfinite(dual):
-                            lb = min(lb, dual)
-                    lb += off
-                elif cst == cp.USER_LIMIT:
-                    st = "time_limit"
-                    dual = -INF
-                    if info is not None:
-                        dual = float(getattr(info, "mip_dual_bound", -INF))
-                    if not math.isfinite(dual):
-                        dual = -INF
-                    lb = max(dual + off, ibp_lb)
-                if xv.value is not None and st != "error":
-                    xs = np.asarray(xv.value, dtype=np.float64)
-            except cp.error.SolverError:
-                st = "time_limit" if time.perf_counter() - t0 >= 0.9 * time_limit else "error"
-            times[b, j] = time.perf_counter() - t0
-            values[b, j] = max(lb, ibp_lb) if st == "optimal" else lb
-            status[b][j] = st
-            if xs is not None and np.all(np.isfinite(xs)):
-                xs = np.clip(xs, LO[b], HI[b])
-                xt = torch.as_tensor(xs).reshape(1, *in_shape)
-                out = fwd(xt)[0]
-                upp[b, j] = float(out[lab] - out[j])
-                wit[b, j] = xt[0]
+def _build(net, x, eps, label, lower, upper, opts: SolveOptions) -> MarginProblem:
+    """Check the arguments and prepare the query (no solver call yet)."""
+    x, eps_t, LO, HI, labels = _prepare(net, x, eps, label, lower, upper)
+    Ws, bs = relu_chain(net, tuple(x.shape[1:]))
+    K = Ws[-1].shape[0]
+    if (labels < 0).any() or (labels >= K).any():
+        raise ValueError(f"labels must lie in [0, {K})")
+    pres = _preactivations(net, x, eps_t, lower, upper, Ws, bs, LO, HI, opts.preact)
+    n_unst = _count_unstable(pres, len(Ws) - 1, opts.max_relus)
+    return MarginProblem(x, eps_t, LO, HI, labels, Ws, bs, pres, n_unst)
+
+
+def _relu_model(p: MarginProblem, b: int, relax: bool):
+    """cvxpy model of state b's ReLU layers: the input variable, the constraints, the
+    last hidden layer, its box [lo_h, hi_h] and whether the model has binaries."""
+    import cvxpy as cp
+
+    xv = cp.Variable(p.lo.shape[1], bounds=[p.lo[b], p.hi[b]])
+    cons, prev, lo_h, hi_h, has_int = [], xv, p.lo[b], p.hi[b], False
+    for k in range(len(p.Ws) - 1):
+        l, u = p.pres[b][k]
+        z = p.Ws[k] @ prev + p.bs[k]
+        act = np.flatnonzero(l >= 0)
+        unst = np.flatnonzero((l < 0) & (u > 0))
+        dead = np.flatnonzero(u <= 0)
+        h = cp.Variable(len(l), bounds=[np.zeros(len(l)), np.maximum(u, 0.0)])
+        if act.size:
+            cons.append(h[act] == z[act])
+        if dead.size:
+            cons.append(h[dead] == 0)
+        if unst.size:
+            lu, uu = l[unst], u[unst]
+            cons.append(h[unst] >= z[unst])
+            if relax:
+                cons.append(h[unst] <= cp.multiply(uu / (uu - lu), z[unst] - lu))
             else:
-                upp[b, j] = math.nan
+                d = cp.Variable(unst.size, boolean=True)
+                has_int = True
+                cons.append(h[unst] <= cp.multiply(uu, d))
+                cons.append(h[unst] <= z[unst] - cp.multiply(lu, 1 - d))
+        prev = h
+        lo_h, hi_h = np.maximum(l, 0.0), np.maximum(u, 0.0)
+    return xv, cons, prev, lo_h, hi_h, has_int
+
+
+def _mip_dual(info) -> float:
+    """HiGHS's MIP dual bound, -inf when absent or not finite."""
+    dual = -INF if info is None else float(getattr(info, "mip_dual_bound", -INF))
+    return dual if math.isfinite(dual) else -INF
+
+
+def _read_solution(prob, xv, off: float, ibp_lb: float, has_int: bool):
+    """(status, lower bound, solution or None) after a solve that raised nothing."""
+    import cvxpy as cp
+
+    st, lb, xs = "error", ibp_lb, None
+    info = prob.solver_stats.extra_stats if prob.solver_stats else None
+    if prob.status == cp.OPTIMAL:
+        st = "optimal"
+        lb = float(prob.value)
+        if has_int and info is not None:
+            dual = float(getattr(info, "mip_dual_bound", -INF))
+            if math.isfinite(dual):
+                lb = min(lb, dual)
+        lb += off
+    elif prob.status == cp.USER_LIMIT:
+        st = "time_limit"
+        lb = max(_mip_dual(info) + off, ibp_lb)
+    if xv.value is not None and st != "error":
+        xs = np.asarray(xv.value, dtype=np.float64)
+    return st, lb, xs
+
+
+def _solve_one(prob, xv, off: float, ibp_lb: float, has_int: bool, opts: SolveOptions):
+    """Solve one margin problem: (status, value, solution or None, seconds)."""
+    import cvxpy as cp
+
+    t0 = time.perf_counter()
+    st, lb, xs = "error", ibp_lb, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "may be inaccurate" at limits
+            prob.solve(solver=cp.HIGHS, verbose=opts.verbose, **opts.solver_args())
+        st, lb, xs = _read_solution(prob, xv, off, ibp_lb, has_int)
+    except cp.error.SolverError:
+        st = "time_limit" if time.perf_counter() - t0 >= 0.9 * opts.time_limit else "error"
+    seconds = time.perf_counter() - t0
+    return st, (max(lb, ibp_lb) if st == "optimal" else lb), xs, seconds
+
+
+def _empty_result(p: MarginProblem, relax: bool) -> ExactResult:
+    """The result arrays before any solve (+inf values, label status everywhere)."""
+    B, K = p.x.shape[0], p.Ws[-1].shape[0]
     return ExactResult(
-        values=values,
-        upper=upp,
-        status=status,
-        solve_time=times,
-        num_unstable=torch.as_tensor(n_unst, dtype=torch.long),
-        witness=wit,
+        values=torch.full((B, K), INF, dtype=torch.float64),
+        upper=torch.full((B, K), INF, dtype=torch.float64),
+        status=[["label"] * K for _ in range(B)],
+        solve_time=torch.zeros((B, K), dtype=torch.float64),
+        num_unstable=torch.as_tensor(p.num_unstable, dtype=torch.long),
+        witness=torch.full((B, K, *p.in_shape), math.nan, dtype=torch.float64),
         method="lp" if relax else "milp",
-        eps=eps_t,
+        eps=p.eps,
     )
+
+
+def _solve_state(p: MarginProblem, b: int, opts: SolveOptions, fwd, res: ExactResult) -> None:
+    """Every margin f_label - f_j (j != label) of state b, written into ``res``."""
+    import cvxpy as cp
+
+    lab = int(p.labels[b])
+    WL, bL = p.Ws[-1], p.bs[-1]
+    xv, cons, prev, lo_h, hi_h, has_int = _relu_model(p, b, opts.relax)
+    c = cp.Parameter(WL.shape[1])
+    prob = cp.Problem(cp.Minimize(c @ prev), cons)
+    for j in range(WL.shape[0]):
+        if j == lab:
+            continue
+        cvec = WL[lab] - WL[j]
+        off = float(bL[lab] - bL[j])
+        ibp_lb = float(np.maximum(cvec, 0) @ lo_h + np.minimum(cvec, 0) @ hi_h) + off
+        c.value = cvec
+        st, value, xs, seconds = _solve_one(prob, xv, off, ibp_lb, has_int, opts)
+        res.solve_time[b, j] = seconds
+        res.values[b, j] = value
+        res.status[b][j] = st
+        if xs is not None and np.all(np.isfinite(xs)):
+            xt = torch.as_tensor(np.clip(xs, p.lo[b], p.hi[b])).reshape(1, *p.in_shape)
+            out = fwd(xt)[0]
+            res.upper[b, j] = float(out[lab] - out[j])
+            res.witness[b, j] = xt[0]
+        else:
+            res.upper[b, j] = math.nan
+
+
+def _solve_margins(net, x, eps, label, lower, upper, opts: SolveOptions) -> ExactResult:
+    """Build the query, then solve every margin of every state (MILP or LP)."""
+    p = _build(net, x, eps, label, lower, upper, opts)
+    fwd = _forward64(net)
+    res = _empty_result(p, opts.relax)
+    for b in range(p.x.shape[0]):
+        _solve_state(p, b, opts, fwd, res)
+    return res
 
 
 def milp_margin(
@@ -326,8 +403,8 @@ def milp_margin(
     dimension). Raises ValueError for unsupported layers or when a state has
     more than ``max_relus`` unstable ReLUs.
     """
-    return _solve_margins(net, x, eps, label, lower, upper, time_limit, max_relus, preact,
-                          False, mip_rel_gap, verbose)
+    opts = SolveOptions(time_limit, max_relus, preact, False, mip_rel_gap, verbose)
+    return _solve_margins(net, x, eps, label, lower, upper, opts)
 
 
 def lp_margin(
@@ -348,5 +425,5 @@ def lp_margin(
     h >= 0, h >= z, h <= u (z - l) / (u - l). Same arguments and result layout
     as ``milp_margin`` (method "lp").
     """
-    return _solve_margins(net, x, eps, label, lower, upper, time_limit, max_relus, preact,
-                          True, 0.0, verbose)
+    opts = SolveOptions(time_limit, max_relus, preact, True, 0.0, verbose)
+    return _solve_margins(net, x, eps, label, lower, upper, opts)

@@ -472,6 +472,33 @@ def crown(
     return val[:, :m], (-val[:, m:] if upper else None)
 
 
+def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, lr):
+    """Adam on the ReLU lower slopes ``alphas`` (in place), maximizing the concretized
+    rows; returns the elementwise best rows and records their slopes in ``best_alphas``."""
+    B, rows = next(iter(alphas.values())).shape[:2]
+    params = [a.requires_grad_(True) for a in alphas.values()]
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            opt.zero_grad()
+            val = _concretize_rows(rest, fb, A, act_d, alphas)
+            # autograd.grad (not backward) so the network's .grad stays untouched
+            grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
+            for a, g in zip(params, grads):
+                a.grad = torch.zeros_like(a) if g is None else g
+            opt.step()
+            with torch.no_grad():
+                for a in params:
+                    a.clamp_(0, 1)
+                val = _concretize_rows(rest, fb, A, act_d, alphas)
+                better = val > best
+                best = torch.where(better, val, best)
+                for k, a in alphas.items():
+                    mask = better.reshape(B, rows, *([1] * (a.dim() - 2)))
+                    best_alphas[k] = torch.where(mask, a.detach(), best_alphas[k])
+    return best
+
+
 def alpha_crown(
     layers: list[Layer],
     ball: LpBall,
@@ -507,26 +534,7 @@ def alpha_crown(
         best = _concretize_rows(rest, fb, A, act_d)
     best_alphas = {k: a.clone() for k, a in alphas.items()}
     if alphas and iterations > 0:
-        params = [a.requires_grad_(True) for a in alphas.values()]
-        opt = torch.optim.Adam(params, lr=lr)
-        with torch.enable_grad():
-            for _ in range(iterations):
-                opt.zero_grad()
-                val = _concretize_rows(rest, fb, A, act_d, alphas)
-                # autograd.grad (not backward) so the network's .grad stays untouched
-                grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
-                for a, g in zip(params, grads):
-                    a.grad = torch.zeros_like(a) if g is None else g
-                opt.step()
-                with torch.no_grad():
-                    for a in params:
-                        a.clamp_(0, 1)
-                    val = _concretize_rows(rest, fb, A, act_d, alphas)
-                    better = val > best
-                    best = torch.where(better, val, best)
-                    for k, a in alphas.items():
-                        mask = better.reshape(B, rows, *([1] * (a.dim() - 2)))
-                        best_alphas[k] = torch.where(mask, a.detach(), best_alphas[k])
+        best = _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, lr)
     if torch.is_grad_enabled():
         # Differentiable recomputation with the optimized slopes (for training).
         val = _concretize_rows(rest, fb, A, act, {k: a.detach() for k, a in best_alphas.items()})

@@ -327,6 +327,54 @@ def _conv_norm_bound(m: nn.Module, p: float) -> float:
     return math.sqrt(row * col)  # ||A||_2 <= sqrt(||A||_1 ||A||_inf)
 
 
+def _conv_factor(m: nn.Module, p: float, shape, max_unroll: int):
+    """(operator-norm bound, output shape or None) of a convolution: exact when its
+    unrolled matrix for inputs of ``shape`` has at most ``max_unroll`` entries."""
+    f = None
+    if shape is not None:
+        n = int(np.prod(shape))
+        probe = torch.zeros((1, *shape), dtype=m.weight.dtype, device=m.weight.device)
+        with torch.no_grad():
+            out_shape = tuple(m(probe).shape[1:])
+        if n * int(np.prod(out_shape)) <= max_unroll:
+            W, _, shape = unroll_affine(m, shape, max_size=max_unroll)
+            f = _op_norm(W, p)
+        else:
+            shape = out_shape
+    if f is None:
+        f = _conv_norm_bound(m, p)
+    return f, shape
+
+
+def _layer_factor(m: nn.Module, p: float, shape, max_unroll: int):
+    """(Lipschitz factor of one layer from l_p to l_p, its output shape or None)."""
+    if isinstance(m, nn.Dropout) and m.training and m.p > 0:
+        raise ValueError("global_lipschitz: Dropout in training mode; call eval()")
+    if isinstance(m, (nn.Identity, nn.Dropout, ScalarBias) + _ACTS_ONE):
+        return 1.0, shape
+    if isinstance(m, nn.Flatten):
+        return 1.0, (None if shape is None else (int(np.prod(shape)),))
+    if isinstance(m, nn.Sigmoid):
+        return 0.25, shape
+    if isinstance(m, nn.LeakyReLU):
+        return max(1.0, abs(float(m.negative_slope))), shape
+    if isinstance(m, nn.Linear):
+        f = _op_norm(m.weight.detach().double(), p)
+        return f, (None if shape is None else (*shape[:-1], m.out_features))
+    if isinstance(m, Normalize):
+        return float((1.0 / m.std.double()).abs().max()), shape
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return _conv_factor(m, p, shape, max_unroll)
+    if isinstance(m, (SortNetLayer, LinfDistLayer)):
+        f = 1.0 if p == INF else (math.sqrt(m.out_features) if p == 2.0 else m.out_features)
+        return f, (None if shape is None else (m.out_features,))
+    raise ValueError(
+        f"global_lipschitz: unsupported layer {type(m).__name__} (supported: Linear, "
+        "Conv1d/Conv2d, Normalize, Flatten, Identity, Dropout, ReLU, Tanh, Hardtanh, "
+        "Softplus, LeakyReLU, Sigmoid, SortNetLayer, LinfDistLayer, ScalarBias)"
+    )
+
+
 def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 2**22) -> float:
     """Upper bound of the Lipschitz constant of ``net`` from l_p to l_p.
 
@@ -341,93 +389,16 @@ def global_lipschitz(net: nn.Module, p=INF, input_shape=None, max_unroll: int = 
     For l_inf the bound also holds for every single output.
     """
     p = parse_norm(p)
-    mods = leaf_modules(net)
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     L = 1.0
-    for m in mods:
-        if isinstance(m, nn.Dropout) and m.training and m.p > 0:
-            raise ValueError("global_lipschitz: Dropout in training mode; call eval()")
-        if isinstance(m, (nn.Identity, nn.Dropout, ScalarBias) + _ACTS_ONE):
-            f = 1.0
-        elif isinstance(m, nn.Flatten):
-            f = 1.0
-            if shape is not None:
-                shape = (int(np.prod(shape)),)
-        elif isinstance(m, nn.Sigmoid):
-            f = 0.25
-        elif isinstance(m, nn.LeakyReLU):
-            f = max(1.0, abs(float(m.negative_slope)))
-        elif isinstance(m, nn.Linear):
-            f = _op_norm(m.weight.detach().double(), p)
-            if shape is not None:
-                shape = (*shape[:-1], m.out_features)
-        elif isinstance(m, Normalize):
-            f = float((1.0 / m.std.double()).abs().max())
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            f = None
-            if shape is not None:
-                n = int(np.prod(shape))
-                probe = torch.zeros((1, *shape), dtype=m.weight.dtype, device=m.weight.device)
-                with torch.no_grad():
-                    out_shape = tuple(m(probe).shape[1:])
-                if n * int(np.prod(out_shape)) <= max_unroll:
-                    W, _, shape = unroll_affine(m, shape, max_size=max_unroll)
-                    f = _op_norm(W, p)
-                else:
-                    shape = out_shape
-            if f is None:
-                f = _conv_norm_bound(m, p)
-        elif isinstance(m, (SortNetLayer, LinfDistLayer)):
-            f = 1.0 if p == INF else (math.sqrt(m.out_features) if p == 2.0 else m.out_features)
-            if shape is not None:
-                shape = (m.out_features,)
-        else:
-            raise ValueError(
-                f"global_lipschitz: unsupported layer {type(m).__name__} (supported: Linear, "
-                "Conv1d/Conv2d, Normalize, Flatten, Identity, Dropout, ReLU, Tanh, Hardtanh, "
-                "Softplus, LeakyReLU, Sigmoid, SortNetLayer, LinfDistLayer, ScalarBias)"
-            )
+    for m in leaf_modules(net):
+        f, shape = _layer_factor(m, p, shape, max_unroll)
         L *= f
     return L
 
 
-def lipsdp_l2(
-    net: nn.Module,
-    solver: str = "SCS",
-    input_shape=None,
-    verbose: bool = False,
-) -> float:
-    """LipSDP-Neuron upper bound of the l2 Lipschitz constant of a ReLU/Tanh MLP.
-
-    For f = W_L phi(W_{L-1} ... phi(W_0 x)) with phi slope-restricted in [0, 1]
-    (ReLU, Tanh), sqrt(rho) bounds ||f(x) - f(x')||_2 / ||x - x'||_2 whenever
-    M(rho, T) = [A; B]^T [[0, T], [T, -2T]] [A; B] + diag(-rho I, 0, .., W_L^T W_L)
-    is negative semidefinite for a nonnegative diagonal T (Fazlyab et al. 2019,
-    Theorem 2). Solved with cvxpy (``solver`` "SCS", fast, or "CLARABEL", more
-    accurate but slow beyond ~60 neurons). The returned
-    value is re-verified: T is taken from the solver and the smallest rho with
-    M(rho, T) <= 0 is recomputed by a Schur complement in float64; if that check
-    fails the product-of-spectral-norms bound is returned instead. The result
-    never exceeds that product bound. Affine layers (Linear, Conv, Normalize)
-    are composed; biases do not matter.
-    """
-    import cvxpy as cp
-
-    shape = _infer_in_shape(net, input_shape)
-    Ws, _, acts = affine_chain(net, shape, (nn.ReLU, nn.Tanh), "lipsdp_l2")
-    prod = 1.0
-    for W in Ws:
-        prod *= _op_norm(W, 2.0)
-    if not acts:
-        return _op_norm(Ws[0], 2.0)
-    if prod == 0.0:
-        return 0.0
-    # ReLU is positively homogeneous: rescale each layer to unit spectral norm
-    # for conditioning and multiply back (not valid for Tanh).
-    scales = [1.0] * len(Ws)
-    if all(isinstance(a, nn.ReLU) for a in acts):
-        scales = [max(_op_norm(W, 2.0), 1e-12) for W in Ws]
-    Wn = [(W / s).numpy() for W, s in zip(Ws, scales)]
+def _lipsdp_matrix(Wn: list[np.ndarray]):
+    """M(rho, T) of LipSDP-Neuron as a function of numeric (t, rho), and n0 = input size."""
     sizes = [Wn[0].shape[1]] + [W.shape[0] for W in Wn[:-1]]  # n0, n1, ..., n_l
     n0, nh = sizes[0], sum(sizes[1:])
     N = n0 + nh
@@ -452,14 +423,20 @@ def lipsdp_l2(
         M[:n0, :n0] -= rho * np.eye(n0)
         return M
 
+    return mat, n0
+
+
+def _lipsdp_solve(Wn: list[np.ndarray], solver: str, verbose: bool) -> np.ndarray | None:
+    """The diagonal T (concatenated, >= 0) of the LipSDP solution; None on solver failure."""
+    import cvxpy as cp
+
+    sizes = [Wn[0].shape[1]] + [W.shape[0] for W in Wn[:-1]]
+    n0, WL = sizes[0], Wn[-1]
     # LMI built block by block: block (k, k+1) = W_k^T T_{k+1}, block (k+1, k+1) = -2 T_{k+1}
     ts = [cp.Variable(nk, nonneg=True) for nk in sizes[1:]]
     rho = cp.Variable(nonneg=True)
     nb = len(sizes)
-    blocks: list[list] = [[None] * nb for _ in range(nb)]
-    for i in range(nb):
-        for j in range(nb):
-            blocks[i][j] = np.zeros((sizes[i], sizes[j]))
+    blocks: list[list] = [[np.zeros((sizes[i], sizes[j])) for j in range(nb)] for i in range(nb)]
     blocks[0][0] = -rho * np.eye(n0)
     for k, W in enumerate(Wn[:-1]):
         WT = cp.multiply(W.T, cp.reshape(ts[k], (1, sizes[k + 1]), order="C"))
@@ -472,12 +449,16 @@ def lipsdp_l2(
     prob = cp.Problem(cp.Minimize(rho), [M << 0])
     try:
         prob.solve(solver=getattr(cp, solver.upper()), verbose=verbose)
-    except Exception:  # solver failure: fall back to the sound product bound
-        return prod
+    except Exception:  # solver failure: the caller falls back to the sound product bound
+        return None
     if any(t.value is None for t in ts):
-        return prod
-    # verification: with T fixed, M <= 0 iff S < 0 and rho >= lambda_max(R (-S)^-1 R^T)
-    tv = np.maximum(np.concatenate([np.asarray(t.value, dtype=np.float64) for t in ts]), 0.0)
+        return None
+    return np.maximum(np.concatenate([np.asarray(t.value, dtype=np.float64) for t in ts]), 0.0)
+
+
+def _lipsdp_verify(mat, n0: int, tv: np.ndarray) -> float | None:
+    """Smallest rho with M(rho, T) <= 0 for the fixed T, re-derived in float64; None if
+    the check fails. With T fixed, M <= 0 iff S < 0 and rho >= lambda_max(R (-S)^-1 R^T)."""
     M0 = mat(tv, 0.0)
     S = M0[n0:, n0:]
     R = M0[:n0, n0:]
@@ -485,7 +466,7 @@ def lipsdp_l2(
     S = (S + S.T) / 2
     eig_s = np.linalg.eigvalsh(S)
     if not eig_s.max() < -1e-10 * max(1.0, abs(eig_s).max()):
-        return prod
+        return None
     Sinv = np.linalg.inv(-S)
     Z = P + R @ Sinv @ R.T
     Z = (Z + Z.T) / 2
@@ -495,6 +476,51 @@ def lipsdp_l2(
     full = mat(tv, rho_v)
     full = (full + full.T) / 2
     if np.linalg.eigvalsh(full).max() > 1e-8 * max(1.0, rho_v):
+        return None
+    return rho_v
+
+
+def lipsdp_l2(
+    net: nn.Module,
+    solver: str = "SCS",
+    input_shape=None,
+    verbose: bool = False,
+) -> float:
+    """LipSDP-Neuron upper bound of the l2 Lipschitz constant of a ReLU/Tanh MLP.
+
+    For f = W_L phi(W_{L-1} ... phi(W_0 x)) with phi slope-restricted in [0, 1]
+    (ReLU, Tanh), sqrt(rho) bounds ||f(x) - f(x')||_2 / ||x - x'||_2 whenever
+    M(rho, T) = [A; B]^T [[0, T], [T, -2T]] [A; B] + diag(-rho I, 0, .., W_L^T W_L)
+    is negative semidefinite for a nonnegative diagonal T (Fazlyab et al. 2019,
+    Theorem 2). Solved with cvxpy (``solver`` "SCS", fast, or "CLARABEL", more
+    accurate but slow beyond ~60 neurons). The returned
+    value is re-verified: T is taken from the solver and the smallest rho with
+    M(rho, T) <= 0 is recomputed by a Schur complement in float64; if that check
+    fails the product-of-spectral-norms bound is returned instead. The result
+    never exceeds that product bound. Affine layers (Linear, Conv, Normalize)
+    are composed; biases do not matter.
+    """
+    shape = _infer_in_shape(net, input_shape)
+    Ws, _, acts = affine_chain(net, shape, (nn.ReLU, nn.Tanh), "lipsdp_l2")
+    prod = 1.0
+    for W in Ws:
+        prod *= _op_norm(W, 2.0)
+    if not acts:
+        return _op_norm(Ws[0], 2.0)
+    if prod == 0.0:
+        return 0.0
+    # ReLU is positively homogeneous: rescale each layer to unit spectral norm
+    # for conditioning and multiply back (not valid for Tanh).
+    scales = [1.0] * len(Ws)
+    if all(isinstance(a, nn.ReLU) for a in acts):
+        scales = [max(_op_norm(W, 2.0), 1e-12) for W in Ws]
+    Wn = [(W / s).numpy() for W, s in zip(Ws, scales)]
+    tv = _lipsdp_solve(Wn, solver, verbose)
+    if tv is None:
+        return prod
+    mat, n0 = _lipsdp_matrix(Wn)
+    rho_v = _lipsdp_verify(mat, n0, tv)
+    if rho_v is None:
         return prod
     bound = math.sqrt(rho_v) * float(np.prod(scales))
     return min(bound, prod)

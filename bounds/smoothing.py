@@ -334,6 +334,39 @@ class SmoothedValueCertificate:
         return certified_linf(self, eps)
 
 
+def _smoothed_mean(q_fn, x, sigma: float, m: int, gen, batch_size: int, v_lo: float,
+                   v_hi: float) -> torch.Tensor:
+    """(B, K) float64 mean over m noisy copies per state of Q clamped to [V_lo, V_hi] (cpu)."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def reduce(states: torch.Tensor, out: torch.Tensor) -> None:
+        out = out.to(torch.float64).clamp(v_lo, v_hi)
+        if "s" not in sums:
+            sums["s"] = torch.zeros(x.shape[0], out.shape[1], dtype=torch.float64, device=x.device)
+        sums["s"].index_add_(0, states, out)
+
+    _noisy_outputs(q_fn, x, sigma, m, gen, batch_size, reduce)
+    return (sums["s"] / m).cpu()
+
+
+def _value_radius(q: torch.Tensor, D: float, v_lo: float, v_hi: float, sigma: float):
+    """Top action a1, runner-up a2 (-1 if K = 1), certified mask and l2 radius
+    sigma / 2 [PhiInv((Q1 - D - V_lo) / w) - PhiInv((Q2 + D - V_lo) / w)], w = V_hi - V_lo."""
+    width = v_hi - v_lo
+    order = q.argsort(dim=1, descending=True, stable=True)
+    a1 = order[:, 0]
+    if q.shape[1] == 1:  # a single action is trivially certified at every radius
+        ones = np.ones(q.shape[0], dtype=bool)
+        return a1, torch.full_like(a1, -1), ones, np.full(q.shape[0], np.inf)
+    a2 = order[:, 1]
+    p1 = ((q.gather(1, a1[:, None])[:, 0] - D - v_lo) / width).clamp(0.0, 1.0).numpy()
+    p2 = ((q.gather(1, a2[:, None])[:, 0] + D - v_lo) / width).clamp(0.0, 1.0).numpy()
+    with np.errstate(invalid="ignore"):
+        r = sigma / 2.0 * (_norm.ppf(p1) - _norm.ppf(p2))
+    ok = np.isfinite(r) & (r > 0)
+    return a1, a2, ok, np.where(ok, r, 0.0)
+
+
 def certify_value(
     q_fn: ScoreFn,
     x: torch.Tensor,
@@ -364,37 +397,14 @@ def certify_value(
     v_lo, v_hi = float(v_lo), float(v_hi)
     if not (math.isfinite(v_lo) and math.isfinite(v_hi) and v_hi > v_lo):
         raise ValueError(f"need finite V_lo < V_hi; got [{v_lo}, {v_hi}]")
-    gen = _as_generator(generator, x.device)
-    sums: dict[str, torch.Tensor] = {}
-
-    def reduce(states: torch.Tensor, out: torch.Tensor) -> None:
-        out = out.to(torch.float64).clamp(v_lo, v_hi)
-        if "s" not in sums:
-            sums["s"] = torch.zeros(x.shape[0], out.shape[1], dtype=torch.float64, device=x.device)
-        sums["s"].index_add_(0, states, out)
-
-    _noisy_outputs(q_fn, x, float(sigma), int(m), gen, int(batch_size), reduce)
-    q = (sums["s"] / int(m)).cpu()
+    q = _smoothed_mean(q_fn, x, float(sigma), int(m), _as_generator(generator, x.device),
+                       int(batch_size), v_lo, v_hi)
     K = q.shape[1]
     a_eff = float(alpha) / (2 * K) if simultaneous else float(alpha)
     D = (v_hi - v_lo) * math.sqrt(math.log(1.0 / a_eff) / (2.0 * int(m)))
-    width = v_hi - v_lo
     q_lo = (q - D).clamp(v_lo, v_hi)
     q_hi = (q + D).clamp(v_lo, v_hi)
-    order = q.argsort(dim=1, descending=True, stable=True)
-    a1 = order[:, 0]
-    if K > 1:
-        a2 = order[:, 1]
-        p1 = ((q.gather(1, a1[:, None])[:, 0] - D - v_lo) / width).clamp(0.0, 1.0).numpy()
-        p2 = ((q.gather(1, a2[:, None])[:, 0] + D - v_lo) / width).clamp(0.0, 1.0).numpy()
-        with np.errstate(invalid="ignore"):
-            r = float(sigma) / 2.0 * (_norm.ppf(p1) - _norm.ppf(p2))
-        ok = np.isfinite(r) & (r > 0)
-        radius = np.where(ok, r, 0.0)
-    else:  # a single action is trivially certified at every radius
-        a2 = torch.full_like(a1, -1)
-        ok = np.ones(q.shape[0], dtype=bool)
-        radius = np.full(q.shape[0], np.inf)
+    a1, a2, ok, radius = _value_radius(q, D, v_lo, v_hi, float(sigma))
     pred = a1.clone()
     pred[torch.as_tensor(~ok)] = -1
     return SmoothedValueCertificate(
