@@ -611,7 +611,9 @@ class StateRow(AgentKey):
     the unit's episode row). Method-specific per-state values go to ``extra``.
     """
 
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"radius_capped"})
     method: str | None = None
+    settings_hash: str | None = None
     eval_seed: int | None = None
     episode: Any = None
     episode_seed: int | None = None
@@ -623,6 +625,7 @@ class StateRow(AgentKey):
     margin_lower: float | None = None
     margin_lower_all: list[float] | None = None
     radius: float | None = None
+    radius_capped: bool | None = None  # the radius search stopped at its upper end
     output: list[float] | None = None
     q_lower: list[float] | None = None
     q_upper: list[float] | None = None
