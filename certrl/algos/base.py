@@ -256,6 +256,8 @@ class Algorithm:
 
     algo_name = ""
     config_cls: type = object
+    # checkpoints leave out a replay buffer larger than this (None: no cap; DQN only)
+    max_replay_bytes: int | None = None
 
     cfg: typing.Any
     robust_loss: typing.Any
@@ -285,6 +287,10 @@ class Algorithm:
     def checkpoint_ready(self) -> bool:  # pragma: no cover - abstract
         """True where a checkpoint needs no env replay of a started unit (see subclasses)."""
         raise NotImplementedError
+
+    def replay_nbytes(self) -> int:
+        """Bytes of the filled part of the replay buffer (0 without one)."""
+        return 0
 
     def training_config(self) -> dict:
         """The config as checkpoints store it: its fields plus ``robust_loss`` (its

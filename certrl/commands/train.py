@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     latest = out / "checkpoints" / "latest.pt"
     algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
-    if args.replay_cap_mb is not None and hasattr(algo, "max_replay_bytes"):
+    if args.replay_cap_mb is not None:
         algo.max_replay_bytes = args.replay_cap_mb * 2**20
     _write_command(out, args, algo)
     tr = _TrainRun(args, out, algo)
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
 def _resume_info(algo) -> dict:
     """The summary's ``resume`` entry: is this run identical to an uninterrupted one?"""
     caveats = list(algo.resume_caveats)
-    cap = getattr(algo, "max_replay_bytes", None)
+    cap = algo.max_replay_bytes
     if cap is not None and algo.replay_nbytes() > cap:
         caveats.append(f"the replay buffer ({algo.replay_nbytes() / 2**20:.0f} MB) is over "
                        f"--replay-cap-mb and not in latest.pt: a resume from it is not exact")

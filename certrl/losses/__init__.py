@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from certrl.losses.base import RobustLoss
+from certrl.losses.base import RobustLoss, TrainContext
 from certrl.losses.car import CARConfig, CARDQNLoss, CARPPOConfig, CARPPOLoss, soft_weights
 from certrl.losses.common import ScheduledLoss, SolverConfig, build_config
 from certrl.losses.radial import RadialConfig, RadialDQNLoss, RadialPPOLoss
@@ -79,6 +79,6 @@ __all__ = [
     "CARConfig", "CARDQNLoss", "CARPPOConfig", "CARPPOLoss", "EpsSchedule", "LOSSES",
     "LOSS_NAMES", "RadialConfig", "RadialDQNLoss", "RadialPPOLoss", "RobustLoss", "SAConfig",
     "SADQNLoss", "SAPPOConfig", "SAPPOLoss", "ScheduledLoss", "SolverConfig", "SortNetConfig",
-    "SortNetLoss", "WocarConfig", "WocarDQNLoss", "WocarPPOConfig", "WocarPPOLoss",
+    "SortNetLoss", "TrainContext", "WocarConfig", "WocarDQNLoss", "WocarPPOConfig", "WocarPPOLoss",
     "loss_from_config", "make_loss", "soft_weights", "sortnet_q_spec",
 ]
