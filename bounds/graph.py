@@ -18,14 +18,10 @@ from torch import nn
 
 from bounds.flatten import flatten_modules
 from bounds.layers import Normalize
+from bounds.rules import LayerRule, UnsupportedLayerError, check_supported, find_rule
 
-AFFINE = (nn.Linear, nn.Conv2d)
-ACTIVATIONS = (nn.ReLU, nn.Tanh)
-RESHAPE = (nn.Flatten, nn.Identity)
-
-
-class UnsupportedLayerError(TypeError):
-    """A layer the native backend cannot bound."""
+__all__ = ["Layer", "UnsupportedLayerError", "check_input", "flatten_modules", "parse",
+           "parse_modules", "same_modules", "unsupported_among", "unsupported_layers"]
 
 
 @dataclass
@@ -38,21 +34,18 @@ class Layer:
     index: int
 
     @property
+    def rule(self) -> LayerRule:
+        """The entry of ``bounds.rules.RULES`` for this layer's module."""
+        rule = find_rule(self.module)
+        if rule is None:  # parse() admits only modules with a rule
+            raise UnsupportedLayerError(f"layer {self.index} ({self.module}) has no rule")
+        return rule
+
+    @property
     def kind(self) -> str:
-        m = self.module
-        if isinstance(m, nn.Linear):
-            return "linear"
-        if isinstance(m, nn.Conv2d):
-            return "conv"
-        if isinstance(m, nn.ReLU):
-            return "relu"
-        if isinstance(m, nn.Tanh):
-            return "tanh"
-        if isinstance(m, Normalize):
-            return "normalize"
-        if isinstance(m, nn.Flatten):
-            return "flatten"
-        return "identity"
+        """The rule's kind: "linear", "conv", "relu", "tanh", "flatten", "identity",
+        "normalize"."""
+        return self.rule.kind
 
 
 # Layers that keep the shape of their input (elementwise maps), for ``check_input``.
@@ -118,34 +111,6 @@ def check_input(modules: list[nn.Module], in_shape: tuple[int, ...]) -> None:
         return
 
 
-def _check_supported(m: nn.Module, position: int) -> None:
-    hint = 'use backend="lirpa" (auto_LiRPA) for general graphs'
-    if isinstance(m, nn.Conv2d):
-        if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
-            raise UnsupportedLayerError(
-                f"layer {position} ({m}) uses groups/dilation/non-zero padding, which the "
-                f"native backend does not support; {hint}"
-            )
-        if isinstance(m.padding, str):
-            raise UnsupportedLayerError(
-                f"layer {position} ({m}) uses string padding; give explicit padding or {hint}"
-            )
-        return
-    if isinstance(m, nn.Flatten):
-        if m.start_dim != 1 or m.end_dim != -1:
-            raise UnsupportedLayerError(
-                f"layer {position} ({m}): only Flatten(start_dim=1, end_dim=-1) is supported; "
-                f"{hint}"
-            )
-        return
-    if isinstance(m, (*AFFINE, *ACTIVATIONS, nn.Identity, Normalize)):
-        return
-    raise UnsupportedLayerError(
-        f"layer {position} ({type(m).__name__}: {m}) is not supported by the native backend "
-        f"(supported: Linear, Conv2d, ReLU, Tanh, Flatten, Identity, bounds.Normalize); {hint}"
-    )
-
-
 def unsupported_layers(net: nn.Module) -> list[str]:
     """Names of the layers the native backend cannot handle (empty if all are fine)."""
     try:
@@ -160,7 +125,7 @@ def unsupported_among(modules: list[nn.Module]) -> list[str]:
     bad = []
     for i, m in enumerate(modules):
         try:
-            _check_supported(m, i)
+            check_supported(m, i)
         except UnsupportedLayerError:
             bad.append(f"{i}:{type(m).__name__}")
     return bad
@@ -184,7 +149,7 @@ def parse_modules(modules: list[nn.Module], in_shape: tuple[int, ...]) -> list[L
     """
     check_input(modules, in_shape)
     for i, m in enumerate(modules):
-        _check_supported(m, i)
+        check_supported(m, i)
     p = next((q for m in modules for q in m.parameters()), None)
     b = next((q for m in modules for q in m.buffers()), None)
     ref = p if p is not None else b

@@ -22,54 +22,20 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from bounds.graph import Layer
 from bounds.interval import Interval, fold_input, ibp
 from bounds.perturbation import LpBall
+from bounds.rules import crop, relu_relaxation, tanh_relaxation
 
-_TANH_SAFETY = 1e-6
+__all__ = ["activation_bounds", "alpha_crown", "backward", "crown", "relu_relaxation",
+           "tanh_relaxation"]
+
 _CHUNK_ELEMENTS = 2**25  # max elements of one backward A tensor (memory cap)
-
-
-# --------------------------------------------------------------------------- relaxations
-def relu_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(upper slope, upper intercept, default lower slope) of ReLU on [l, u]."""
-    lr = l.clamp(max=0)
-    ur = u.clamp(min=0)
-    ur = torch.maximum(ur, lr + 1e-8)
-    up_d = ur / (ur - lr)
-    up_b = -lr * up_d
-    lo_d = (up_d > 0.5).to(up_d.dtype)
-    return up_d, up_b, lo_d
-
-
-def tanh_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(slope, lower intercept, upper intercept) of parallel lines around tanh on [l, u]."""
-    width = u - l
-    tl, tu = torch.tanh(l), torch.tanh(u)
-    wide = width > 1e-6
-    chord = (tu - tl) / torch.where(wide, width, torch.ones_like(width))
-    deriv = 1 - torch.tanh((l + u) / 2) ** 2
-    s = torch.where(wide, chord, deriv).clamp(1e-20, 1.0)
-    xs = torch.acosh((1 / s.sqrt()).clamp_min(1.0))
-    g_l = tl - s * l
-    g_u = tu - s * u
-    lo_b = torch.minimum(g_l, g_u)
-    up_b = torch.maximum(g_l, g_u)
-    for x in (xs, -xs):
-        inside = (x >= l) & (x <= u)
-        gx = torch.tanh(x) - s * x
-        lo_b = torch.where(inside, torch.minimum(lo_b, gx), lo_b)
-        up_b = torch.where(inside, torch.maximum(up_b, gx), up_b)
-    return s, lo_b - _TANH_SAFETY, up_b + _TANH_SAFETY
+_FUSE_MAX_IN = 32
 
 
 # --------------------------------------------------------------------------- backward pass
-def _sum_rest(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
-
-
 def backward(
     layers: list[Layer],
     A: torch.Tensor,
@@ -80,137 +46,37 @@ def backward(
 
     ``A``: (B, m, *out_shape of layers[-1]) (batch dim may be 1 to broadcast).
     ``act_bounds[k]``: bounds of the input of activation layer k.
-    Returns (A_in, bias) with A z_K >= A_in x + bias for all x in the set.
+    Returns (A_in, bias) with A z_K >= A_in x + bias for all x in the set. Each
+    layer's step is its rule's ``backward`` (``bounds.rules``); an activation
+    after a narrow Linear with batch-shared rows takes its ``fused`` rule.
     """
     bias = torch.zeros(A.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
     k = len(layers) - 1
     while k >= 0:
-        layer = layers[k]
-        m = layer.module
-        kind = layer.kind
-        Bd, rows = A.shape[0], A.shape[1]
+        rule = layers[k].rule
         if _can_fuse(layers, k, A, alphas):
-            A, bias = _fused_activation_linear(layers, k, A, bias, act_bounds[k])
+            A, bias = rule.fused(layers[k - 1].module, act_bounds[k], A[0], bias)
             k -= 2
             continue
-        if kind == "linear":
-            if m.bias is not None:
-                bias = bias + torch.matmul(A, m.bias)
-            A = torch.matmul(A, m.weight)
-        elif kind == "conv":
-            if m.bias is not None:
-                bias = bias + (A.sum((-1, -2)) * m.bias).sum(-1)
-            c_out, h_out, w_out = layer.out_shape
-            c_in, h_in, w_in = layer.in_shape
-            sh, sw = m.stride
-            ph, pw = m.padding
-            kh, kw = m.kernel_size
-            op = (
-                h_in - ((h_out - 1) * sh - 2 * ph + kh),
-                w_in - ((w_out - 1) * sw - 2 * pw + kw),
-            )
-            flat = A.reshape(Bd * rows, c_out, h_out, w_out)
-            out = F.conv_transpose2d(flat, m.weight, None, m.stride, m.padding, op)
-            A = out.reshape(Bd, rows, c_in, h_in, w_in)
-        elif kind == "normalize":
-            mu, s = m.mean, m.std
-            bias = bias - _sum_rest(A * (mu / s).expand(layer.in_shape))
-            A = A / s
-        elif kind == "flatten":
-            A = A.reshape(Bd, rows, *layer.in_shape)
-        elif kind == "identity":
-            pass
-        elif kind in ("relu", "tanh"):
-            l, u = act_bounds[k]
-            alpha = alphas.get(k) if alphas is not None else None
-            A, bias = _activation_backward(kind, A, l, u, bias, alpha)
-        else:  # pragma: no cover - parse() rejects anything else
-            raise AssertionError(kind)
+        alpha = alphas.get(k) if alphas is not None else None
+        A, bias = rule.backward(layers[k], A, bias, act_bounds.get(k), alpha)
         k -= 1
     return A, bias
 
 
-def _activation_backward(kind, A, l, u, bias, alpha=None):
-    """Substitute the relaxation of a ReLU / Tanh: lower-bound rows of A sigma(y)."""
-    l, u = l.unsqueeze(1), u.unsqueeze(1)
-    Ap, An = A.clamp(min=0), A.clamp(max=0)
-    if kind == "relu":
-        up_d, up_b, lo_d = relu_relaxation(l, u)
-        if alpha is not None:
-            lo_d = _alpha_slope(alpha, l, u)
-        A = Ap * lo_d + An * up_d
-        bias = bias + _sum_rest(An * up_b)
-    else:
-        s, lo_b, up_b = tanh_relaxation(l, u)
-        A = A * s
-        bias = bias + _sum_rest(Ap * lo_b + An * up_b)
-    return A, bias
-
-
-_FUSE_MAX_IN = 32
-
-
-def _can_fuse(layers, k, A, alphas) -> bool:
-    """Activation k preceded by a narrow Linear, with A shared across the batch."""
+def _fusable(layers: list[Layer], k: int) -> bool:
+    """Activation k with a fused rule, preceded by a Linear of at most _FUSE_MAX_IN inputs."""
     return (
-        A.shape[0] == 1
-        and k >= 1
-        and layers[k].kind in ("relu", "tanh")
+        k >= 1
+        and layers[k].rule.fused is not None
         and layers[k - 1].kind == "linear"
         and layers[k - 1].module.in_features <= _FUSE_MAX_IN
-        and (alphas is None or k not in alphas)
     )
 
 
-def _shared_matmul(A0: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """(r, n) @ (B, n, k) -> (B, r, k) as one GEMM."""
-    B, n, kk = M.shape
-    out = A0 @ M.permute(1, 0, 2).reshape(n, B * kk)
-    return out.reshape(A0.shape[0], B, kk).permute(1, 0, 2)
-
-
-def _fused_activation_linear(layers, k, A, bias, bounds_k):
-    """Backward through activation k and Linear k-1 without materializing the
-    (B, rows, n) coefficient tensor: A D W = A (D W) with D the per-sample slopes.
-
-    Same numbers as the unfused path (only the multiplication order changes).
-    """
-    lin = layers[k - 1].module
-    W = lin.weight  # (n, in)
-    b = lin.bias
-    l, u = bounds_k  # (B, n)
-    A0 = A[0]  # (rows, n)
-    Ap, An = A0.clamp(min=0), A0.clamp(max=0)
-    if layers[k].kind == "relu":
-        # Ap D_lo + An D_up = A0 D_lo + An (D_up - D_lo); D_up - D_lo and the
-        # upper intercept vanish off the neurons unstable in some batch element.
-        up_d, up_b, lo_d = relu_relaxation(l, u)
-        delta = up_d - lo_d
-        idx = ((delta != 0) | (up_b != 0)).any(0).nonzero().flatten()
-        new_A = _shared_matmul(A0, lo_d.unsqueeze(-1) * W)
-        if b is not None:
-            bias = bias + (A0 @ (lo_d * b).T).T
-        if idx.numel():
-            An_i = An[:, idx]
-            d_i = delta[:, idx]
-            new_A = new_A + _shared_matmul(An_i, d_i.unsqueeze(-1) * W[idx])
-            bias = bias + (An_i @ up_b[:, idx].T).T
-            if b is not None:
-                bias = bias + (An_i @ (d_i * b[idx]).T).T
-    else:
-        s, lo_b, up_b = tanh_relaxation(l, u)
-        new_A = _shared_matmul(A0, s.unsqueeze(-1) * W)
-        bias = bias + (Ap @ lo_b.T).T + (An @ up_b.T).T
-        if b is not None:
-            bias = bias + (A0 @ (s * b).T).T
-    return new_A, bias
-
-
-def _alpha_slope(alpha: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """ReLU lower slope: alpha in [0, 1] on unstable neurons, exact on stable ones."""
-    active = (l >= 0).to(alpha.dtype)
-    unstable = ((l < 0) & (u > 0)).to(alpha.dtype)
-    return alpha.clamp(0, 1) * unstable + active
+def _can_fuse(layers, k, A, alphas) -> bool:
+    """``_fusable`` with A shared across the batch and no alpha slopes at k."""
+    return A.shape[0] == 1 and _fusable(layers, k) and (alphas is None or k not in alphas)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -218,9 +84,9 @@ def _is_exact_by_ibp(prefix: list[Layer]) -> bool:
     """IBP is exact on an activation-free prefix with at most one linear/conv layer."""
     n_aff = 0
     for layer in prefix:
-        if layer.kind in ("relu", "tanh"):
+        if layer.rule.role == "activation":
             return False
-        if layer.kind in ("linear", "conv"):
+        if layer.rule.role == "affine":
             n_aff += 1
     return n_aff <= 1
 
@@ -240,79 +106,39 @@ def _concretize_rows(
     return ball.concretize(A_in, sign=-1.0) + bias
 
 
-_SPATIAL = ("conv", "relu", "tanh", "normalize", "identity")
-
-
 def _peak_per_row(prefix: list[Layer], B: int) -> int:
     """Largest number of A entries per spec row during a backward pass from a
     batch-shared identity spec (follows the same fusion rule as ``backward``)."""
     shared, peak, k = True, 1, len(prefix) - 1
     while k >= 0:
         layer = prefix[k]
-        fusable = (
-            shared
-            and k >= 1
-            and layer.kind in ("relu", "tanh")
-            and prefix[k - 1].kind == "linear"
-            and prefix[k - 1].module.in_features <= _FUSE_MAX_IN
-        )
-        if fusable:
+        if shared and _fusable(prefix, k):
             shared = False
             peak = max(peak, B * prefix[k - 1].module.in_features)
             k -= 2
             continue
-        if layer.kind in ("relu", "tanh"):
+        if layer.rule.role == "activation":
             shared = False
         peak = max(peak, (1 if shared else B) * math.prod(layer.in_shape))
         k -= 1
     return peak
 
 
-def _crop(t: torch.Tensor, oh: int, ow: int, h: int, w: int) -> torch.Tensor:
-    return t[..., oh : oh + h, ow : ow + w]
-
-
 def _window_backward(prefix, A, origin, act_bounds):
     """Backward pass on a spatial window only (receptive-field cropping).
 
     ``A``: (Bd, R, C, h, w) coefficients on the window of the last layer's
-    output whose top-left corner is ``origin``. Every layer of ``prefix`` is
-    spatial (conv / activation / normalize / identity), so each step only
+    output whose top-left corner is ``origin``. Every layer of ``prefix`` has a
+    ``window`` rule (conv / activation / normalize / identity), so each step only
     touches the receptive field of the window; entries that fall on zero
     padding are dropped (padding is the constant 0). Same numbers as the full
     backward pass, at a fraction of the cost for early convolutions.
     """
-    oh, ow = origin
     bias = torch.zeros(A.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
     for k in range(len(prefix) - 1, -1, -1):
         layer = prefix[k]
-        m = layer.module
-        Bd, R, C, h, w = A.shape
-        if layer.kind == "conv":
-            if m.bias is not None:
-                bias = bias + (A.sum((-1, -2)) * m.bias).sum(-1)
-            out = F.conv_transpose2d(A.reshape(Bd * R, C, h, w), m.weight, None, m.stride)
-            c_in, H_in, W_in = layer.in_shape
-            sh = oh * m.stride[0] - m.padding[0]
-            sw = ow * m.stride[1] - m.padding[1]
-            h_lo, w_lo = max(0, -sh), max(0, -sw)
-            h_hi = min(out.shape[-2], H_in - sh)
-            w_hi = min(out.shape[-1], W_in - sw)
-            out = out[:, :, h_lo:h_hi, w_lo:w_hi]
-            oh, ow = sh + h_lo, sw + w_lo
-            A = out.reshape(Bd, R, c_in, out.shape[-2], out.shape[-1])
-        elif layer.kind in ("relu", "tanh"):
-            l, u = act_bounds[k]
-            A, bias = _activation_backward(
-                layer.kind, A, _crop(l, oh, ow, h, w), _crop(u, oh, ow, h, w), bias
-            )
-        elif layer.kind == "normalize":
-            mu = m.mean.expand(layer.in_shape)
-            sd = m.std.expand(layer.in_shape)
-            mu, sd = _crop(mu, oh, ow, h, w), _crop(sd, oh, ow, h, w)
-            bias = bias - _sum_rest(A * (mu / sd))
-            A = A / sd
-    return A, bias, (oh, ow)
+        A, bias, origin = layer.rule.window(layer, A, bias, origin, act_bounds.get(k))
+    return A, bias, origin
 
 
 def _intermediate_crown_windowed(
@@ -337,11 +163,11 @@ def _intermediate_crown_windowed(
         A_in, bias, (oh, ow) = _window_backward(prefix, A, (p // W, p % W), act_bounds)
         h, w = A_in.shape[-2:]
         sub = LpBall.trusted(
-            _crop(ball.center, oh, ow, h, w),
-            _crop(e, oh, ow, h, w),
+            crop(ball.center, oh, ow, h, w),
+            crop(e, oh, ow, h, w),
             ball.norm,
-            None if lower is None else _crop(lower, oh, ow, h, w),
-            None if upper is None else _crop(upper, oh, ow, h, w),
+            None if lower is None else crop(lower, oh, ow, h, w),
+            None if upper is None else crop(upper, oh, ow, h, w),
         )
         val = sub.concretize(A_in.expand(B, *A_in.shape[1:]), sign=-1.0) + bias
         lo_out[:, sel] = val[:, :r]
@@ -366,7 +192,7 @@ def _intermediate_crown(
     if (
         len(out_shape) == 3
         and out_shape[1] * out_shape[2] > 1
-        and all(layer.kind in _SPATIAL for layer in prefix)
+        and all(layer.rule.window is not None for layer in prefix)
         and ball.center.dim() == 4
     ):
         lo, up = _intermediate_crown_windowed(prefix, ball, act_bounds, index)
@@ -406,11 +232,11 @@ def activation_bounds(
     folded, rest = fold_input(layers, ball)
     bounds_: dict[int, Interval] = {}
     ibp_per_layer = None
-    if intermediate == "ibp" or any(layer.kind in ("relu", "tanh") for layer in rest):
+    if intermediate == "ibp" or any(layer.rule.role == "activation" for layer in rest):
         # IBP pre-activations: used by CROWN-IBP, and by CROWN where exact.
         _, ibp_per_layer = ibp(rest, folded)
     for k, layer in enumerate(rest):
-        if layer.kind not in ("relu", "tanh"):
+        if layer.rule.role != "activation":
             continue
         if k == 0:
             bounds_[k] = folded.box()
@@ -418,7 +244,7 @@ def activation_bounds(
         prefix = rest[:k]
         if intermediate == "ibp" or _is_exact_by_ibp(prefix):
             bounds_[k] = ibp_per_layer[k - 1]
-        elif layer.kind == "relu":
+        elif layer.rule.exact_when_stable:
             # As auto_LiRPA's default: CROWN only for neurons that IBP finds
             # unstable in some batch element; IBP bounds for the others (their
             # ReLU relaxation is exact whatever the bound values).
