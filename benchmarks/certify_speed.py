@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bounds  # noqa: E402
 from certrl.certify import (  # noqa: E402
+    CertifyOptions,
     ExactConfig,
     RadiusConfig,
     SmoothingConfig,
@@ -48,8 +49,9 @@ def speed_rows(name, net, x_all, eps, plan, kind="discrete"):
     rows = []
     for method, n_states, radius, extra in plan:
         x = x_all[:n_states]
-        kw = dict(radius=RadiusConfig(rtol=0.01) if radius else False, q_values=False,
-                  **extra)
+        opts = CertifyOptions(radius=RadiusConfig(rtol=0.01) if radius else False,
+                              q_values=False, **extra)
+        kw = dict(options=opts)
         try:
             dt = timed(lambda: certify_states(net, x, eps, method, kind=kind, **kw),
                        lambda: certify_states(net, x[:1], eps, method, kind=kind, **kw))
@@ -70,8 +72,8 @@ def ladder(seed: int, din: int, width: int, dout: int, n: int, eps: float):
     out = []
     for m in ("ibp", "crown-ibp", "crown", "alpha-crown", "exact"):
         t0 = time.perf_counter()
-        c = certify_states(net, x, eps, m, radius=rc, q_values=False,
-                           exact=ExactConfig(max_relus=4 * width))[0]
+        opts = CertifyOptions(radius=rc, q_values=False, exact=ExactConfig(max_relus=4 * width))
+        c = certify_states(net, x, eps, m, options=opts)[0]
         dt = time.perf_counter() - t0
         out.append((f"{din}-{width}-{width}-{dout}", m, f"{np.mean(c.min_margin_lower):.4f}",
                     f"{c.certified.mean():.2f}", f"{np.mean(c.radius):.4f}", f"{dt:.2f}"))

@@ -13,29 +13,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 import bounds
+from bounds.perturbation import parse_norm  # the project's one norm parser
 
 SPACE_PIXELS = "[0,1]-scaled pixels"
 SPACE_NORMALIZED = "running-mean/std normalized observation"
 SPACE_RAW = "raw observation"
 BUDGETS = ("per-step", "episode")
-
-
-def parse_norm(norm) -> float:
-    """Accept inf / 'inf' / 'linf' / 2 / 'l2' / 1 / 'l1'; return inf, 2.0 or 1.0."""
-    if isinstance(norm, str):
-        key = norm.strip().lower().replace("_", "")
-        table = {"inf": math.inf, "linf": math.inf, "infinity": math.inf, "2": 2.0, "l2": 2.0,
-                 "1": 1.0, "l1": 1.0}
-        if key not in table:
-            raise ValueError(f"unknown norm {norm!r}; use 'inf', 2 or 1")
-        return table[key]
-    try:
-        value = float(norm)
-    except (TypeError, ValueError):
-        raise ValueError(f"unknown norm {norm!r}; use 'inf', 2 or 1") from None
-    if value not in (math.inf, 2.0, 1.0):
-        raise ValueError(f"unsupported norm {norm!r}; use inf, 2 or 1")
-    return value
 
 
 def norm_name(norm: float) -> str:
@@ -86,9 +69,19 @@ class ThreatModel:
         d["eps"] = eps
         return ThreatModel.from_dict(d)
 
-    def ball(self, x: torch.Tensor, eps: float | None = None) -> bounds.LpBall:
-        """The perturbation set around the batch ``x`` (B, *shape) as a ``bounds.LpBall``."""
-        e = self.eps if eps is None else check_eps(eps)
+    def ball(self, x: torch.Tensor, eps=None) -> bounds.LpBall:
+        """The perturbation set around the batch ``x`` (B, *shape) as a ``bounds.LpBall``.
+
+        ``eps``: None (this model's radius), one radius (checked by ``check_eps``)
+        or a tensor of per-state radii (B,) (checked by ``bounds.LpBall``: finite,
+        >= 0): state b gets the ball of radius eps[b].
+        """
+        if eps is None:
+            e = self.eps
+        elif isinstance(eps, torch.Tensor) and eps.dim() > 0:
+            e = eps.to(x.dtype).reshape(x.shape[0], *([1] * (x.dim() - 1)))
+        else:
+            e = check_eps(eps)
         return bounds.LpBall(x, e, norm=self.norm, lower=self.lower, upper=self.upper)
 
     def clip(self, x: torch.Tensor) -> torch.Tensor:

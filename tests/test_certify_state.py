@@ -14,6 +14,7 @@ import bounds
 from certrl.agent import shipped_agents
 from certrl.attacks import pgd
 from certrl.certify import (
+    CertifyOptions,
     ExactConfig,
     RadiusConfig,
     SmoothingConfig,
@@ -33,6 +34,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+BARE = CertifyOptions(radius=False, q_values=False)  # action certificate only
 
 
 def small_net(seed: int = 0, din: int = 4, width: int = 8, dout: int = 3) -> nn.Sequential:
@@ -67,7 +71,7 @@ def test_pgd_never_flips_sound_certificates_shipped_agent():
         labels = net(x).argmax(1)
         flipped = strong_pgd_flips(net, x, labels, eps, restarts=10, steps=20)
         for m in SOUND:
-            c = certify_states(net, x, eps, m, radius=False, q_values=False)[0]
+            c = certify_states(net, x, eps, m, options=BARE)[0]
             assert (c.action == labels.numpy()).all()
             bad = c.certified & flipped.numpy()
             assert not bad.any(), f"{m} certified a state PGD flipped at eps {eps}"
@@ -84,10 +88,10 @@ def test_pgd_never_flips_sound_certificates_random_net(seed):
     for eps in (0.05, 0.2):
         flipped = strong_pgd_flips(net, x, labels, eps).numpy()
         for m in (*SOUND, "exact"):
-            c = certify_states(net, x, eps, m, radius=False, q_values=False)[0]
+            c = certify_states(net, x, eps, m, options=BARE)[0]
             assert not (c.certified & flipped).any(), m
         # sampled points too: certified action is the argmax everywhere
-        c = certify_states(net, x, eps, "crown", radius=False, q_values=False)[0]
+        c = certify_states(net, x, eps, "crown", options=BARE)[0]
         pts = x + eps * (2 * torch.rand((200, *x.shape), generator=g) - 1)
         with torch.no_grad():
             arg = net(pts).argmax(-1)
@@ -101,10 +105,10 @@ def test_sound_margins_never_exceed_milp_optimum():
         g = torch.Generator().manual_seed(seed + 10)
         x = torch.randn(6, 4, generator=g)
         for eps in (0.05, 0.15):
-            ex = certify_states(net, x, eps, "exact", radius=False, q_values=False)[0]
+            ex = certify_states(net, x, eps, "exact", options=BARE)[0]
             assert all(s == "optimal" for s in ex.extra["milp_status"])
             for m in SOUND:
-                c = certify_states(net, x, eps, m, radius=False, q_values=False)[0]
+                c = certify_states(net, x, eps, m, options=BARE)[0]
                 fin = np.isfinite(ex.margin_lower)
                 assert (c.margin_lower[fin] <= ex.margin_lower[fin] + 1e-4).all(), m
                 # certified by a bound method => certified exactly
@@ -118,7 +122,8 @@ def test_radius_ladder_exact_alpha_crown_crown_ibp():
     rc = RadiusConfig(init=0.05, rtol=0.03, max_iter=6)
     radii = {}
     for m in ("ibp", "crown", "alpha-crown", "exact"):
-        radii[m] = certify_states(net, x, 0.05, m, radius=rc, q_values=False)[0].radius
+        radii[m] = certify_states(net, x, 0.05, m,
+                                  options=CertifyOptions(radius=rc, q_values=False))[0].radius
     assert (radii["exact"] >= radii["alpha-crown"] - 1e-12).all()
     assert (radii["alpha-crown"] >= radii["crown"] - 1e-12).all()
     assert (radii["crown"] >= radii["ibp"] - 1e-12).all()
@@ -146,7 +151,7 @@ def test_value_and_q_bounds_contain_sampled_values():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(10, 4, generator=g)
     eps = 0.1
-    c = certify_states(net, x, eps, "crown", radius=False)[0]
+    c = certify_states(net, x, eps, "crown", options=CertifyOptions(radius=False))[0]
     pts = x + eps * (2 * torch.rand((300, *x.shape), generator=g) - 1)
     with torch.no_grad():
         q = net(pts).double().numpy()
@@ -176,7 +181,8 @@ def test_continuous_action_mean_bounds_and_deviation():
     dev = np.abs(mu_p - c.output).max(0)
     assert (dev <= c.deviation + 1e-5).all()
     assert np.allclose(c.max_deviation, c.deviation.max(1))
-    c2 = certify_states(net, x, eps, "ibp", kind="continuous", deviation_tol=1e9)[0]
+    c2 = certify_states(net, x, eps, "ibp", kind="continuous",
+                        options=CertifyOptions(deviation_tol=1e9))[0]
     assert c2.certified.all()
 
 
@@ -189,7 +195,8 @@ def test_smoothing_radius_matches_hand_computation():
     x = torch.zeros(3, 4)
     sig, n, alpha = 0.5, 500, 0.01
     res = certify_states(net, x, [0.1, 0.5], "smoothing",
-                         smoothing=SmoothingConfig(sigma=sig, n0=50, n=n, alpha=alpha))
+                         options=CertifyOptions(smoothing=SmoothingConfig(sigma=sig, n0=50,
+                                                                          n=n, alpha=alpha)))
     pA = alpha ** (1.0 / n)  # Clopper-Pearson lower bound with n successes out of n
     r2 = sig * _norm.ppf(pA)
     c = res[0]
@@ -237,8 +244,9 @@ def test_exact_refuses_large_or_conv_nets():
     with pytest.raises(ValueError, match="ReLU MLPs only"):
         certify_states(conv, torch.zeros(2, 1, 6, 6), 0.1, "exact")
     # a raised limit lets it through
-    c = certify_states(big, torch.zeros(1, 4), 0.0, "exact", radius=False,
-                       exact=ExactConfig(max_relus=400), q_values=False)[0]
+    c = certify_states(big, torch.zeros(1, 4), 0.0, "exact",
+                       options=CertifyOptions(radius=False, exact=ExactConfig(max_relus=400),
+                                              q_values=False))[0]
     assert c.certificate_kind == "sound"
 
 
@@ -262,7 +270,8 @@ def test_every_record_has_a_kind():
     net = small_net()
     x = torch.randn(3, 4)
     for m in ("ibp", "smoothing"):
-        c = certify_states(net, x, 0.01, m, smoothing=SmoothingConfig(n=100))[0]
+        c = certify_states(net, x, 0.01, m,
+                           options=CertifyOptions(smoothing=SmoothingConfig(n=100)))[0]
         assert c.state_row(0)["certificate_kind"] in ("sound", "probabilistic")
         assert math.isfinite(c.state_row(0)["time_s"])
 

@@ -4,11 +4,19 @@ State certificates (``certify_states``): per state, the greedy action, whether
 it is certified at eps, margin lower bounds, certified radius, output/value
 bounds (discrete) or action-mean bounds and max deviation (continuous), by a
 sound bound method (ibp, crown, crown-ibp, alpha-crown, lipschitz, exact) or
-randomized smoothing (probabilistic). Trajectory certificates: ACR and
+randomized smoothing (probabilistic); the methods live in one registry
+(``certrl.certify.methods``). Trajectory certificates: ACR and
 certified trajectories along seeded episodes, the policy-smoothing certified
 expected return, the S-DQN median bound, and GWC (a heuristic).
 """
 
+from certrl.certify.methods import (
+    METHODS,
+    CertifyOptions,
+    CertMethod,
+    get_method,
+    method_names,
+)
 from certrl.certify.run import (
     TRAJ_METHODS,
     CertifySettings,
@@ -43,7 +51,8 @@ from certrl.certify.trajectory import (
 from certrl.records import append_rows_atomic, read_rows  # the shared reader / appender
 
 __all__ = [
-    "BOUND_METHODS", "KIND", "STATE_METHODS", "TRAJ_METHODS", "CertifySettings", "Episode",
+    "BOUND_METHODS", "KIND", "METHODS", "CertMethod", "CertifyOptions", "get_method",
+    "method_names", "STATE_METHODS", "TRAJ_METHODS", "CertifySettings", "Episode",
     "ExactConfig", "RadiusConfig", "SmoothingConfig", "StateCertificates", "all_methods",
     "append_rows_atomic", "certified_radius", "certify_states", "dkw_margin",
     "episode_l2_budget", "episode_summary", "gwc_rollout", "is_lipschitz_net",

@@ -18,20 +18,22 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from certrl.agent import Agent
-from certrl.certify.state import (
+from certrl.certify.methods import (
+    CertifyOptions,
     ExactConfig,
     RadiusConfig,
     SmoothingConfig,
-    certify_states,
-    check_method,
-    validate,
+    get_method,
+    lipschitz_constant,
+    method_names,
 )
+from certrl.certify.state import certify_states, check_eps_list, validate
 from certrl.certify.trajectory import (
     RETURN_MIN,
     Episode,
@@ -46,14 +48,12 @@ from certrl.certify.trajectory import (
 from certrl.identity import agent_identity
 from certrl.records import UnitLog, agent_fields, read_rows, reset_file
 
-TRAJ_METHODS = ("policy-smoothing", "gwc")
+TRAJ_METHODS = method_names("trajectory")
 
 
 def all_methods() -> tuple[str, ...]:
-    """State methods and trajectory-level methods accepted by ``certrl certify``."""
-    from certrl.certify.state import STATE_METHODS
-
-    return (*STATE_METHODS, *TRAJ_METHODS)
+    """Every registered method (state and trajectory level), as ``certrl certify`` takes."""
+    return method_names()
 
 
 @dataclass
@@ -73,26 +73,15 @@ class CertifySettings:
     state_rows: bool = True
 
     def for_method(self, method: str) -> dict:
-        """The settings that matter for ``method`` (JSON-able)."""
-        d = {"seed": self.seed, "max_steps": self.max_steps}
-        if method in ("ibp", "crown", "crown-ibp", "alpha-crown", "exact", "lipschitz"):
-            d["radius"] = asdict(self.radius)
-        if method in ("ibp", "crown", "crown-ibp", "alpha-crown"):
-            d["backend"] = self.backend
-        if method == "alpha-crown":
-            d["alpha_iterations"] = self.alpha_iterations
-        if method == "exact":
-            d["exact"] = asdict(self.exact)
-        if method in ("smoothing", "policy-smoothing"):
-            s = asdict(self.smoothing)
-            s.pop("batch_size")
-            if method == "policy-smoothing":
-                s = {"sigma": s["sigma"], "alpha": s["alpha"], "episodes": self.ps_episodes,
-                     "return_min": self.ps_return_min}
-            d["smoothing"] = s
-        if method == "gwc":
-            d["gwc_bounds"] = self.gwc_method
-        return d
+        """The settings that matter for ``method`` (JSON-able; see ``methods``)."""
+        return {"seed": self.seed, "max_steps": self.max_steps,
+                **get_method(method).settings(self)}
+
+    def options(self, seed) -> CertifyOptions:
+        """The state-certification options of these settings (smoothing noise ``seed``)."""
+        return CertifyOptions(backend=self.backend, alpha_iterations=self.alpha_iterations,
+                              radius=self.radius, smoothing=self.smoothing, exact=self.exact,
+                              seed=seed)
 
 
 # Fields written once per unit (episode row), not repeated on every state row.
@@ -167,8 +156,6 @@ def plan_units(episodes: int, eps_list: list[float], methods: list[str],
 def certification_net(agent: Agent):
     """The acting network for certification: its bounded form, or the network itself
     when it is a Lipschitz (SortNet / l_inf-dist) network without one."""
-    from certrl.certify.state import lipschitz_constant
-
     try:
         return agent.bounded_form()
     except ValueError:
@@ -181,41 +168,40 @@ def check_request(agent: Agent, eps_list: list[float], methods: list[str],
                   settings: CertifySettings, observations=None) -> None:
     """Raise ValueError for a request that cannot run (before anything is written)."""
     if observations is not None:
-        obs = np.asarray(observations)
-        if obs.dtype == object or not np.issubdtype(obs.dtype, np.number):
-            raise ValueError("observations must be a numeric array")
-        if tuple(obs.shape[1:]) != agent.obs_shape or obs.ndim != len(agent.obs_shape) + 1:
-            raise ValueError(f"observations of shape {tuple(obs.shape)} do not match the "
-                             f"agent's (N, {', '.join(map(str, agent.obs_shape))}) for "
-                             f"{agent.env_id}")
-        if obs.shape[0] == 0:
-            raise ValueError("observations: empty batch")
-        if not np.isfinite(obs.astype(np.float64)).all():
-            raise ValueError("observations contain NaN or inf values")
-        bad = [m for m in methods if m in TRAJ_METHODS]
-        if bad:
-            raise ValueError(f"{', '.join(bad)} certify whole episodes, not given observations")
+        _check_observations(agent, observations, methods)
     if not eps_list:
         raise ValueError("give at least one --eps")
-    for e in eps_list:
-        if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
-            raise ValueError(f"eps must be finite and >= 0; got {e}")
+    check_eps_list(eps_list)
     if not methods:
         raise ValueError("give at least one --method")
-    known = all_methods()
     net = certification_net(agent)
-    for m in methods:
-        if m not in known:
-            raise ValueError(f"unknown method {m!r}; choose from {', '.join(known)}")
-        if m in TRAJ_METHODS:
-            if agent.action_space_kind != "discrete":
-                raise ValueError(f"{m} needs a discrete-action agent")
-            if m == "policy-smoothing":
-                _check_return_min(agent, settings)
+    for name in methods:
+        m = get_method(name)
+        if m.level == "state":
+            validate(net, agent.obs_shape, name, agent.threat_model.norm,
+                     agent.action_space_kind, settings.options(settings.seed))
             continue
-        check_method(m)
-        validate(net, agent.obs_shape, m, agent.threat_model.norm, agent.action_space_kind,
-                 settings.exact)
+        if agent.action_space_kind not in m.actions:
+            raise ValueError(f"{name} needs a discrete-action agent")
+        if name == "policy-smoothing":
+            _check_return_min(agent, settings)
+
+
+def _check_observations(agent: Agent, observations, methods: list[str]) -> None:
+    obs = np.asarray(observations)
+    if obs.dtype == object or not np.issubdtype(obs.dtype, np.number):
+        raise ValueError("observations must be a numeric array")
+    if tuple(obs.shape[1:]) != agent.obs_shape or obs.ndim != len(agent.obs_shape) + 1:
+        raise ValueError(f"observations of shape {tuple(obs.shape)} do not match the "
+                         f"agent's (N, {', '.join(map(str, agent.obs_shape))}) for "
+                         f"{agent.env_id}")
+    if obs.shape[0] == 0:
+        raise ValueError("observations: empty batch")
+    if not np.isfinite(obs.astype(np.float64)).all():
+        raise ValueError("observations contain NaN or inf values")
+    bad = [m for m in methods if get_method(m).level == "trajectory"]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} certify whole episodes, not given observations")
 
 
 def _check_return_min(agent: Agent, settings: CertifySettings) -> None:
@@ -252,10 +238,10 @@ def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: l
     episode "obs").
     """
     settings = settings or CertifySettings()
-    eps_list = [float(e) for e in eps_list]
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     check_request(agent, eps_list, methods, settings, observations)
+    eps_list = [float(e) for e in eps_list]
     aid = agent_id(agent)
     if fresh:
         reset_file(out)
@@ -314,12 +300,12 @@ class _RunContext:
 
     def run_group(self, ep, m: str, eps_todo: list[float], bar) -> None:
         """Compute and commit the units (ep, e, m) for e in ``eps_todo``."""
-        if m == "policy-smoothing":
-            self.policy_smoothing(eps_todo, bar)
-        elif m == "gwc":
-            self.gwc(ep, eps_todo, bar)
-        else:
+        if get_method(m).level == "state":
             self.states(ep, m, eps_todo, bar)
+        elif m == "policy-smoothing":  # trajectory methods: one runner each
+            self.policy_smoothing(eps_todo, bar)
+        else:
+            self.gwc(ep, eps_todo, bar)
 
     def episode(self, ep) -> Episode:
         if ep not in self._episodes:
@@ -352,11 +338,9 @@ class _RunContext:
         common = self.common(m)
         episode = self.episode(ep)
         certs = certify_states(
-            self.net, episode.x, eps_todo, m, kind=agent.action_space_kind, norm=tm.norm,
-            lower=tm.lower, upper=tm.upper, backend=st.backend, radius=st.radius,
-            smoothing=st.smoothing, exact=st.exact, alpha_iterations=st.alpha_iterations,
-            generator=st.seed * 100003 + (episode.seed or 0))
-        # state rows carry the identifying fields of design.md section 5; the
+            self.net, episode.x, eps_todo, m, kind=agent.action_space_kind, threat=tm,
+            options=st.options(st.seed * 100003 + (episode.seed or 0)))
+        # state rows carry the identifying fields of a result row (docs/results.md); the
         # bulky config / versions / settings live once per unit in its episode row
         lean = {k: v for k, v in common.items() if k not in _UNIT_ONLY}
         for cert in certs:
@@ -365,11 +349,7 @@ class _RunContext:
                 rows = [{**lean, "record": "state", "episode": ep, "episode_seed": episode.seed,
                          "step": t, **cert.state_row(t)} for t in range(episode.steps)]
             summ = episode_summary(episode, cert)
-            extra = {}
-            if m == "smoothing":
-                extra = {k: cert.extra[k] for k in
-                         ("n0", "n", "alpha", "sigma", "bound", "bound_type", "eps_l2",
-                          "conversion", "input_dim", "policy")}
+            extra = {k: cert.extra[k] for k in get_method(m).episode_fields}
             key = unit_key(self.aid, ep, cert.eps, m)
             last = {**common, "record": "batch" if ep == "obs" else "episode", "unit": key,
                     "episode": ep, "episode_seed": episode.seed, "eps": cert.eps,

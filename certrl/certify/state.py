@@ -42,61 +42,36 @@ import numpy as np
 import torch
 from torch import nn
 
-import bounds
-from bounds import lipschitz as _lip
-from bounds import smoothing as _smooth
-from certrl.threat import parse_norm
+from bounds.smoothing import linf_to_l2
+from certrl.certify.methods import (
+    METHODS,
+    BoundPropagation,
+    CertifyOptions,
+    CertMethod,
+    ExactConfig,
+    RadiusConfig,
+    Smoothing,
+    SmoothingConfig,
+    check_exact,
+    count_relus,
+    is_lipschitz_net,
+    lipschitz_constant,
+    method_names,
+    state_method,
+)
+from certrl.threat import ThreatModel, check_eps, parse_norm
 
 INF = float("inf")
-BOUND_METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
-STATE_METHODS = (*BOUND_METHODS, "lipschitz", "exact", "smoothing")
-KIND = {**{m: "sound" for m in BOUND_METHODS}, "lipschitz": "sound", "exact": "sound",
-        "smoothing": "probabilistic"}
-_LIP_LAYERS = (_lip.SortNetLayer, _lip.LinfDistLayer, _lip.ScalarBias, nn.Flatten, nn.Identity)
+BOUND_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, BoundPropagation))
+STATE_METHODS = method_names("state")
+KIND = {n: METHODS[n].kind for n in STATE_METHODS}
 
-
-@dataclass
-class SmoothingConfig:
-    """Cohen et al. CERTIFY settings: noise std, selection / estimation samples, level."""
-
-    sigma: float = 0.1
-    n0: int = 100
-    n: int = 1000
-    alpha: float = 0.001
-    batch_size: int = 20000
-
-
-@dataclass
-class ExactConfig:
-    """MILP settings: per-MILP time limit (s) and the largest network accepted.
-
-    ``max_relus`` caps the *total* number of ReLU neurons of the network, so a
-    too-large net is refused before any work (and no unstable-ReLU error can
-    happen midway).
-    """
-
-    time_limit: float = 30.0
-    max_relus: int = 200
-    preact: str = "crown"
-
-
-@dataclass
-class RadiusConfig:
-    """Certified-radius search: bracket by doubling/halving from ``init``, then bisect.
-
-    The search stops when (hi - lo) <= rtol * hi or after ``max_iter`` bisection
-    steps; the reported radius is ``lo``, an eps at which the action *was*
-    verified (0 if none above ``init * 2**-max_halvings``). ``max_eps`` caps the
-    doubling (radius then reported as the last verified eps, ``radius_capped``).
-    """
-
-    enabled: bool = True
-    init: float | None = None
-    rtol: float = 0.01
-    max_iter: int = 12
-    max_halvings: int = 12
-    max_doublings: int = 20
-    max_eps: float = 1e4
+__all__ = [
+    "BOUND_METHODS", "KIND", "STATE_METHODS", "CertifyOptions", "ExactConfig", "RadiusConfig",
+    "SmoothingConfig", "StateCertificates", "certified_radius", "certify_states",
+    "check_eps_list", "check_exact", "check_method", "count_relus", "is_lipschitz_net",
+    "lipschitz_constant", "validate",
+]
 
 
 @dataclass
@@ -168,216 +143,103 @@ class StateCertificates:
 
 
 # ----------------------------------------------------------------- checking
-def _as_input(x, shape_hint: tuple[int, ...] | None) -> torch.Tensor:
+def check_method(method: str) -> str:
+    """Return ``method`` if it is a registered state-certificate method, else ValueError."""
+    return state_method(method).name
+
+
+def check_eps_list(eps) -> list[float]:
+    """One radius or a non-empty list of them, each checked by ``threat.check_eps``."""
+    eps_list = list(eps) if isinstance(eps, (list, tuple, np.ndarray)) else [eps]
+    if not eps_list:
+        raise ValueError("need at least one eps")
+    return [check_eps(e) for e in eps_list]
+
+
+def validate(net: nn.Module, in_shape: tuple[int, ...], method: str, norm: float,
+             kind: str, options: CertifyOptions | ExactConfig | None = None) -> None:
+    """Raise ValueError if ``method`` cannot certify ``net`` under this threat model."""
+    if isinstance(options, ExactConfig):
+        options = CertifyOptions(exact=options)
+    state_method(method).check(net, tuple(in_shape), parse_norm(norm), kind,
+                               options or CertifyOptions())
+
+
+def _as_input(x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     if not x.is_floating_point():
         x = x.to(torch.float32)
     if x.dim() < 2:
         raise ValueError(f"observations must be a batch (B, *shape); got shape {tuple(x.shape)}")
-    if shape_hint is not None and tuple(x.shape[1:]) != tuple(shape_hint):
-        raise ValueError(f"observation batch shape {tuple(x.shape)} does not match the "
-                         f"network input (B, {', '.join(map(str, shape_hint))})")
     if not torch.isfinite(x).all():
         raise ValueError("observations contain NaN or inf values")
     return x.detach()
 
 
-def check_method(method: str) -> str:
-    """Return ``method`` if it is a state-certificate method, else ValueError."""
-    if method not in STATE_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(STATE_METHODS)}")
-    return method
-
-
-def is_lipschitz_net(net: nn.Module) -> bool:
-    """True iff every leaf layer is a ``bounds.lipschitz`` 1-Lipschitz (l_inf) layer,
-    or the module declares its constant (``lipschitz_linf``, e.g. certrl's lipschitz_q)."""
-    return lipschitz_constant(net) is not None
-
-
-def lipschitz_constant(net: nn.Module) -> float | None:
-    """L with |f_k(x) - f_k(x')| <= L ||x - x'||_inf for every output k, or None.
-
-    A module with a ``lipschitz_linf`` attribute (e.g. ``certrl.nets.LipschitzQNetwork``,
-    Q = scale * SortNet MLP) gives it; a Sequential made only of SortNet / l_inf-dist
-    layers (plus ScalarBias, Flatten, Identity) has L = 1; anything else: None.
-    """
-    declared = getattr(net, "lipschitz_linf", None)
-    if declared is not None and not isinstance(net, _lip.LipschitzMLP):
-        L = float(declared)
-        return L if (L > 0 and math.isfinite(L)) else None
-    leaves = _lip._modules(net)
-    ok = bool(leaves) and all(isinstance(m, _LIP_LAYERS) for m in leaves) and any(
-        isinstance(m, (_lip.SortNetLayer, _lip.LinfDistLayer)) for m in leaves)
-    return 1.0 if ok else None
-
-
-def count_relus(net: nn.Module, in_shape: tuple[int, ...]) -> int:
-    """Number of ReLU neurons of ``net`` at input shape ``in_shape``."""
-    n = 0
-    z = torch.zeros(1, *in_shape)
+def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """f(x) (B, K), with a clear error when x does not fit the network."""
     with torch.no_grad():
-        for m in _lip._modules(net):
-            z = m(z)
-            if isinstance(m, nn.ReLU):
-                n += z[0].numel()
-    return n
+        try:
+            out = net(x)
+        except RuntimeError as err:
+            raise ValueError(f"observation batch shape {tuple(x.shape)} does not fit the "
+                             f"network: {err}") from None
+    if out.dim() != 2:
+        raise ValueError(f"the network must output (B, K); got {tuple(out.shape)}")
+    return out.detach()
 
 
-def check_exact(net: nn.Module, in_shape: tuple[int, ...], cfg: ExactConfig) -> None:
-    """Raise ValueError unless ``net`` is a ReLU MLP small enough for MILP."""
-    allowed = (nn.Linear, nn.ReLU, nn.Flatten, nn.Identity, bounds.Normalize)
-    bad = [type(m).__name__ for m in _lip._modules(net) if not isinstance(m, allowed)]
-    if bad:
-        raise ValueError(f"exact (MILP) handles ReLU MLPs only (Linear/ReLU/Flatten/Normalize); "
-                         f"this network has {', '.join(sorted(set(bad)))}; use crown or "
-                         "alpha-crown instead")
-    n = count_relus(net, in_shape)
-    if n > cfg.max_relus:
-        raise ValueError(f"exact (MILP): network too large for an exact answer ({n} ReLU "
-                         f"neurons > max_relus={cfg.max_relus}); use alpha-crown or crown, or "
-                         "raise max_relus")
+# ----------------------------------------------------------- radius search
+@dataclass
+class _Verifier:
+    """Is the label of each state certified at a per-state eps? (one method, one net)."""
 
+    method: CertMethod
+    net: object  # what ``method.prepare`` returned (parsed once)
+    x: torch.Tensor
+    labels: torch.Tensor
+    threat: ThreatModel
+    options: CertifyOptions
 
-def validate(net: nn.Module, in_shape: tuple[int, ...], method: str, norm: float,
-             kind: str, exact: ExactConfig | None = None) -> None:
-    """Raise ValueError if ``method`` cannot certify ``net`` under this threat model."""
-    check_method(method)
-    if kind not in ("discrete", "continuous"):
-        raise ValueError(f"action kind must be 'discrete' or 'continuous'; got {kind!r}")
-    if method in BOUND_METHODS and lipschitz_constant(net) is not None \
-            and not isinstance(net, nn.Sequential):
-        raise ValueError(f"{method} cannot bound this SortNet / l_inf-dist network; use "
-                         "--method lipschitz (closed form, sound)")
-    if method == "lipschitz":
-        if not is_lipschitz_net(net):
-            names = sorted({type(m).__name__ for m in _lip._modules(net)
-                            if not isinstance(m, _LIP_LAYERS)})
-            raise ValueError("the lipschitz certificate needs a network made only of "
-                             "bounds.lipschitz layers (SortNetLayer / LinfDistLayer, "
-                             f"ScalarBias, Flatten); this one has {', '.join(names) or 'none'}; "
-                             "use crown (or ibp / alpha-crown) instead")
-        if norm != INF:
-            raise ValueError("the lipschitz certificate is for the l_inf norm")
-    if method == "exact":
-        if norm != INF:
-            raise ValueError("exact (MILP) certificates are for the l_inf norm")
-        if kind != "discrete":
-            raise ValueError("exact (MILP) certifies discrete actions only")
-        check_exact(net, in_shape, exact or ExactConfig())
-    if method == "smoothing":
-        if kind != "discrete":
-            raise ValueError("smoothing certifies discrete (argmax) actions only")
-        if norm not in (INF, 2.0):
-            raise ValueError("smoothing certificates cover the l2 norm (and l_inf by conversion)")
-
-
-# ----------------------------------------------------------- verification
-def _eps_tensor(eps, x: torch.Tensor) -> torch.Tensor:
-    e = torch.as_tensor(eps, dtype=x.dtype).reshape(-1)
-    if e.numel() == 1:
-        e = e.expand(x.shape[0])
-    return e.reshape(x.shape[0], *([1] * (x.dim() - 1)))
-
-
-def _margins(net, x, eps, labels, method, norm, lower, upper, backend, alpha_iterations,
-             exact: ExactConfig) -> tuple[torch.Tensor, dict]:
-    """(B, K) margin lower bounds f_label - f_j over the ball (eps scalar or per state)."""
-    if method in BOUND_METHODS:
-        ball = bounds.LpBall(x, _eps_tensor(eps, x), norm=norm, lower=lower, upper=upper)
-        with torch.no_grad():
-            ml = bounds.margin_lower(net, ball, labels, method=method, backend=backend,
-                                     alpha_iterations=alpha_iterations)
-        return ml.detach().double(), {}
-    if method == "lipschitz":
-        L = lipschitz_constant(net)
-        with torch.no_grad():
-            out = net(x).double()
-        e = _eps_tensor(eps, x).reshape(-1, 1).double()
-        c = _lip.lipschitz_margin_certificate(out, 0.0, L, labels)
-        ml = c.margin_lower - 2.0 * L * e
-        atol = 8.0 * torch.finfo(out.dtype).eps * (1.0 + float(out.abs().max()))
-        # subtract the rounding tolerance so "> 0" means certified with margin to spare
-        return (ml - atol).masked_fill(torch.isinf(c.margin_lower), INF), {}
-    if method == "exact":
-        e = _eps_tensor(eps, x)
-        res = bounds.milp_margin(net, x, e, labels, lower=lower, upper=upper,
-                                 time_limit=exact.time_limit, max_relus=exact.max_relus,
-                                 preact=exact.preact)
-        status = ["optimal" if all(s in ("optimal", "label") for s in row) else
-                  ("time_limit" if any(s == "time_limit" for s in row) else "error")
-                  for row in res.status]
-        # same float32 rounding allowance as bounds.margin_lower (MILP is exact in reals
-        # up to the solver's 1e-6 tolerance; the network runs in float32)
-        with torch.no_grad():
-            slack = bounds.api.rounding_allowance(net(x).flatten(1)).double() + 1e-6
-        return res.values.double() - slack, {"milp_status": np.array(status, dtype=object)}
-    raise ValueError(f"no margin computation for method {method!r}")
-
-
-def _verified(net, x, eps, labels, **kw) -> torch.Tensor:
-    ml, _ = _margins(net, x, eps, labels, **kw)
-    return (ml > 0).all(dim=1)
-
-
-def certified_radius(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, method: str,
-                     norm: float = INF, lower=None, upper=None, backend: str = "auto",
-                     alpha_iterations: int = 20, exact: ExactConfig | None = None,
-                     cfg: RadiusConfig | None = None, init: float = 0.01,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Largest verified eps per state: r_b with action ``labels[b]`` certified at r_b.
-
-    Bracketing: starting from ``init``, double while verified (lo = last
-    verified) or halve while not (hi = last refused); then bisect
-    [lo, hi] until (hi - lo) <= rtol * hi or ``max_iter`` steps. Every value
-    returned was itself verified by ``method`` (0 = not verified at any eps tried).
-    Returns (radius (B,), capped (B,) bool: still verified at ``max_eps``).
-    """
-    cfg = cfg or RadiusConfig()
-    exact = exact or ExactConfig()
-    kw = dict(method=method, norm=norm, lower=lower, upper=upper, backend=backend,
-              alpha_iterations=alpha_iterations, exact=exact)
-    B = x.shape[0]
-    lab = torch.as_tensor(labels).long().reshape(-1)
-    lo = np.zeros(B)
-    hi = np.full(B, np.nan)
-    start = float(cfg.init if cfg.init is not None else init)
-    if not start > 0:
-        raise ValueError(f"radius search needs init > 0; got {start}")
-
-    def check(idx: np.ndarray, e: np.ndarray) -> np.ndarray:
+    def __call__(self, idx: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """(len(idx),) bool: state idx[i] certified at radius eps[i]."""
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
-        ok = _verified(net, x[idx], torch.as_tensor(e, dtype=x.dtype), lab[idx], **kw)
-        return ok.cpu().numpy()
+        x = self.x[idx]
+        ball = self.threat.ball(x, torch.as_tensor(eps, dtype=x.dtype))
+        ml, _ = self.method.margins(self.net, ball, self.labels[idx], self.options)
+        return (ml > 0).all(dim=1).cpu().numpy()
 
+
+def _bracket(check, B: int, start: float, cfg: RadiusConfig):
+    """Doubling from ``start`` while verified, halving while not: (lo, hi, capped)."""
+    lo, hi = np.zeros(B), np.full(B, np.nan)
     ok0 = check(np.arange(B), np.full(B, start))
-    lo[ok0] = start
-    hi[~ok0] = start
-    # double the verified ones, halve the refused ones
-    up = np.flatnonzero(ok0)
-    cur = start
+    lo[ok0], hi[~ok0] = start, start
+    up, cur = np.flatnonzero(ok0), start
     for _ in range(cfg.max_doublings):
         if up.size == 0 or cur * 2 > cfg.max_eps:
             break
         cur *= 2
         ok = check(up, np.full(up.size, cur))
-        lo[up[ok]] = cur
-        hi[up[~ok]] = cur
+        lo[up[ok]], hi[up[~ok]] = cur, cur
         up = up[ok]
     capped = np.zeros(B, dtype=bool)
     capped[up] = True
-    down = np.flatnonzero(~ok0)
-    cur = start
+    down, cur = np.flatnonzero(~ok0), start
     for _ in range(cfg.max_halvings):
         if down.size == 0:
             break
         cur /= 2
         ok = check(down, np.full(down.size, cur))
-        lo[down[ok]] = cur
-        hi[down[~ok]] = cur
+        lo[down[ok]], hi[down[~ok]] = cur, cur
         down = down[~ok]
+    return lo, hi, capped
+
+
+def _bisect(check, lo: np.ndarray, hi: np.ndarray, cfg: RadiusConfig) -> np.ndarray:
+    """Bisect each bracket [lo, hi] (lo verified, hi refused) until it is within rtol."""
     # states never verified keep lo = 0, hi = smallest eps tried: no bisection
     act = np.flatnonzero((lo > 0) & np.isfinite(hi))
     for _ in range(cfg.max_iter):
@@ -388,99 +250,98 @@ def certified_radius(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, meth
         ok = check(act, mid)
         lo[act[ok]] = mid[ok]
         hi[act[~ok]] = mid[~ok]
-    return lo, capped
+    return lo
+
+
+def _search(check, B: int, start: float, cfg: RadiusConfig) -> tuple[np.ndarray, np.ndarray]:
+    if not start > 0:
+        raise ValueError(f"radius search needs init > 0; got {start}")
+    lo, hi, capped = _bracket(check, B, start, cfg)
+    return _bisect(check, lo, hi, cfg), capped
+
+
+def certified_radius(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, method: str,
+                     threat: ThreatModel | None = None, options: CertifyOptions | None = None,
+                     init: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Largest verified eps per state: r_b with action ``labels[b]`` certified at r_b.
+
+    Bracketing: starting from ``options.radius.init`` (else ``init``), double
+    while verified (lo = last verified) or halve while not (hi = last refused);
+    then bisect [lo, hi] until (hi - lo) <= rtol * hi or ``max_iter`` steps.
+    Every value returned was itself verified by ``method`` under ``threat``
+    (0 = not verified at any eps tried); the network is parsed once.
+    Returns (radius (B,), capped (B,) bool: still verified at ``max_eps``).
+    """
+    m, options = state_method(method), options or CertifyOptions()
+    threat = threat or ThreatModel()
+    lab = torch.as_tensor(labels).long().reshape(-1)
+    check = _Verifier(m, m.prepare(net, options), x, lab, threat, options)
+    cfg = options.radius
+    return _search(check, x.shape[0], float(cfg.init if cfg.init is not None else init), cfg)
+
+
+def _closed_form_radius(check: _Verifier, guess: np.ndarray) -> np.ndarray:
+    """A closed-form radius shrunk until re-verified (rounding), 0 where it is not."""
+    r = guess * (1 - 1e-6)
+    idx = np.arange(len(r))
+    for _ in range(3):
+        ok = check(idx, r)
+        if ok[r > 0].all():
+            break
+        r = np.where(ok, r, r * 0.999)
+    return np.where(check(idx, r), r, 0.0)
+
+
+def _radius(check: _Verifier, out64, results: list[StateCertificates]):
+    """Certified radius per state (bisection or closed form) and the capped flags."""
+    m, cfg = check.method, check.options.radius
+    guess = m.radius_guess(check.net, out64, check.labels)
+    if guess is not None:
+        r, capped = _closed_form_radius(check, guess), np.zeros(len(guess), dtype=bool)
+    else:
+        init = cfg.init or max(max(res.eps for res in results), 1e-3)
+        r, capped = _search(check, check.x.shape[0], float(init), cfg)
+    # every grid eps verified also counts: radius >= largest certified grid eps
+    for res in results:
+        r = np.where(res.certified, np.maximum(r, res.eps), r)
+    return r, capped
 
 
 # -------------------------------------------------------------- main entry
 def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "crown", *,
-                   kind: str = "discrete", norm: float = INF, lower=None, upper=None,
-                   backend: str = "auto", radius: RadiusConfig | bool | None = True,
-                   smoothing: SmoothingConfig | None = None, exact: ExactConfig | None = None,
-                   alpha_iterations: int = 20, generator: torch.Generator | int | None = 0,
-                   deviation_tol: float | None = None, q_values: bool = True,
-                   ) -> list[StateCertificates]:
+                   kind: str = "discrete", threat: ThreatModel | None = None,
+                   options: CertifyOptions | None = None) -> list[StateCertificates]:
     """Certify every state of the batch ``x`` at each eps of ``eps`` with ``method``.
 
     Args:
         net: the acting network as an ``nn.Sequential`` (``agent.bounded_form()``),
             network input -> Q-values / logits (discrete) or action mean (continuous).
         x: (B, *in_shape) network inputs (preprocessed observations).
-        eps: one radius or a list (a grid); measured in the threat norm ``norm``.
-        method: ibp, crown, crown-ibp, alpha-crown, lipschitz, exact or smoothing.
+        eps: one radius or a list (a grid), in the threat norm; checked here once.
+        method: a registered state method (``certrl.certify.methods``).
         kind: "discrete" (argmax certificate) or "continuous" (action-mean bounds).
-        norm, lower, upper: the threat model's norm and input domain clip.
-        radius: a :class:`RadiusConfig`, True (defaults) or False/None (skip).
-        smoothing, exact: method settings; generator: smoothing noise seed.
-        deviation_tol: continuous only: certified iff max deviation <= tol.
-        q_values: also bound each output (per-action Q bounds, value bounds).
+        threat: norm and domain clip [lower, upper] (its eps is not used; default
+            l_inf, unbounded).
+        options: how to certify (:class:`CertifyOptions`: backend, radius search,
+            smoothing / exact settings, seed, deviation_tol, q_values).
     Returns:
         One :class:`StateCertificates` per eps (the radius is computed once).
     """
-    check_method(method)
-    eps_list = [eps] if not isinstance(eps, (list, tuple, np.ndarray)) else list(eps)
-    if not eps_list:
-        raise ValueError("need at least one eps")
-    for e in eps_list:
-        e = float(e)
-        if math.isnan(e) or math.isinf(e) or e < 0:
-            raise ValueError(f"eps must be finite and >= 0; got {e}")
-    net = net.eval()
-    x = _as_input(x, None)
-    with torch.no_grad():
-        try:
-            out = net(x)
-        except RuntimeError as err:
-            raise ValueError(f"observation batch shape {tuple(x.shape)} does not fit the "
-                             f"network: {err}") from None
-    if out.dim() != 2:
-        raise ValueError(f"the network must output (B, K); got {tuple(out.shape)}")
-    norm = parse_norm(norm)
-    exact = exact or ExactConfig()
-    validate(net, tuple(x.shape[1:]), method, norm, kind, exact)
-    rcfg = RadiusConfig() if radius is True else (radius or RadiusConfig(enabled=False))
-    out64 = out.detach().double()
-    if method == "smoothing":
-        return _smoothing(net, x, out64, eps_list, norm, smoothing or SmoothingConfig(),
-                          generator)
+    m = state_method(method)
+    eps_list = check_eps_list(eps)
+    threat, options = threat or ThreatModel(), options or CertifyOptions()
+    x = _as_input(x)
+    out = _forward(net.eval(), x)
+    m.check(net, tuple(x.shape[1:]), threat.norm, kind, options)
+    if isinstance(m, Smoothing):
+        return _smoothing(m, net, x, out.double(), eps_list, threat, options)
     if kind == "continuous":
-        return _continuous(net, x, out64, eps_list, method, norm, lower, upper, backend,
-                           alpha_iterations, deviation_tol)
-    labels = out.argmax(dim=1)
-    kw = dict(method=method, norm=norm, lower=lower, upper=upper, backend=backend,
-              alpha_iterations=alpha_iterations, exact=exact)
-    results = []
-    for e in eps_list:
+        return _continuous(m, net, x, out.double(), eps_list, threat, options)
+    check = _Verifier(m, m.prepare(net, options), x, out.argmax(dim=1), threat, options)
+    results = [_discrete_at(check, out.double(), e) for e in eps_list]
+    if options.radius.enabled:
         t0 = time.perf_counter()
-        ml, info = _margins(net, x, float(e), labels, **kw)
-        cert = (ml > 0).all(dim=1).cpu().numpy()
-        lo_q = hi_q = None
-        if q_values:
-            lo_q, hi_q = _output_bounds(net, x, out64, float(e), method, norm, lower, upper,
-                                        backend, alpha_iterations)
-        res = StateCertificates(
-            method=method, eps=float(e), norm=norm, certificate_kind=KIND[method],
-            action=labels.cpu().numpy(), certified=cert, margin_lower=ml.cpu().numpy(),
-            min_margin_lower=ml.min(dim=1).values.cpu().numpy(), radius=None,
-            output_lower=lo_q, output_upper=hi_q, output=out64.cpu().numpy(),
-            extra=dict(info),
-        )
-        if lo_q is not None:
-            _value_fields(res)
-        res.time_s = time.perf_counter() - t0
-        if method == "exact":
-            res.extra["bounds_method"] = "crown (per-output bounds)"
-        results.append(res)
-    if rcfg.enabled:
-        t0 = time.perf_counter()
-        if method == "lipschitz":
-            r = _lipschitz_radius(net, x, out64, labels, kw)
-            capped = np.zeros(len(r), dtype=bool)
-        else:
-            init = rcfg.init or max(float(max(eps_list)), 1e-3)
-            r, capped = certified_radius(net, x, labels, cfg=rcfg, init=init, **kw)
-        # every grid eps verified also counts: radius >= largest certified grid eps
-        for res in results:
-            r = np.where(res.certified, np.maximum(r, res.eps), r)
+        r, capped = _radius(check, out.double(), results)
         dt = time.perf_counter() - t0
         for res in results:
             res.radius = r.copy()
@@ -490,31 +351,27 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
     return results
 
 
-def _lipschitz_radius(net, x, out64, labels, kw) -> np.ndarray:
-    """Closed form (f_a* - f_(2)) / (2 L), shrunk until re-verified (rounding)."""
-    c = _lip.certified_radius(out64, lipschitz_constant(net), labels).cpu().numpy()
-    r = np.maximum(c, 0.0) * (1 - 1e-6)
-    for _ in range(3):
-        ok = _verified(net, x, torch.as_tensor(r, dtype=x.dtype), labels, **kw).cpu().numpy()
-        if ok[r > 0].all():
-            break
-        r = np.where(ok, r, r * 0.999)
-    ok = _verified(net, x, torch.as_tensor(r, dtype=x.dtype), labels, **kw).cpu().numpy()
-    return np.where(ok, r, 0.0)
-
-
-def _output_bounds(net, x, out64, e, method, norm, lower, upper, backend, alpha_iterations):
-    """Per-output [LB, UB] over the ball (exact uses CROWN bounds for this part)."""
-    if method == "lipschitz":
-        o = out64.cpu().numpy()
-        L = lipschitz_constant(net)
-        return o - L * e, o + L * e
-    m = "crown" if method == "exact" else method
-    ball = bounds.LpBall(x, e, norm=norm, lower=lower, upper=upper)
-    with torch.no_grad():
-        lb, ub = bounds.compute(net, ball, method=m, backend=backend,
-                                alpha_iterations=alpha_iterations)
-    return lb.double().cpu().numpy(), ub.double().cpu().numpy()
+def _discrete_at(check: _Verifier, out64: torch.Tensor, e: float) -> StateCertificates:
+    """Action certificate (margins) and, if asked, output / value bounds at one eps."""
+    t0 = time.perf_counter()
+    m, opts = check.method, check.options
+    ball = check.threat.ball(check.x, e)
+    ml, info = m.margins(check.net, ball, check.labels, opts)
+    lo_q = hi_q = None
+    if opts.q_values:
+        lo_q, hi_q = m.output_bounds(check.net, ball, out64, opts)
+    res = StateCertificates(
+        method=m.name, eps=e, norm=check.threat.norm, certificate_kind=m.kind,
+        action=check.labels.cpu().numpy(), certified=(ml > 0).all(dim=1).cpu().numpy(),
+        margin_lower=ml.cpu().numpy(), min_margin_lower=ml.min(dim=1).values.cpu().numpy(),
+        radius=None, output_lower=lo_q, output_upper=hi_q, output=out64.cpu().numpy(),
+        extra=dict(info))
+    if lo_q is not None:
+        _value_fields(res)
+    res.time_s = time.perf_counter() - t0
+    if m.output_note:
+        res.extra["bounds_method"] = m.output_note
+    return res
 
 
 def _value_fields(res: StateCertificates) -> None:
@@ -530,18 +387,18 @@ def _value_fields(res: StateCertificates) -> None:
     res.extra["possible_actions"] = possible.sum(axis=1).astype(np.int64)
 
 
-def _continuous(net, x, out64, eps_list, method, norm, lower, upper, backend,
-                alpha_iterations, tol) -> list[StateCertificates]:
-    results = []
-    mu = out64.cpu().numpy()
+def _continuous(m: CertMethod, net, x, out64, eps_list, threat: ThreatModel,
+                options: CertifyOptions) -> list[StateCertificates]:
+    """Per-dimension action-mean bounds and max deviation at each eps."""
+    results, mu, tol = [], out64.cpu().numpy(), options.deviation_tol
+    bnet = m.prepare(net, options)
     for e in eps_list:
         t0 = time.perf_counter()
-        lb, ub = _output_bounds(net, x, out64, float(e), method, norm, lower, upper, backend,
-                                alpha_iterations)
+        lb, ub = m.output_bounds(bnet, threat.ball(x, e), out64, options)
         dev = np.maximum(ub - mu, mu - lb).clip(min=0.0)
         mdev = dev.max(axis=1)
         results.append(StateCertificates(
-            method=method, eps=float(e), norm=norm, certificate_kind=KIND[method],
+            method=m.name, eps=e, norm=threat.norm, certificate_kind=m.kind,
             action=None, certified=None if tol is None else mdev <= float(tol),
             margin_lower=None, min_margin_lower=None, radius=None, output_lower=lb,
             output_upper=ub, output=mu, max_deviation=mdev, deviation=dev,
@@ -550,36 +407,30 @@ def _continuous(net, x, out64, eps_list, method, norm, lower, upper, backend,
     return results
 
 
-def _smoothing(net, x, out64, eps_list, norm, cfg: SmoothingConfig,
-               generator) -> list[StateCertificates]:
+def _smoothing(m: Smoothing, net, x, out64, eps_list, threat: ThreatModel,
+               options: CertifyOptions) -> list[StateCertificates]:
     """Cohen et al. CERTIFY; certified at eps iff radius_l2 > eps (l2) or eps * sqrt(d)."""
     t0 = time.perf_counter()
-    with torch.no_grad():
-        c = _smooth.certify(net, x, cfg.sigma, cfg.n0, cfg.n, cfg.alpha, generator=generator,
-                            batch_size=cfg.batch_size)
+    c = m.certify(net, x, options)
     dt = time.perf_counter() - t0
     d = int(x[0].numel())
-    scale = math.sqrt(d) if norm == INF else 1.0
-    r2 = c.radius_l2.cpu().numpy()
-    pred = c.prediction.cpu().numpy()
-    base = out64.argmax(dim=1).cpu().numpy()
+    linf = threat.norm == INF
+    r2, pred = c.radius_l2.cpu().numpy(), c.prediction.cpu().numpy()
     # largest threat-norm radius covered by ||delta||_2 < R (strict): shrink a hair
-    r = np.where(pred >= 0, r2 / scale * (1 - 1e-9), 0.0)
+    r = np.where(pred >= 0, r2 / (math.sqrt(d) if linf else 1.0) * (1 - 1e-9), 0.0)
+    common = {"policy": "smoothed", "bound_type": "l2", "bound": c.bound, "n0": c.n0,
+              "n": c.n, "alpha": c.alpha, "sigma": c.sigma, "input_dim": d,
+              "conversion": ("eps_l2 = eps * sqrt(d) (l_inf ball inside the l2 ball)"
+                             if linf else "none (l2 threat model)"),
+              "radius_l2": r2, "pA_lower": c.pA_lower.cpu().numpy(),
+              "base_action": out64.argmax(dim=1).cpu().numpy(), "abstain": pred < 0}
     results = []
     for e in eps_list:
-        e2 = _smooth.linf_to_l2(e, d) if norm == INF else float(e)
-        cert = (pred >= 0) & (r2 > e2)
+        e2 = linf_to_l2(e, d) if linf else float(e)
         results.append(StateCertificates(
-            method="smoothing", eps=float(e), norm=norm, certificate_kind="probabilistic",
-            action=pred, certified=cert, margin_lower=None, min_margin_lower=None, radius=r,
-            output_lower=None, output_upper=None, output=out64.cpu().numpy(),
-            time_s=dt / len(eps_list),
-            extra={"policy": "smoothed", "bound_type": "l2", "bound": c.bound,
-                   "n0": c.n0, "n": c.n, "alpha": c.alpha, "sigma": c.sigma, "input_dim": d,
-                   "eps_l2": e2,
-                   "conversion": ("eps_l2 = eps * sqrt(d) (l_inf ball inside the l2 ball)"
-                                  if norm == INF else "none (l2 threat model)"),
-                   "radius_l2": r2, "pA_lower": c.pA_lower.cpu().numpy(),
-                   "base_action": base, "abstain": pred < 0},
-        ))
+            method=m.name, eps=e, norm=threat.norm, certificate_kind=m.kind,
+            action=pred, certified=(pred >= 0) & (r2 > e2), margin_lower=None,
+            min_margin_lower=None, radius=r, output_lower=None, output_upper=None,
+            output=out64.cpu().numpy(), time_s=dt / len(eps_list),
+            extra={**common, "eps_l2": e2}))
     return results

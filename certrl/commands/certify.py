@@ -9,15 +9,29 @@ import numpy as np
 
 from certrl.agent import load
 from certrl.certify import (
+    METHODS,
     CertifySettings,
     ExactConfig,
     RadiusConfig,
     SmoothingConfig,
-    all_methods,
+    get_method,
+    method_names,
     run_certify,
 )
 from certrl.commands._common import add_force, default_out, eps_arg, positive_int, set_threads
 from certrl.records import check_out
+
+
+def methods_by_kind() -> str:
+    """'ibp, ... (sound); smoothing, ... (probabilistic); gwc (heuristic, ...)', from
+    the registry."""
+    parts = []
+    for kind in ("sound", "probabilistic", "heuristic"):
+        names = [n for n, m in METHODS.items() if m.kind == kind]
+        note = ", not a certificate" if kind == "heuristic" else ""
+        if names:
+            parts.append(f"{', '.join(names)} ({kind}{note})")
+    return "; ".join(parts)
 
 
 def add_parser(sub) -> None:
@@ -28,14 +42,12 @@ def add_parser(sub) -> None:
                     "episode; re-running with the same --out skips finished "
                     "(episode, eps, method) units (and refuses a file of other results; "
                     "--force overwrites it). eps is measured in the agent's "
-                    "threat-model space (network input). Methods: ibp, crown, crown-ibp, "
-                    "alpha-crown, lipschitz, exact (sound); smoothing, policy-smoothing "
-                    "(probabilistic); gwc (heuristic, not a certificate).")
+                    f"threat-model space (network input). Methods: {methods_by_kind()}.")
     p.add_argument("checkpoint", help="checkpoint file, training folder or shipped agent name")
     p.add_argument("--eps", type=eps_arg, nargs="+", required=True,
                    help="one or more radii, e.g. --eps 0.01 0.02 or 1/255")
     p.add_argument("--method", nargs="+", default=["crown"], metavar="METHOD",
-                   help=f"one or more of {', '.join(all_methods())} (default crown)")
+                   help=f"one or more of {', '.join(method_names())} (default crown)")
     p.add_argument("--episodes", type=positive_int, default=5)
     p.add_argument("--obs", default=None, metavar="FILE.npy",
                    help="certify these raw observations (N, *obs_shape) instead of episodes")
@@ -112,10 +124,8 @@ def print_summary(agent, res: dict, out) -> None:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     settings = settings_from_args(args)
-    known = all_methods()
     for m in args.method:
-        if m not in known:
-            raise ValueError(f"unknown method {m!r}; choose from {', '.join(known)}")
+        get_method(m)  # ValueError naming the known methods
     out = check_out(args.out or default_out("certify", args.checkpoint), "certify", args.force)
     agent = load(args.checkpoint)
     obs = None
