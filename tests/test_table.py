@@ -183,3 +183,21 @@ def test_table_cli(synthetic_jsonl, tmp_path, capsys):
     empty.write_text("")
     assert main(["table", str(empty), "--out", str(tmp_path / "x.md")]) == 2
     assert not (tmp_path / "x.md").exists()
+
+
+def test_method_labels_kinds_and_order_come_from_the_registry(monkeypatch):
+    from certrl.certify import methods
+
+    a = {"env_id": "CartPole-v1", "env_version": "v1", "algo": "dqn", "loss": "vanilla",
+         "seed": 0, "agent_id": _hex("a"), "agent_label": "a", "norm": "inf",
+         "eps_space": "raw observation"}
+    rows = [{**a, "record": "episode", "source": "certify", "method": m, "eps": 0.01,
+             "episode": 0, "episode_seed": 0, "return": 1.0, "steps": 10,
+             "certified_fraction": 0.5} for m in ("smoothing", "alpha-crown", "novel")]
+    md, tex = render(build_tables(rows), "md"), render(build_tables(rows), "latex")
+    assert md.index("ACR (alpha-CROWN)") < md.index("ACR (smoothing)") < md.index("ACR (novel)")
+    assert r"ACR ($\alpha$-CROWN)" in tex and "ACR (RS)" in tex
+    # no certificate_kind in the rows: the registry's kind; unknown methods: "?"
+    assert "smoothing (probabilistic" in md and "alpha-CROWN (sound" in md and "novel (?" in md
+    monkeypatch.setattr(methods.METHODS["alpha-crown"], "label", "aCROWN")
+    assert "ACR (aCROWN)" in render(build_tables(rows), "md")

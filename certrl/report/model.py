@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.stats import trim_mean
 
+from certrl.certify.methods import get_method, method_names
 from certrl.records import (
     AgentKey,
     CertEpisodeRow,
@@ -52,14 +53,29 @@ from certrl.report.grouping import (
     row_label,
 )
 
-METHOD_ORDER = ("ibp", "crown-ibp", "crown", "alpha-crown", "lipschitz", "exact", "smoothing")
-METHOD_LABEL = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN",
-                "alpha-crown": "alpha-CROWN", "lipschitz": "Lipschitz", "exact": "MILP",
-                "smoothing": "smoothing", "gwc": "GWC", "policy-smoothing": "PS"}
+METHOD_ORDER = method_names()  # column order: the registry's (certrl.certify.methods)
 GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "gwc": 3, "ps": 4}
 NORM_ORDER = {"inf": 0, "2": 1, "1": 2}
 RETURN_GROUPS = ("natural", "attack", "gwc")  # truncated episodes excluded here
 N_BOOT = 2000
+
+
+def method_label(name: str, latex: bool = False) -> str:
+    """A certificate method's table label from the registry (plain or LaTeX); an unknown
+    method (a row from another version) is labelled by its name."""
+    try:
+        m = get_method(name)
+    except ValueError:
+        return name
+    return m.latex if latex else m.label
+
+
+def method_kind(name: str) -> str:
+    """The registry's soundness kind of a method ("?" for an unknown one)."""
+    try:
+        return get_method(name).kind
+    except ValueError:
+        return "?"
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,7 @@ class Column:
     variant: str = ""  # settings that change the numbers: "10 steps", "stochastic", a hash
 
     def sort_key(self) -> tuple:
-        m = METHOD_ORDER.index(self.name) if self.name in METHOD_ORDER else 99
+        m = METHOD_ORDER.index(self.name) if self.name in METHOD_ORDER else len(METHOD_ORDER)
         return (GROUP_ORDER[self.group], m, self.name, NORM_ORDER.get(self.norm or "", 9),
                 self.norm or "", self.eps_space or "", -1.0 if self.eps is None else self.eps,
                 self.variant)
@@ -199,7 +215,7 @@ class Table:
     def _method_words(self) -> list[str]:
         meth = []
         for m in dict.fromkeys(c.name for c in self.columns if c.group == "acr"):
-            bits = f"{METHOD_LABEL.get(m, m)} ({self.kinds.get(m, '?')}"
+            bits = f"{method_label(m)} ({self.kinds.get(m) or method_kind(m)}"
             if self.details.get(m):
                 bits += f"; {self.details[m]}"
             meth.append(bits + ")")
@@ -366,7 +382,7 @@ class _Collected:
             _put(self.nominal.setdefault(ident.key, {}), ep, float(r.return_), trunc)
 
     def _method_info(self, env: str, method: str, r: CertifyRow) -> None:
-        self.kinds.setdefault(env, {})[method] = str(r.certificate_kind or "?")
+        self.kinds.setdefault(env, {})[method] = str(r.certificate_kind or method_kind(method))
         if isinstance(r, CertEpisodeRow) and method == "smoothing":
             self.details.setdefault(env, {})["smoothing"] = (
                 f"Cohen et al., n={r.n}, alpha={r.alpha}, "

@@ -7,7 +7,7 @@ import io
 import math
 import re
 
-from certrl.report.model import METHOD_LABEL, AgentRow, Cell, Column, Table
+from certrl.report.model import METHOD_ORDER, AgentRow, Cell, Column, Table, method_label
 
 FORMATS = ("md", "latex", "csv")
 
@@ -32,7 +32,7 @@ def header(c: Column) -> tuple[str, str]:
     if c.group == "attack":
         return c.name.upper(), e
     if c.group == "acr":
-        return f"ACR ({METHOD_LABEL.get(c.name, c.name)})", e
+        return f"ACR ({method_label(c.name)})", e
     if c.group == "gwc":
         return "GWC (heuristic)", e
     return "PS cert. return", e
@@ -126,11 +126,17 @@ def _tex_caption(t: Table) -> str:
     return _tex_words(t.caption())
 
 
+def _tex_group(c: Column) -> str:
+    """The column's group title in LaTeX (a registered method by its LaTeX label)."""
+    if c.group == "acr" and c.name in METHOD_ORDER:
+        return f"ACR ({method_label(c.name, latex=True)})"
+    return tex_escape(header(c)[0])
+
+
 def _tex_title(t: Table, c: Column) -> str:
-    g, _ = header(c)
     norm = NORM_TEX.get(c.norm, tex_escape(f"l{c.norm}")) if c.norm else ""
     suffix = _space_suffix(t, c) + t.variant_suffix(c)
-    return " ".join(x for x in (tex_escape(g), norm) if x) + tex_escape(suffix)
+    return " ".join(x for x in (_tex_group(c), norm) if x) + tex_escape(suffix)
 
 
 def _tex_marks(cell: Cell | None, column: Column) -> str:
