@@ -87,6 +87,44 @@ def md(header, rows) -> str:
     return "\n".join(lines)
 
 
+def bind_vs_per_call(net, xs, methods=("ibp", "crown"), per_state=40) -> list[tuple]:
+    """Radius search with the network bound once (``bounds.bind``, what certify does)
+    vs re-parsing it on every call (the one-shot ``bounds.margin_lower``), same run,
+    same states; the radii must be identical. Batched (one episode) and state by state."""
+    from certrl.certify import methods as cert_methods
+    from certrl.certify.state import certified_radius
+
+    prop, bound_prepare = cert_methods.BoundPropagation, cert_methods.BoundPropagation.prepare
+    with torch.no_grad():
+        lab = net(xs).argmax(dim=1)
+    opts = CertifyOptions(radius=RadiusConfig(rtol=0.01), q_values=False)
+
+    def search(method, one_by_one):
+        t0 = time.perf_counter()
+        if one_by_one:
+            r = np.concatenate([certified_radius(net, xs[i:i + 1], lab[i:i + 1], method,
+                                                 options=opts)[0] for i in range(per_state)])
+        else:
+            r = certified_radius(net, xs, lab, method, options=opts)[0]
+        return time.perf_counter() - t0, r
+
+    rows = []
+    for method in methods:
+        for one_by_one in (False, True):
+            prop.prepare = lambda self, n, o: n  # per-call: margins binds on every call
+            search(method, one_by_one)
+            t_old, r_old = search(method, one_by_one)
+            prop.prepare = bound_prepare
+            search(method, one_by_one)
+            t_new, r_new = search(method, one_by_one)
+            if not np.array_equal(r_old, r_new):
+                raise AssertionError(f"{method}: bind changed the radii")
+            rows.append((method, f"{per_state} states one by one" if one_by_one
+                         else f"{len(xs)} states batched", f"{t_old:.3f}", f"{t_new:.3f}",
+                         f"{t_old / t_new:.2f}x"))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -120,6 +158,9 @@ def main() -> int:
     rows += speed_rows("Nature CNN 4x84x84-6 (random)", cnn, xc, 1 / 255, cplan)
     print("## Speed (certify_states at one eps; states per second)\n")
     print(md(("network", "method", "states", "seconds", "states/s or note"), rows))
+    print("\n## Radius search: bind once vs parse per call (shipped CartPole agent)\n")
+    print(md(("method", "states", "per-call s", "bind s", "speed-up"),
+             bind_vs_per_call(mlp, xs, per_state=20 if args.quick else 40)))
     lad = ladder(0, 4, 16, 3, 8 if args.quick else 16, 0.05)
     if not args.quick:
         lad += ladder(1, 8, 24, 4, 12, 0.02)

@@ -32,7 +32,6 @@ __all__ = [
     "LipschitzMLP",
     "LipschitzCertificate",
     "lipschitz_margin_certificate",
-    "certified_radius",
     "global_lipschitz",
     "lipsdp_l2",
 ]
@@ -237,10 +236,6 @@ def margin_radius(
     return ((top - runner) / (2 * L)).clamp_min(0.0)
 
 
-# alias kept until certrl.certify switches (issue #10)
-certified_radius = margin_radius
-
-
 def lipschitz_margin_certificate(
     outputs: torch.Tensor,
     eps: float,
@@ -286,10 +281,6 @@ def lipschitz_margin_certificate(
 # ------------------------------------------------------ network flattening
 _ACTS_ONE = (nn.ReLU, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.ReLU6)
 _PASS = (nn.Identity, nn.Flatten, nn.Dropout)
-
-
-# alias kept until certrl.certify switches to bounds.flatten.leaf_modules (issue #10)
-_modules = leaf_modules
 
 
 def _infer_in_shape(net: nn.Module, input_shape) -> tuple[int, ...]:

@@ -272,7 +272,7 @@ class LipschitzQNetwork(_SpecNet):
 
     Every f_k is 1-Lipschitz from l_inf, so every Q-value is ``scale``-Lipschitz and the
     greedy action is certified at eps iff Q_(1) - Q_(2) > 2 * scale * eps: the radius is
-    ``bounds.lipschitz.certified_radius(q, lipschitz=net.lipschitz_linf)``. Spec::
+    ``bounds.margin_radius(q, net.lipschitz_linf)``. Spec::
 
         {"type": "lipschitz_q", "in_dim": 4, "n_out": 2, "hidden": 128, "depth": 3,
          "kind": "sortnet", "scale": 10.0}

@@ -53,7 +53,7 @@ def run(name: str) -> dict:
     try:
         loss = make_loss("ppo", loss_name, pgd_steps=params.pop("pgd_steps", 3), **params)
         algo = PPO(PPOConfig.for_env("InvertedPendulum-v5", total_steps=50_000, seed=0,
-                                     threat={"eps": eps}, robust_loss=loss)).learn()
+                                     threat={"eps": eps}), robust_loss=loss).learn()
         ag = algo.agent
         nat = evaluate(ag, episodes=5, seed=1000).mean
         atk = make_attack("pgd", ag.forward, ag.threat_model, eps=0.5, steps=10,

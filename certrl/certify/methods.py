@@ -32,7 +32,7 @@ from bounds.lipschitz import (
     SortNetLayer,
     lipschitz_margin_certificate,
 )
-from bounds.lipschitz import certified_radius as margin_radius
+from bounds.lipschitz import margin_radius
 from bounds.smoothing import certify as smoothing_certify
 
 INF = math.inf
@@ -253,17 +253,23 @@ class BoundPropagation(CertMethod):
     def settings(self, options) -> dict:
         return {**super().settings(options), "backend": options.backend}
 
+    def prepare(self, net: nn.Module, options: CertifyOptions) -> bounds.BoundNetwork:
+        """The network bound once (``bounds.bind``): parsed and checked once, reused
+        for every ball of the radius search."""
+        return bounds.bind(net, backend=options.backend)
+
     def margins(self, net, ball, labels, options):
+        bound = net if isinstance(net, bounds.BoundNetwork) else bounds.bind(net, options.backend)
         with torch.no_grad():
-            ml = bounds.margin_lower(net, ball, labels, method=self.name,
-                                     backend=options.backend,
-                                     alpha_iterations=options.alpha_iterations)
+            ml = bound.margin_lower(ball, labels, method=self.name,
+                                    alpha_iterations=options.alpha_iterations)
         return ml.detach().double(), {}
 
     def output_bounds(self, net, ball, out64, options):
+        bound = net if isinstance(net, bounds.BoundNetwork) else bounds.bind(net, options.backend)
         with torch.no_grad():
-            lb, ub = bounds.compute(net, ball, method=self.name, backend=options.backend,
-                                    alpha_iterations=options.alpha_iterations)
+            lb, ub = bound.compute(ball, method=self.name,
+                                   alpha_iterations=options.alpha_iterations)
         return lb.double().cpu().numpy(), ub.double().cpu().numpy()
 
 
