@@ -31,8 +31,8 @@ from bounds.lipschitz import (
     ScalarBias,
     SortNetLayer,
     lipschitz_margin_certificate,
+    margin_radius,
 )
-from bounds.lipschitz import margin_radius
 from bounds.smoothing import certify as smoothing_certify
 
 INF = math.inf
