@@ -88,13 +88,19 @@ def md(header, rows) -> str:
 
 
 def bind_vs_per_call(net, xs, methods=("ibp", "crown"), per_state=40) -> list[tuple]:
-    """Radius search with the network bound once (``bounds.bind``, what certify does)
-    vs re-parsing it on every call (the one-shot ``bounds.margin_lower``), same run,
-    same states; the radii must be identical. Batched (one episode) and state by state."""
+    """Radius search as certify runs it now (network bound once with ``bounds.bind``,
+    per-step balls derived from one validated ball) vs the former per-call path
+    (``ThreatModel.ball`` + one-shot ``bounds.margin_lower``, re-parsing the network
+    on every bisection step), same run, same states; the radii must be identical.
+    Batched (one episode) and state by state."""
     from certrl.certify import methods as cert_methods
-    from certrl.certify.state import certified_radius
+    from certrl.certify.state import RadiusVerifier, certified_radius
 
     prop, bound_prepare = cert_methods.BoundPropagation, cert_methods.BoundPropagation.prepare
+    new_ball = RadiusVerifier.ball
+
+    def old_ball(self, idx, eps):  # the former path: a fully validated ball per step
+        return self.threat.ball(self.x[idx], torch.as_tensor(eps, dtype=self.x.dtype))
     with torch.no_grad():
         lab = net(xs).argmax(dim=1)
     opts = CertifyOptions(radius=RadiusConfig(rtol=0.01), q_values=False)
@@ -112,9 +118,10 @@ def bind_vs_per_call(net, xs, methods=("ibp", "crown"), per_state=40) -> list[tu
     for method in methods:
         for one_by_one in (False, True):
             prop.prepare = lambda self, n, o: n  # per-call: margins binds on every call
+            RadiusVerifier.ball = old_ball
             search(method, one_by_one)
             t_old, r_old = search(method, one_by_one)
-            prop.prepare = bound_prepare
+            prop.prepare, RadiusVerifier.ball = bound_prepare, new_ball
             search(method, one_by_one)
             t_new, r_new = search(method, one_by_one)
             if not np.array_equal(r_old, r_new):

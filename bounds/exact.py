@@ -407,6 +407,7 @@ def milp_margin(
     return _solve_margins(net, x, eps, label, lower, upper, opts)
 
 
+# Deliberate parallel (duplicates lists it): lp_margin takes milp_margin's arguments.
 def lp_margin(
     net: nn.Module,
     x: torch.Tensor,

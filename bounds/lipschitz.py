@@ -78,6 +78,7 @@ class _DistanceNeurons(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, negate={self.negate}"
 
 
+# Deliberate parallel (duplicates lists it): SortNetLayer restates its base's constructor.
 class SortNetLayer(_DistanceNeurons):
     """SortNet neurons: y_j = sum_i w_ji * s_i(|x - theta_j|) (+ b_j), optionally negated.
 

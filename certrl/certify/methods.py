@@ -42,6 +42,7 @@ LIPSCHITZ_LAYERS = (SortNetLayer, LinfDistLayer, ScalarBias, nn.Flatten, nn.Iden
 
 
 # ------------------------------------------------------------------ settings
+# Deliberate parallel (duplicates lists it): the typed settings dataclasses below share one shape.
 @dataclass
 class SmoothingConfig:
     """Cohen et al. CERTIFY settings: noise std, selection / estimation samples, level."""

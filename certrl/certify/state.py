@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import bounds
 from bounds.smoothing import linf_to_l2
 from certrl.certify.methods import (
     METHODS,
@@ -192,7 +193,7 @@ def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------- radius search
 @dataclass
-class _Verifier:
+class RadiusVerifier:
     """Is the label of each state certified at a per-state eps? (one method, one net)."""
 
     method: CertMethod
@@ -201,13 +202,30 @@ class _Verifier:
     labels: torch.Tensor
     threat: ThreatModel
     options: CertifyOptions
+    base: bounds.LpBall | None = None  # the validated radius-0 ball of every state
+
+    def __post_init__(self) -> None:
+        self.base = self.threat.ball(self.x, torch.zeros(self.x.shape[0], dtype=self.x.dtype))
+
+    def ball(self, idx: np.ndarray, eps: np.ndarray) -> bounds.LpBall:
+        """The balls of states ``idx`` at radii ``eps``: the validated base ball's fields,
+        re-validated only in the new radii (finite, >= 0)."""
+        e = torch.as_tensor(eps, dtype=self.x.dtype)
+        if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
+            raise ValueError(f"radius search produced an invalid radius: {eps}")
+        b, n = self.base, self.x.shape[0]
+
+        def rows(t):  # domain bounds stored per state are cut to idx; shared ones kept
+            return t[idx] if t is not None and t.dim() == b.center.dim() and t.shape[0] == n \
+                and n > 1 else t
+        e = e.reshape(len(idx), *([1] * (self.x.dim() - 1)))
+        return bounds.LpBall.trusted(b.center[idx], e, b.norm, rows(b.lower), rows(b.upper))
 
     def __call__(self, idx: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """(len(idx),) bool: state idx[i] certified at radius eps[i]."""
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
-        x = self.x[idx]
-        ball = self.threat.ball(x, torch.as_tensor(eps, dtype=x.dtype))
+        ball = self.ball(idx, eps)
         ml, _ = self.method.margins(self.net, ball, self.labels[idx], self.options)
         return (ml > 0).all(dim=1).cpu().numpy()
 
@@ -275,12 +293,12 @@ def certified_radius(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, meth
     m, options = state_method(method), options or CertifyOptions()
     threat = threat or ThreatModel()
     lab = torch.as_tensor(labels).long().reshape(-1)
-    check = _Verifier(m, m.prepare(net, options), x, lab, threat, options)
+    check = RadiusVerifier(m, m.prepare(net, options), x, lab, threat, options)
     cfg = options.radius
     return _search(check, x.shape[0], float(cfg.init if cfg.init is not None else init), cfg)
 
 
-def _closed_form_radius(check: _Verifier, guess: np.ndarray) -> np.ndarray:
+def _closed_form_radius(check: RadiusVerifier, guess: np.ndarray) -> np.ndarray:
     """A closed-form radius shrunk until re-verified (rounding), 0 where it is not."""
     r = guess * (1 - 1e-6)
     idx = np.arange(len(r))
@@ -292,7 +310,7 @@ def _closed_form_radius(check: _Verifier, guess: np.ndarray) -> np.ndarray:
     return np.where(check(idx, r), r, 0.0)
 
 
-def _radius(check: _Verifier, out64, results: list[StateCertificates]):
+def _radius(check: RadiusVerifier, out64, results: list[StateCertificates]):
     """Certified radius per state (bisection or closed form) and the capped flags."""
     m, cfg = check.method, check.options.radius
     guess = m.radius_guess(check.net, out64, check.labels)
@@ -337,7 +355,7 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
         return _smoothing(m, net, x, out.double(), eps_list, threat, options)
     if kind == "continuous":
         return _continuous(m, net, x, out.double(), eps_list, threat, options)
-    check = _Verifier(m, m.prepare(net, options), x, out.argmax(dim=1), threat, options)
+    check = RadiusVerifier(m, m.prepare(net, options), x, out.argmax(dim=1), threat, options)
     results = [_discrete_at(check, out.double(), e) for e in eps_list]
     if options.radius.enabled:
         t0 = time.perf_counter()
@@ -351,7 +369,7 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
     return results
 
 
-def _discrete_at(check: _Verifier, out64: torch.Tensor, e: float) -> StateCertificates:
+def _discrete_at(check: RadiusVerifier, out64: torch.Tensor, e: float) -> StateCertificates:
     """Action certificate (margins) and, if asked, output / value bounds at one eps."""
     t0 = time.perf_counter()
     m, opts = check.method, check.options

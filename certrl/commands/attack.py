@@ -6,7 +6,7 @@ import argparse
 
 from certrl.agent import load
 from certrl.attacks import ATTACKS, make_attack
-from certrl.commands._common import (
+from certrl.commands.common import (
     add_force,
     default_out,
     eps_arg,

@@ -18,7 +18,7 @@ from certrl.certify import (
     method_names,
     run_certify,
 )
-from certrl.commands._common import add_force, default_out, eps_arg, positive_int, set_threads
+from certrl.commands.common import add_force, default_out, eps_arg, positive_int, set_threads
 from certrl.records import check_out
 
 

@@ -19,7 +19,7 @@ from certrl.agent import load, shipped_agents
 from certrl.attacks import make_attack
 from certrl.certify import CertifySettings, RadiusConfig, SmoothingConfig, run_certify
 from certrl.certify.run import agent_id, check_request, completed_units
-from certrl.commands._common import add_force, eps_arg, positive_int, set_threads
+from certrl.commands.common import add_force, eps_arg, positive_int, set_threads
 from certrl.evaluate import EpisodeRun, episode_log, episode_rng_seed, run_episodes
 from certrl.records import check_out
 from certrl.report import build_tables, load_rows, render

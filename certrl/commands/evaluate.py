@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from certrl.agent import load
-from certrl.commands._common import (
+
+# Deliberate parallel (duplicates lists it): evaluate and attack import the same CLI helpers.
+from certrl.commands.common import (
     add_force,
     default_out,
     fmt,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field
-from certrl.commands._common import eps_arg, positive_int, set_threads
+from certrl.commands.common import eps_arg, positive_int, set_threads
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint
 from certrl.losses import LOSS_NAMES, make_loss, sortnet_q_spec

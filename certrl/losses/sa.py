@@ -27,6 +27,7 @@ from certrl.losses.schedule import EpsSchedule
 from certrl.threat import ThreatModel
 
 
+# Deliberate parallel (duplicates lists it): each loss has a typed config of one shape.
 @dataclass
 class SAConfig:
     """SA-DQN: hinge weight kappa, hinge cap c, solver, eps schedule."""
@@ -92,6 +93,8 @@ def mean_deviation(loss: ScheduledLoss, policy: nn.Module, x: Tensor, mu: Tensor
     return ((dev / sigma) ** 2).sum(1)
 
 
+# Deliberate parallel (duplicates lists it): every loss's __call__ opens the same way
+# (unpack the TrainContext, read the scheduled eps).
 class SAPPOLoss(ScheduledLoss):
     """reg * mean_i sum_k max(|LB_k - mu_k|, |UB_k - mu_k|)^2 / sigma_k^2 (PPO loss unchanged)."""
 

@@ -33,6 +33,7 @@ from certrl.losses.schedule import EpsSchedule
 from certrl.nets import build_network
 
 
+# Deliberate parallel (duplicates lists it): typed loss configs share one shape (see sa.py).
 @dataclass
 class WocarConfig:
     """WocaR-DQN: worst-case weight r, hinge kappa / c, worst-net target period, solver."""
@@ -121,6 +122,7 @@ class WocarDQNLoss(ScheduledLoss):
         return loss, logs
 
 
+# Deliberate parallel (duplicates lists it): typed loss configs share one shape (see sa.py).
 @dataclass
 class WocarPPOConfig:
     """Reduced WocaR-PPO: worst-case advantage weight r, deviation weight reg, solver, schedule."""
