@@ -24,20 +24,14 @@ def flatten_modules(net: nn.Module) -> list[nn.Module]:
     if hasattr(net, "bounded_form") and not isinstance(net, nn.Sequential):
         net = net.bounded_form()
     if isinstance(net, nn.Sequential):
-        out: list[nn.Module] = []
-        for m in net:
-            out.extend(flatten_modules(m))
-        return out
+        return [leaf for m in net for leaf in flatten_modules(m)]
     return [net]
 
 
 def leaf_modules(net: nn.Module) -> list[nn.Module]:
     """Leaf layers of a (nested) Sequential, in order."""
     if isinstance(net, nn.Sequential):
-        out: list[nn.Module] = []
-        for m in net:
-            out.extend(leaf_modules(m))
-        return out
+        return [leaf for m in net for leaf in leaf_modules(m)]
     return [net]
 
 

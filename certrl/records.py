@@ -572,6 +572,8 @@ class CertEpisodeRow(CertifyRow):
     policy: str | None = None
 
 
+# Deliberate parallel (duplicates lists it): the row dataclasses are lists of optional
+# typed fields of one shape.
 @dataclass(kw_only=True)
 class GwcRow(CertifyRow):
     """Greedy worst case (method "gwc", record "episode"): a heuristic, never a certificate."""
