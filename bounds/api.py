@@ -96,6 +96,31 @@ def _check_labels(labels, device) -> torch.Tensor:
     return t.to(device).long().reshape(-1)
 
 
+class MarginProblem:
+    """Margin bounds' per-state data at fixed centres x_b and labels: C (B, K, K) with
+    row j = e_label - e_j, the (B, K) label mask, and the (B, 1) rounding allowance
+    rtol * (1 + max_k |f_k(x_b)|). The allowance is a property of the centre's own
+    forward pass, so a problem is only ever applied to balls with the same centres
+    (checked exactly on every use). Index it (``problem[idx]``) to follow a subset
+    of states, as a radius search does."""
+
+    def __init__(self, center: torch.Tensor, C: torch.Tensor, own: torch.Tensor,
+                 allowance: torch.Tensor):
+        self.center, self.C, self.own, self.allowance = center, C, own, allowance
+
+    def __getitem__(self, idx) -> MarginProblem:
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.center.device)
+        return MarginProblem(self.center[idx], self.C[idx], self.own[idx], self.allowance[idx])
+
+    def check_center(self, center: torch.Tensor) -> MarginProblem:
+        """Self, if the ball's centres are exactly this problem's centres (else ValueError:
+        the rounding allowance would belong to other points)."""
+        if center.shape != self.center.shape or not torch.equal(center, self.center):
+            raise ValueError("this MarginProblem was built for other centres than the ball's")
+        return self
+
+
+
 class BoundNetwork:
     """A network checked once, ready to bound many balls: ``bounds.bind(net, backend)``.
 
@@ -120,46 +145,60 @@ class BoundNetwork:
                 bound_upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Sound bounds lb <= C f(x') <= ub over the ball; see :func:`compute`."""
         _check_args(self.net, ball, method, self.backend, alpha_iterations)
-        backend, missing = self._resolve()
-        return self._bound(ball, method, C, backend, missing, alpha_iterations, bound_upper)
+        backend, missing, modules = self._resolve()
+        return self._bound(ball, method, C, backend, missing, alpha_iterations, bound_upper,
+                           modules=modules)
 
     def margin_lower(self, ball: LpBall, labels, method: str = "crown",
                      alpha_iterations: int = 20) -> torch.Tensor:
         """(B, K) lower bounds of f_{label}(x') - f_j(x') (+inf at the label), less the
-        floating-point allowance; see :func:`margin_lower`."""
+        floating-point allowance; see :func:`margin_lower`. ``labels`` may be a
+        :class:`MarginProblem` of the ball's centres (from :meth:`margin_problem`):
+        the spec and allowance are then reused instead of recomputed."""
         _check_args(self.net, ball, method, self.backend, alpha_iterations)
-        backend, missing = self._resolve()
-        labels_t = _check_labels(labels, ball.center.device)
+        backend, missing, modules = self._resolve()
+        if isinstance(labels, MarginProblem):
+            problem = labels.check_center(ball.center)
+        else:
+            problem = self.margin_problem(ball.center, labels)
+        lb, _ = self._bound(ball, method, problem.C.to(ball.center), backend, missing,
+                            alpha_iterations, False, known_finite=True, modules=modules)
+        lb = lb - problem.allowance.to(lb.dtype)
+        return lb.masked_fill(problem.own, float("inf"))
+
+    def margin_problem(self, center: torch.Tensor, labels) -> MarginProblem:
+        """The per-state part of margin bounds at ``center`` (B, *in_shape): the margin
+        spec C = e_label - e_j, the label mask and the rounding allowance from the
+        network's outputs at the centre, computed once for bounding many radii."""
+        labels_t = _check_labels(labels, center.device)
         seq = _as_seq(self.net)
         if isinstance(seq, nn.Sequential):
-            self._check_fit(flatten_modules(seq), ball.in_shape)
+            self._check_fit(flatten_modules(seq), tuple(center.shape[1:]))
         with torch.no_grad():
-            center_out = seq(ball.center).flatten(1)
+            center_out = seq(center).flatten(1)
             K = center_out.shape[1]
-        if labels_t.shape[0] != ball.batch_size:
+        if labels_t.shape[0] != center.shape[0]:
             raise ValueError(
-                f"labels has {labels_t.shape[0]} entries but the ball has batch {ball.batch_size}"
+                f"labels has {labels_t.shape[0]} entries but the ball has batch {center.shape[0]}"
             )
-        C = spec.margin_spec(labels_t.cpu(), K).to(ball.center)
-        lb, _ = self._bound(ball, method, C, backend, missing, alpha_iterations, False)
+        C = spec.margin_spec(labels_t.cpu(), K).to(center)
         own = torch.nn.functional.one_hot(labels_t, K).bool()
-        lb = lb - rounding_allowance(center_out).to(lb.dtype)
-        return lb.masked_fill(own, float("inf"))
+        return MarginProblem(center, C, own, rounding_allowance(center_out))
 
     # ------------------------------------------------------------------ cached checks
-    def _resolve(self) -> tuple[str, list[str]]:
+    def _resolve(self) -> tuple[str, list[str], list[nn.Module] | None]:
         """The backend to use ("native" or "lirpa") and, for "auto" falling back to
         auto_LiRPA, the layers the native engine lacks (cached per module list)."""
         if self.backend != "auto":
-            return self.backend, []
+            return self.backend, [], None
         try:
             modules = flatten_modules(self.net)
         except Exception:  # bounded_form() failed: the same message as the one-shot form
-            return "lirpa", graph.unsupported_layers(self.net)
+            return "lirpa", graph.unsupported_layers(self.net), None
         if self._auto is None or not graph.same_modules(self._auto[0], modules):
             self._auto = (modules, graph.unsupported_among(modules))
         missing = self._auto[1]
-        return ("lirpa" if missing else "native"), missing
+        return ("lirpa" if missing else "native"), missing, modules
 
     def _check_fit(self, modules: list[nn.Module], in_shape: tuple[int, ...]) -> None:
         """``graph.check_input`` once per input shape and module list."""
@@ -168,9 +207,10 @@ class BoundNetwork:
         graph.check_input(modules, in_shape)
         self._fits[in_shape] = modules
 
-    def _layers(self, in_shape: tuple[int, ...]) -> list[graph.Layer]:
+    def _layers(self, in_shape: tuple[int, ...],
+                modules: list[nn.Module] | None = None) -> list[graph.Layer]:
         """The parsed layers for inputs of ``in_shape`` (parsed once per module list)."""
-        modules = flatten_modules(self.net)
+        modules = modules if modules is not None else flatten_modules(self.net)
         cached = self._parsed.get(in_shape)
         if cached is not None and graph.same_modules(cached[0], modules):
             return cached[1]
@@ -180,13 +220,16 @@ class BoundNetwork:
         return layers
 
     # ------------------------------------------------------------------ bounding
-    def _bound(self, ball, method, C, backend, missing, alpha_iterations, bound_upper):
-        """Bounds after the checks (backend resolved to "native" or "lirpa")."""
+    def _bound(self, ball, method, C, backend, missing, alpha_iterations, bound_upper,
+               known_finite=False, modules=None):
+        """Bounds after the checks (backend resolved to "native" or "lirpa");
+        ``known_finite``: C was built by ``spec.margin_spec`` (no NaN scan);
+        ``modules``: this call's flat module list if already computed."""
         if backend == "lirpa":
             if C is not None:
                 C = self._lirpa_spec(ball, C)
             return _lirpa(self.net, ball, method, C, alpha_iterations, bound_upper, missing)
-        layers = self._layers(ball.in_shape)
+        layers = self._layers(ball.in_shape, modules)
         if not layers:
             raise ValueError("network has no layers")
         out_dim = math.prod(layers[-1].out_shape)
@@ -196,7 +239,7 @@ class BoundNetwork:
                 f"{layers[-1].out_shape}: add nn.Flatten()"
             )
         if C is not None:
-            C = spec.check_spec(C, ball.batch_size, out_dim).to(ball.center)
+            C = spec.check_spec(C, ball.batch_size, out_dim, known_finite).to(ball.center)
         return _native(layers, ball, method, C, alpha_iterations, bound_upper)
 
     def _lirpa_spec(self, ball: LpBall, C: torch.Tensor) -> torch.Tensor:

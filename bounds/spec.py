@@ -28,14 +28,16 @@ def margin_spec(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
     return C
 
 
-def check_spec(C: torch.Tensor, batch: int, out_dim: int) -> torch.Tensor:
-    """Validate a user-given C: (B, m, out_dim), finite."""
+def check_spec(C: torch.Tensor, batch: int, out_dim: int,
+               known_finite: bool = False) -> torch.Tensor:
+    """Validate a user-given C: (B, m, out_dim), finite (the scan for NaN / inf is
+    skipped for a C built here, e.g. by :func:`margin_spec`: ``known_finite``)."""
     if not isinstance(C, torch.Tensor):
         C = torch.as_tensor(C, dtype=torch.get_default_dtype())
     if C.dim() != 3 or C.shape[0] != batch or C.shape[2] != out_dim:
         raise ValueError(
             f"C must have shape (B={batch}, m, out_dim={out_dim}); got {tuple(C.shape)}"
         )
-    if not torch.isfinite(C).all():
+    if not known_finite and not torch.isfinite(C).all():
         raise ValueError("C contains NaN or inf")
     return C

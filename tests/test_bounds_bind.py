@@ -190,3 +190,32 @@ def test_trusted_ball_bounds_like_a_checked_ball():
     assert torch.equal(bounds.compute(net, fast)[0], bounds.compute(net, checked)[0])
     # no validation at all: a negative eps is kept as given (callers must pass valid fields)
     assert float(bounds.LpBall.trusted(x, torch.tensor(-1.0), math.inf).eps) == -1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_margin_problem_equals_one_shot_margins(method):
+    """A MarginProblem built once gives the same margins as the one-shot form, on the
+    whole batch and on any subset of its states (as a radius search indexes it)."""
+    net, ball = _mlp(), _ball((5,), 6)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    bound = bounds.bind(net)
+    problem = bound.margin_problem(ball.center, labels)
+    assert torch.equal(bound.margin_lower(ball, problem, method),
+                       bounds.margin_lower(net, ball, labels, method))
+    idx = [4, 1]
+    sub = bounds.LpBall(ball.center[idx], 0.02, ball.norm, lower=0.0, upper=1.0)
+    assert torch.equal(bound.margin_lower(sub, problem[idx], method),
+                       bounds.margin_lower(net, sub, labels[idx], method))
+
+
+def test_margin_problem_refuses_other_centres():
+    """The rounding allowance belongs to the centres it was computed at: a problem
+    applied to a ball around other points is an error, not a silent bound."""
+    net, ball = _mlp(), _ball((5,), 3)
+    bound = bounds.bind(net)
+    problem = bound.margin_problem(ball.center, torch.tensor([0, 1, 2]))
+    other = _ball((5,), 3, seed=1)
+    with pytest.raises(ValueError, match="other centres"):
+        bound.margin_lower(other, problem)
+    with pytest.raises(ValueError, match="other centres"):
+        bound.margin_lower(ball, problem[[0, 1]])

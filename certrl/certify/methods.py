@@ -227,6 +227,12 @@ class CertMethod:
         """What ``margins`` / ``output_bounds`` take as ``net`` (parsed once per batch)."""
         return net
 
+    def targets(self, net, x: torch.Tensor, labels: torch.Tensor,
+                options: CertifyOptions):
+        """What ``margins`` takes as ``labels`` for the states ``x`` over many radii
+        (indexable by state); by default the labels themselves."""
+        return labels
+
     def margins(self, net, ball: bounds.LpBall, labels: torch.Tensor,
                 options: CertifyOptions) -> tuple[torch.Tensor, dict]:
         """((B, K) float64 lower bounds of f_label - f_j over the ball, +inf at the
@@ -258,6 +264,13 @@ class BoundPropagation(CertMethod):
         """The network bound once (``bounds.bind``): parsed and checked once, reused
         for every ball of the radius search."""
         return bounds.bind(net, backend=options.backend)
+
+    def targets(self, net, x, labels, options):
+        """The states' :class:`bounds.MarginProblem` (spec, label mask, rounding
+        allowance from f(x)), computed once for the whole radius search."""
+        if not isinstance(net, bounds.BoundNetwork):
+            return labels
+        return net.margin_problem(x, labels)
 
     def margins(self, net, ball, labels, options):
         bound = net if isinstance(net, bounds.BoundNetwork) else bounds.bind(net, options.backend)

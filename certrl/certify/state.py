@@ -203,16 +203,19 @@ class RadiusVerifier:
     threat: ThreatModel
     options: CertifyOptions
     base: bounds.LpBall | None = None  # the validated radius-0 ball of every state
+    targets: object = None  # ``method.targets``: labels, or per-state data built once
 
     def __post_init__(self) -> None:
         self.base = self.threat.ball(self.x, torch.zeros(self.x.shape[0], dtype=self.x.dtype))
+        self.targets = self.method.targets(self.net, self.x, self.labels, self.options)
 
     def ball(self, idx: np.ndarray, eps: np.ndarray) -> bounds.LpBall:
         """The balls of states ``idx`` at radii ``eps``: the validated base ball's fields,
         re-validated only in the new radii (finite, >= 0)."""
-        e = torch.as_tensor(eps, dtype=self.x.dtype)
-        if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
+        eps = np.asarray(eps, dtype=np.float64)
+        if not np.isfinite(eps).all() or (eps < 0).any():
             raise ValueError(f"radius search produced an invalid radius: {eps}")
+        e = torch.as_tensor(eps, dtype=self.x.dtype)
         b, n = self.base, self.x.shape[0]
 
         def rows(t):  # domain bounds stored per state are cut to idx; shared ones kept
@@ -226,7 +229,7 @@ class RadiusVerifier:
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
         ball = self.ball(idx, eps)
-        ml, _ = self.method.margins(self.net, ball, self.labels[idx], self.options)
+        ml, _ = self.method.margins(self.net, ball, self.targets[idx], self.options)
         return (ml > 0).all(dim=1).cpu().numpy()
 
 
