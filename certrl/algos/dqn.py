@@ -147,7 +147,8 @@ class DQN(Algorithm):
             preprocessing=preprocessing, threat_model=resolve_threat(cfg.env_id, cfg.threat),
             config=self.training_config(), seed=cfg.seed, loss_name=self.loss_name,
         )
-        params = [p for n in nets.values() for p in n.parameters()]
+        trained = {"q": q, **(robust_loss.jointly_optimized() if robust_loss else {})}
+        params = [p for n in trained.values() for p in n.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         obs_dtype = np.uint8 if family == "atari" else np.float32
         n = cfg.buffer_size

@@ -147,7 +147,9 @@ class PPO(Algorithm):
             obs_rms=rms, config=self.training_config(), seed=cfg.seed,
             loss_name=self.loss_name,
         )
-        params = [p for n in nets.values() for p in n.parameters()]
+        trained = {"policy": nets["policy"], "value": nets["value"],
+                   **(robust_loss.jointly_optimized() if robust_loss else {})}
+        params = [p for n in trained.values() for p in n.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
         self.ret_rms = RunningMeanStd(())
         self._disc_ret = np.zeros(cfg.num_envs)

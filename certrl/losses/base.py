@@ -66,6 +66,8 @@ class RobustLoss:
       * ``extra_networks()``: extra trainable nets (e.g. WocaR's worst-case Q);
         the algorithm adds their parameters to its optimizer and passes them in
         ``ctx.nets``; they are saved with the agent under their dict keys.
+      * ``jointly_optimized()``: the extra nets the algorithm's optimizer updates
+        (default all of them; a loss with its own optimizer returns fewer).
       * ``td_target(ctx)`` (DQN): a replacement for the detached TD target y (B,),
         or None to keep the double-DQN target (WocaR's worst-case-aware target).
       * ``modify_td_loss(td_loss_per_sample, ctx) -> (loss, logs)``: replace the
@@ -93,6 +95,12 @@ class RobustLoss:
     def extra_networks(self) -> dict[str, nn.Module]:
         """Extra trainable networks the loss owns (saved with the agent); default none."""
         return {}
+
+    def jointly_optimized(self) -> dict[str, nn.Module]:
+        """The extra networks whose parameters go into the algorithm's own optimizer
+        (one Adam step on main loss + this loss); default all of ``extra_networks``.
+        A loss that trains a network with its own optimizer leaves it out."""
+        return self.extra_networks()
 
     def td_target(self, ctx: TrainContext) -> Tensor | None:
         """A replacement TD target y (B,), detached; default None (keep DQN's)."""
