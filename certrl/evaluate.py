@@ -30,6 +30,10 @@ from certrl.identity import agent_identity
 from certrl.records import EpisodeRow, UnitLog, agent_fields, read_results, reset_file
 from certrl.rollout import EpisodeEnd, Step, acting, play
 
+# episodes per evaluate / attack / certify run unless --episodes says otherwise: RADIAL-DQN
+# and CAR-DQN report 20 episodes (SA-DQN 50)
+DEFAULT_EPISODES = 20
+
 Attack = Callable[[torch.Tensor], torch.Tensor]
 
 

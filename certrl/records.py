@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,10 @@ from certrl.agent import Agent
 from certrl.envs import env_version
 from certrl.identity import agent_identity
 from certrl.io import library_versions, umask
+
+# certify methods whose episode rows are GwcRow (the registry, certrl.certify.methods, sits
+# above this module; tests check that this list matches its GWC methods)
+GWC_METHODS = ("gwc-ibp", "gwc-crown", "gwc")
 
 
 def clean(v):
@@ -382,6 +387,26 @@ def _first_row(p: Path) -> dict | None:
                 return row
 
 
+def scale_words(scale) -> str:
+    """The per-dimension eps scale in words: every entry (3 significant digits) up to 8
+    entries, else its length, range and a short hash (so two scales never read alike)."""
+    v = [float(x) for x in scale]
+    if len(v) <= 8:
+        return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+    h = hashlib.sha1(json.dumps(v).encode()).hexdigest()[:8]
+    return f"({len(v)} entries in [{min(v):.3g}, {max(v):.3g}], sha1 {h})"
+
+
+def eps_space_words(tm) -> str:
+    """The space eps is measured in, with the threat model's per-dimension scale when it
+    has one: results under different scales never share a table column, and every
+    caption prints the scale."""
+    scale = getattr(tm, "scale", None)
+    if scale is None:
+        return tm.space
+    return f"{tm.space}, eps scaled per input dimension by {scale_words(scale)}"
+
+
 def agent_fields(agent: Agent, checkpoint: str | None = None) -> dict:
     """The fields every result row about ``agent`` carries.
 
@@ -396,7 +421,7 @@ def agent_fields(agent: Agent, checkpoint: str | None = None) -> dict:
         "run_group": (agent.metadata or {}).get("run_group"),
         "env_id": agent.env_id, "env_version": env_version(agent.env_id),
         "algo": agent.algo, "loss": agent.loss_name, "seed": agent.seed,
-        "norm": tm.to_dict()["norm"], "eps_space": tm.space,
+        "norm": tm.to_dict()["norm"], "eps_space": eps_space_words(tm),
         "checkpoint": checkpoint, "config": agent.config,
         "versions": library_versions(),
         "train_versions": getattr(agent, "versions", None),
@@ -545,7 +570,7 @@ class CertEpisodeRow(CertifyRow):
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({
         "truncated", "mean_radius", "min_radius", "mean_max_deviation", "max_max_deviation",
         "mean_worst_value", "smoothed_agrees", "n0", "n", "alpha", "sigma", "bound",
-        "bound_type", "eps_l2", "conversion", "input_dim", "policy"})
+        "bound_type", "eps_l2", "conversion", "input_dim", "policy", "reward_scale"})
     return_: float | None = _json_field("return")
     steps: int | None = None
     length: int | None = None
@@ -557,7 +582,8 @@ class CertEpisodeRow(CertifyRow):
     min_radius: float | None = None
     mean_max_deviation: float | None = None
     max_max_deviation: float | None = None
-    mean_worst_value: float | None = None
+    mean_worst_value: float | None = None  # in true reward units (Q / reward_scale)
+    reward_scale: float | None = None  # DQN: reported Q values were divided by it
     smoothed_agrees: float | None = None
     # randomized smoothing (method "smoothing") only
     n0: int | None = None
@@ -576,10 +602,12 @@ class CertEpisodeRow(CertifyRow):
 # typed fields of one shape.
 @dataclass(kw_only=True)
 class GwcRow(CertifyRow):
-    """Greedy worst case (method "gwc", record "episode"): a heuristic, never a certificate."""
+    """Greedy worst case (method "gwc-ibp", "gwc-crown" or "gwc", record "episode"): a
+    heuristic, never a certificate; ``gwc_bounds`` names the bound method."""
 
     note: str | None = None
     gwc_return: float | None = None
+    gwc_bounds: str | None = None
     steps: int | None = None
     length: int | None = None
     truncated: bool | None = None
@@ -613,7 +641,7 @@ class StateRow(AgentKey):
     the unit's episode row). Method-specific per-state values go to ``extra``.
     """
 
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"radius_capped"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"radius_capped", "reward_scale"})
     method: str | None = None
     settings_hash: str | None = None
     eval_seed: int | None = None
@@ -638,6 +666,7 @@ class StateRow(AgentKey):
     max_deviation: float | None = None
     deviation: list[float] | None = None
     time_s: float | None = None
+    reward_scale: float | None = None  # DQN: output / q_* / value_* / margins divided by it
 
 
 def row_type(d: dict) -> type[Row]:
@@ -652,7 +681,7 @@ def row_type(d: dict) -> type[Row]:
         return StateRow
     if record == "trajectory_bound":
         return TrajectoryBoundRow
-    if record == "episode" and d.get("method") == "gwc":
+    if record == "episode" and d.get("method") in GWC_METHODS:
         return GwcRow
     if record in ("episode", "batch"):
         return CertEpisodeRow

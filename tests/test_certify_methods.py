@@ -41,6 +41,8 @@ EXPECTED = {  # name: (kind, latex, norms, level)
     "exact": ("sound", "MILP", {math.inf}, "state"),
     "smoothing": ("probabilistic", "RS", {math.inf, 2.0}, "state"),
     "policy-smoothing": ("probabilistic", "PS", {math.inf, 2.0}, "trajectory"),
+    "gwc-ibp": ("heuristic", "GWC (IBP, heuristic)", {math.inf, 2.0, 1.0}, "trajectory"),
+    "gwc-crown": ("heuristic", "GWC (CROWN, heuristic)", {math.inf, 2.0, 1.0}, "trajectory"),
     "gwc": ("heuristic", "GWC", {math.inf, 2.0, 1.0}, "trajectory"),
 }
 

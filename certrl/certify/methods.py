@@ -426,20 +426,47 @@ class PolicySmoothing(TrajectoryMethod):
 
 
 class GreedyWorstCase(TrajectoryMethod):
-    """RADIAL's greedy worst case: return under worst-bound actions; not a certificate."""
+    """RADIAL's greedy worst case: at every step play argmin_{a in A_eps} Q(x, a) with
+    A_eps = {a : UB_a >= max_j LB_j} over the eps ball (bounds by ``bounds_method``, or
+    by the ``gwc_method`` setting for the plain ``gwc``). Not a certificate: a heuristic
+    estimate of the attacked return (the worst-case agent it plays need not be
+    realizable by any one attack)."""
 
     name, label, latex = "gwc", "GWC", "GWC"
     kind = "heuristic"
+    bounds_method: str | None = None  # None: the ``gwc_method`` setting (default ibp)
+
+    def bounds_for(self, options) -> str:
+        """The bound method that picks the worst actions."""
+        return self.bounds_method or getattr(options, "gwc_method", "ibp")
 
     def settings(self, options) -> dict:
         """The bound method that picks the worst actions (a ``CertifySettings``)."""
-        return {"gwc_bounds": options.gwc_method}
+        return {"gwc_bounds": self.bounds_for(options)}
+
+
+class GreedyWorstCaseIBP(GreedyWorstCase):
+    """GWC with IBP bounds (RADIAL-DQN's and CAR-DQN's evaluation)."""
+
+    name, label, latex = "gwc-ibp", "GWC (IBP, heuristic)", "GWC (IBP, heuristic)"
+    bounds_method = "ibp"
+
+
+class GreedyWorstCaseCrown(GreedyWorstCase):
+    """GWC with CROWN bounds (tighter, so fewer actions look reachable)."""
+
+    name, label, latex = "gwc-crown", "GWC (CROWN, heuristic)", "GWC (CROWN, heuristic)"
+    bounds_method = "crown"
 
 
 # ------------------------------------------------------------------ registry
 METHODS: dict[str, CertMethod] = {m.name: m for m in (
     IBP(), CrownIBP(), Crown(), AlphaCrown(), Lipschitz(), Exact(), Smoothing(),
-    PolicySmoothing(), GreedyWorstCase())}
+    PolicySmoothing(), GreedyWorstCaseIBP(), GreedyWorstCaseCrown(),
+    GreedyWorstCase())}
+
+
+GWC_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, GreedyWorstCase))
 
 
 def method_names(level: str | None = None) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from certrl.certify.methods import (
     lipschitz_constant,
     method_names,
 )
-from certrl.certify.state import certify_states, check_eps_list, validate
+from certrl.certify.state import certify_states, check_eps_list, in_reward_units, validate
 from certrl.certify.trajectory import (
     RETURN_MIN,
     Episode,
@@ -151,6 +151,15 @@ def plan_units(episodes: int, eps_list: list[float], methods: list[str],
         else:
             units += [(i, e, m) for i in range(episodes) for e in eps_list]
     return units
+
+
+def q_scale(agent: Agent) -> float | None:
+    """The factor between the network's Q values and Q in true reward units: the
+    agent's ``reward_scale`` (rewards were multiplied by it in training; 1.0 for older
+    checkpoints) for a DQN agent, None for agents whose outputs are not Q values."""
+    if agent.algo != "dqn":
+        return None
+    return float(getattr(agent, "reward_scale", 1.0))  # TODO(H1): agent.reward_scale
 
 
 def certification_net(agent: Agent):
@@ -305,7 +314,7 @@ class _RunContext:
         elif m == "policy-smoothing":  # trajectory methods: one runner each
             self.policy_smoothing(eps_todo, bar)
         else:
-            self.gwc(ep, eps_todo, bar)
+            self.gwc(ep, m, eps_todo, bar)
 
     def episode(self, ep) -> Episode:
         if ep not in self._episodes:
@@ -319,17 +328,19 @@ class _RunContext:
                                              indices=[ep])[0]
         return self._episodes[ep]
 
-    def gwc(self, ep: int, eps_todo: list[float], bar) -> None:
-        st, common = self.settings, self.common("gwc")
+    def gwc(self, ep: int, m: str, eps_todo: list[float], bar) -> None:
+        """Greedy worst case (``m``: gwc, gwc-ibp or gwc-crown) of episode ``ep``."""
+        st, common = self.settings, self.common(m)
+        how = get_method(m).bounds_for(st)
         for e in eps_todo:
             t0 = time.perf_counter()
-            res = gwc_rollout(self.agent, e, st.gwc_method, seed=st.seed,
+            res = gwc_rollout(self.agent, e, how, seed=st.seed,
                               max_steps=st.max_steps, indices=[ep])[0]
             res["gwc_return"] = res.pop("return")
-            key = unit_key(self.aid, ep, e, "gwc")
+            key = unit_key(self.aid, ep, e, m)
             row = {**common, "record": "episode", "unit": key, "eps": e,
-                   "certificate_kind": "heuristic",
-                   "note": "greedy worst case (RADIAL); not a certificate",
+                   "certificate_kind": "heuristic", "gwc_bounds": how,
+                   "note": f"greedy worst case (RADIAL) with {how} bounds; not a certificate",
                    **res, "length": res["steps"], "time_s": time.perf_counter() - t0}
             self.commit(key, [row], bar)
 
@@ -340,6 +351,9 @@ class _RunContext:
         certs = certify_states(
             self.net, episode.x, eps_todo, m, kind=agent.action_space_kind, threat=tm,
             options=st.options(st.seed * 100003 + (episode.seed or 0)))
+        scale = q_scale(agent)
+        if scale is not None:  # report Q values and bounds in true reward units
+            certs = [in_reward_units(c, scale) for c in certs]
         # state rows carry the identifying fields of a result row (docs/results.md); the
         # bulky config / versions / settings live once per unit in its episode row
         lean = {k: v for k, v in common.items() if k not in _UNIT_ONLY}
@@ -354,6 +368,7 @@ class _RunContext:
             last = {**common, "record": "batch" if ep == "obs" else "episode", "unit": key,
                     "episode": ep, "episode_seed": episode.seed, "eps": cert.eps,
                     "certificate_kind": cert.certificate_kind, **extra, **summ,
+                    "reward_scale": scale,
                     "length": summ["steps"], "time_s": cert.time_s}
             if ep != "obs":
                 last["truncated"] = episode.truncated

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ KIND = {n: METHODS[n].kind for n in STATE_METHODS}
 __all__ = [
     "BOUND_METHODS", "KIND", "STATE_METHODS", "CertifyOptions", "ExactConfig", "RadiusConfig",
     "SmoothingConfig", "StateCertificates", "certified_radius", "certify_states",
-    "check_eps_list", "check_exact", "check_method", "count_relus", "is_lipschitz_net",
+    "check_eps_list", "check_exact", "check_method", "count_relus", "in_reward_units",
+    "is_lipschitz_net",
     "lipschitz_constant", "validate",
 ]
 
@@ -141,6 +142,28 @@ class StateCertificates:
             elif not isinstance(v, np.ndarray):
                 row[k] = v
         return row
+
+
+Q_FIELDS = ("output", "output_lower", "output_upper", "margin_lower", "min_margin_lower",
+            "value_lower", "value_upper", "worst_value")  # in the network's Q units
+
+
+def in_reward_units(cert: StateCertificates, reward_scale: float) -> StateCertificates:
+    """A copy of a discrete (Q-value) certificate with every Q quantity divided by
+    ``reward_scale``: a network trained on rewards r * s has Q ~ s * Q_true, so the
+    reported bounds become bounds of Q_true (s > 0 keeps every sign, hence every
+    certificate, unchanged). Radii, actions and flags are unchanged; the scale used
+    is recorded in ``extra["reward_scale"]``."""
+    s = float(reward_scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"reward_scale must be positive and finite; got {reward_scale!r}")
+    new = replace(cert, extra={**cert.extra, "reward_scale": s})
+    if s != 1.0:
+        for name in Q_FIELDS:
+            v = getattr(cert, name)
+            if v is not None:
+                setattr(new, name, np.asarray(v, dtype=np.float64) / s)
+    return new
 
 
 # ----------------------------------------------------------------- checking

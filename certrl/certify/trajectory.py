@@ -218,21 +218,30 @@ class _GreedyWorstCase:
     eps ball; counts per episode the steps where it differs from the greedy action."""
 
     def __init__(self, agent: Agent, eps: float, method: str):
+        if method not in ("ibp", "crown", "crown-ibp", "alpha-crown"):
+            raise ValueError(f"GWC bounds must come from ibp, crown, crown-ibp or "
+                             f"alpha-crown; got {method!r}")
         self.net, self.tm, self.eps, self.method = agent.bounded_form(), agent.threat_model, \
             eps, method
+        self.bound = bounds.bind(self.net, backend="auto")  # parsed once per rollout
         self.changed: dict[int, int] = {}
         self.greedy = -1
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             q = self.net(x)
-            lb, ub = bounds.compute(self.net, self.tm.ball(x, self.eps), method=self.method,
-                                    backend="auto")
-        possible = ub >= lb.max(dim=1, keepdim=True).values
-        possible[0, q.argmax(1)] = True
+            lb, ub = self.bound.compute(self.tm.ball(x, self.eps), method=self.method)
         self.greedy = int(q.argmax(1)[0])
-        return np.asarray([int(torch.where(possible, q, torch.full_like(q, math.inf))
-                               .argmin(1)[0])])
+        return np.asarray([gwc_action(q, lb, ub)[0]])
 
     def count(self, i: int, step: Step) -> None:
         self.changed[i] = self.changed.get(i, 0) + int(int(step.action[0]) != self.greedy)
+
+
+def gwc_action(q: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor) -> list[int]:
+    """Per state argmin_{a in A} q_a with A = {a : ub_a >= max_j lb_j} plus the greedy
+    action (RADIAL's rule; with sound bounds the greedy action is in A anyway)."""
+    possible = ub >= lb.max(dim=1, keepdim=True).values
+    possible[torch.arange(q.shape[0]), q.argmax(1)] = True
+    masked = torch.where(possible, q, torch.full_like(q, math.inf))
+    return [int(a) for a in masked.argmin(1)]

@@ -15,7 +15,13 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
-from certrl.evaluate import EpisodeRun, episode_rng_seed, run_episodes, summarize_episodes
+from certrl.evaluate import (
+    DEFAULT_EPISODES,
+    EpisodeRun,
+    episode_rng_seed,
+    run_episodes,
+    summarize_episodes,
+)
 from certrl.records import check_out
 from certrl.threat import parse_norm
 
@@ -36,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--norm", default=None, help="inf or 2 (default: the agent's threat model)")
     p.add_argument("--objective", choices=("ce", "margin"), default="ce",
                    help="discrete agents: cross-entropy or Q-margin of the clean action")
-    p.add_argument("--episodes", type=positive_int, default=10)
+    p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
+                   help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="cut episodes after this many steps (rows say truncated: true)")

@@ -19,6 +19,7 @@ from certrl.certify import (
     run_certify,
 )
 from certrl.commands.common import add_force, default_out, eps_arg, positive_int, set_threads
+from certrl.evaluate import DEFAULT_EPISODES
 from certrl.records import check_out
 
 
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
                    help="one or more radii, e.g. --eps 0.01 0.02 or 1/255")
     p.add_argument("--method", nargs="+", default=["crown"], metavar="METHOD",
                    help=f"one or more of {', '.join(method_names())} (default crown)")
-    p.add_argument("--episodes", type=positive_int, default=5)
+    p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
+                   help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
     p.add_argument("--obs", default=None, metavar="FILE.npy",
                    help="certify these raw observations (N, *obs_shape) instead of episodes")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")

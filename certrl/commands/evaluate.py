@@ -15,7 +15,7 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
-from certrl.evaluate import EpisodeRun, run_episodes, summarize_episodes
+from certrl.evaluate import DEFAULT_EPISODES, EpisodeRun, run_episodes, summarize_episodes
 from certrl.records import check_out
 
 
@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
                                    "Writes one JSON line per episode; re-running with the "
                                    "same --out runs only the missing episodes.")
     p.add_argument("checkpoint", help="checkpoint file or shipped agent name")
-    p.add_argument("--episodes", type=positive_int, default=10)
+    p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
+                   help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="cut episodes after this many steps (rows say truncated: true)")

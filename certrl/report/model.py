@@ -54,7 +54,7 @@ from certrl.report.grouping import (
 )
 
 METHOD_ORDER = method_names()  # column order: the registry's (certrl.certify.methods)
-GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "gwc": 3, "ps": 4}
+GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "radius": 3, "gwc": 4, "ps": 5}
 NORM_ORDER = {"inf": 0, "2": 1, "1": 2}
 RETURN_GROUPS = ("natural", "attack", "gwc")  # truncated episodes excluded here
 N_BOOT = 2000
@@ -80,7 +80,8 @@ def method_kind(name: str) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: kind (natural / attack / acr / gwc / ps), name, eps, norm, space."""
+    """One table column: kind (natural / attack / acr / radius / gwc / ps), name, eps,
+    norm, space (the radius column has no eps: the radius search does not depend on it)."""
 
     group: str
     name: str  # attack name or method ("" for natural)
@@ -103,6 +104,10 @@ class Column:
     @property
     def is_fraction(self) -> bool:
         return self.group == "acr"
+
+    @property
+    def is_radius(self) -> bool:
+        return self.group == "radius"
 
     @property
     def is_return(self) -> bool:
@@ -189,8 +194,14 @@ class Table:
         meth = self._method_words()
         if meth:
             parts.append("ACR = certified steps / steps, certified by " + ", ".join(meth))
+        if any(c.group == "radius" for c in self.columns):
+            parts.append("mean radius = mean over the visited states of the largest eps at "
+                         "which the greedy action was verified (radius search per method)")
         if any(c.group == "attack" for c in self.columns):
             parts.append("attacked returns per attack, norm and eps")
+        if any(c.group == "attack" and c.name == "pgd-ref" for c in self.columns):
+            parts.append("PGD-ref = the references' PGD (10 steps of 0.1 eps, no random "
+                         "start); PGD = ours (random start, best iterate)")
         if any(c.group == "gwc" for c in self.columns):
             parts.append("GWC is a heuristic (greedy worst case), not a certificate")
         if any(c.group == "ps" for c in self.columns):
@@ -256,32 +267,36 @@ class Table:
 
 
 # ----------------------------------------------------------------- rows -> values
-def _column_of(r: Row) -> tuple[Column, float] | None:
-    """The column and value a result row contributes, or None."""
+def _columns_of(r: Row) -> list[tuple[Column, float]]:
+    """The columns and values a result row contributes (none for summaries, train logs)."""
     if isinstance(r, CertifyRow):
-        return _certify_column(r)
+        return _certify_columns(r)
     if not isinstance(r, EpisodeRow) or r.return_ is None:
-        return None  # summaries, and certrl train's logs (no attack field)
+        return []  # summaries, and certrl train's logs (no attack field)
     if r.attack in (None, "none") or not float(r.eps or 0.0):
         var = "stochastic" if r.deterministic is False else ""
-        return Column("natural", "", None, variant=var), float(r.return_)
-    return (Column("attack", str(r.attack), float(r.eps), _norm_name(r.norm),
-                   r.eps_space or None, _attack_variant(r)), float(r.return_))
+        return [(Column("natural", "", None, variant=var), float(r.return_))]
+    return [(Column("attack", str(r.attack), float(r.eps), _norm_name(r.norm),
+                    r.eps_space or None, _attack_variant(r)), float(r.return_))]
 
 
-def _certify_column(r: CertifyRow) -> tuple[Column, float] | None:
-    """ACR, GWC or PS column of a certify row (None for given-observation batches)."""
+def _certify_columns(r: CertifyRow) -> list[tuple[Column, float]]:
+    """ACR (and mean radius), GWC or PS columns of a certify row (none for given-observation
+    batches)."""
     norm, space = _norm_name(r.norm), r.eps_space or None
     m, var = r.method, _certify_variant(r)
     if isinstance(r, TrajectoryBoundRow):
-        return Column("ps", m, float(r.eps), norm, space, var), float(r.certified_return)
+        return [(Column("ps", m, float(r.eps), norm, space, var), float(r.certified_return))]
     if r.record != "episode":
-        return None
+        return []
     if isinstance(r, GwcRow):
-        return Column("gwc", m, float(r.eps), norm, space, var), float(r.gwc_return)
+        return [(Column("gwc", m, float(r.eps), norm, space, var), float(r.gwc_return))]
     if not isinstance(r, CertEpisodeRow) or r.certified_fraction is None:
-        return None
-    return (Column("acr", m, float(r.eps), norm, space, var), float(r.certified_fraction))
+        return []
+    out = [(Column("acr", m, float(r.eps), norm, space, var), float(r.certified_fraction))]
+    if r.mean_radius is not None:
+        out.append((Column("radius", m, None, norm, space, var), float(r.mean_radius)))
+    return out
 
 
 def _attack_variant(r: EpisodeRow) -> str:
@@ -366,18 +381,19 @@ class _Collected:
     details: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def add(self, r: AgentKey) -> None:
-        col = _column_of(r)
-        if col is None:
+        cols = _columns_of(r)
+        if not cols:
             return
-        column, value = col
         ident = identity_of(r)
         prev = self.identities.get(ident.key)
         self.identities[ident.key] = ident if prev is None else merge_identity(prev, ident)
         ep, trunc = (r.get("episode_seed"), r.get("episode")), _truncated(r)
-        _put(self.values.setdefault(ident.key, {}).setdefault(column, {}), ep, value, trunc)
+        for column, value in cols:
+            _put(self.values.setdefault(ident.key, {}).setdefault(column, {}), ep, value,
+                 trunc)
         self.env_version.setdefault(ident.env_id, str(r.get("env_version", "")))
         if isinstance(r, CertifyRow):
-            self._method_info(ident.env_id, column.name, r)
+            self._method_info(ident.env_id, cols[0][0].name, r)
         if isinstance(r, CertEpisodeRow) and r.return_ is not None:
             _put(self.nominal.setdefault(ident.key, {}), ep, float(r.return_), trunc)
 

@@ -24,17 +24,23 @@ NORM_MD = {"inf": "l∞", "2": "l2", "1": "l1"}
 NORM_TEX = {"inf": r"$\ell_\infty$", "2": r"$\ell_2$", "1": r"$\ell_1$"}
 
 
+ATTACK_LABELS = {"pgd-ref": "PGD-ref"}  # the references' PGD (10 x 0.1 eps, no random start)
+
+
 def header(c: Column) -> tuple[str, str]:
     """(group title, eps sub-header) of a column; the norm is added by each renderer."""
     if c.group == "natural":
         return "Natural", ""
+    if c.group == "radius":
+        return f"Mean radius ({method_label(c.name)})", ""
     e = fmt_eps(c.eps)
     if c.group == "attack":
-        return c.name.upper(), e
+        return ATTACK_LABELS.get(c.name, c.name.upper()), e
     if c.group == "acr":
         return f"ACR ({method_label(c.name)})", e
     if c.group == "gwc":
-        return "GWC (heuristic)", e
+        label = method_label(c.name)
+        return (label if "heuristic" in label else f"{label} (heuristic)"), e
     return "PS cert. return", e
 
 
@@ -56,7 +62,7 @@ def fmt_cell(cell: Cell | None, column: Column, pm: str = " ± ") -> str:
         return "–"
     if cell.empty:
         return "n/a"
-    d = 3 if column.is_fraction else 1
+    d = 3 if column.is_fraction else 4 if column.is_radius else 1
     if cell.ci is not None:
         return f"{cell.center:.{d}f} [{cell.ci[0]:.{d}f}, {cell.ci[1]:.{d}f}]"
     if column.group == "ps" and cell.n_episodes == 1:
@@ -130,6 +136,8 @@ def _tex_group(c: Column) -> str:
     """The column's group title in LaTeX (a registered method by its LaTeX label)."""
     if c.group == "acr" and c.name in METHOD_ORDER:
         return f"ACR ({method_label(c.name, latex=True)})"
+    if c.group == "radius" and c.name in METHOD_ORDER:
+        return f"Mean radius ({method_label(c.name, latex=True)})"
     return tex_escape(header(c)[0])
 
 
