@@ -3,13 +3,21 @@
 An adversary adds delta to the *observation* the agent sees (true state and
 dynamics are untouched), with ||delta||_p <= eps measured on the network input
 (after preprocessing), the result clipped to the input domain [lower, upper].
+
+With a per-dimension ``scale`` s (one positive entry per element of the
+flattened network input) the set is {x' : ||(x' - x) / s||_p <= eps} clipped to
+the domain: a box of half-widths eps * s_i for l_inf, an axis-scaled ellipsoid
+for l_2 and cross-polytope for l_1 (SA-DQN's classic-control convention scales
+eps by each dimension's state std; see ``certrl.obs_stats``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 import bounds
@@ -37,6 +45,10 @@ class ThreatModel:
         lower, upper: domain clip of the perturbed input (None = unbounded).
         budget: "per-step" (a fresh eps-ball at each step) or "episode"
             (a total budget over the episode, used by trajectory certificates).
+        scale: None (the plain eps-ball) or one positive finite factor per
+            element of the flattened network input: the set becomes
+            {x' : ||(x' - x) / scale||_p <= eps} (per-dimension radius
+            eps * scale_i for l_inf).
     """
 
     norm: float = math.inf
@@ -45,9 +57,11 @@ class ThreatModel:
     lower: float | None = None
     upper: float | None = None
     budget: str = "per-step"
+    scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.norm = parse_norm(self.norm)
+        self.scale = parse_scale(self.scale)
         self.eps = check_eps(self.eps)
         for name in ("lower", "upper"):
             v = getattr(self, name)
@@ -69,20 +83,100 @@ class ThreatModel:
         d["eps"] = eps
         return ThreatModel.from_dict(d)
 
+    def eps_tensor(self, eps, x: torch.Tensor) -> torch.Tensor:
+        """The radius of every element of ``x`` (B, *shape), broadcastable to ``x``.
+
+        ``eps``: None (this model's radius), one radius (checked by ``check_eps``)
+        or a tensor of per-state radii (B,) (not checked here: ``bounds.LpBall``
+        checks them). Returns eps * scale: a 0-dim tensor (scalar eps, no scale),
+        (B, 1, ..., 1) (per-state eps, no scale), (*shape) (scalar eps with scale) or
+        (B, *shape) (per-state eps with scale); dtype and device of ``x``.
+        ValueError if the scale's length is not the number of input elements.
+        """
+        if eps is None:
+            e = torch.tensor(self.eps, dtype=x.dtype, device=x.device)
+        elif isinstance(eps, torch.Tensor) and eps.dim() > 0:
+            if eps.numel() != x.shape[0]:
+                raise ValueError(f"per-state eps has {eps.numel()} entries for a batch of "
+                                 f"{x.shape[0]} states")
+            e = eps.to(x.dtype).to(x.device).reshape(x.shape[0], *([1] * (x.dim() - 1)))
+        else:
+            e = torch.tensor(check_eps(eps), dtype=x.dtype, device=x.device)
+        if self.scale is None:
+            return e
+        return e * self.scale_tensor(x)
+
+    def scale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale shaped like one input ``x[0]`` (ones when there is no scale);
+        ValueError when its length differs from the input's element count."""
+        shape = tuple(x.shape[1:])
+        if self.scale is None:
+            return torch.ones(shape, dtype=x.dtype, device=x.device)
+        n = math.prod(shape)
+        if len(self.scale) != n:
+            raise ValueError(
+                f"threat-model scale has {len(self.scale)} entries but the network input "
+                f"{shape} has {n} elements (one scale entry per input element)")
+        return torch.tensor(self.scale, dtype=x.dtype, device=x.device).reshape(shape)
+
     def ball(self, x: torch.Tensor, eps=None) -> bounds.LpBall:
         """The perturbation set around the batch ``x`` (B, *shape) as a ``bounds.LpBall``.
 
         ``eps``: None (this model's radius), one radius (checked by ``check_eps``)
         or a tensor of per-state radii (B,) (checked by ``bounds.LpBall``: finite,
-        >= 0): state b gets the ball of radius eps[b].
+        >= 0): state b gets the ball of radius eps[b]. With a ``scale`` the ball's
+        eps is the elementwise tensor ``eps_tensor(eps, x)`` = eps * scale.
         """
-        if eps is None:
-            e = self.eps
-        elif isinstance(eps, torch.Tensor) and eps.dim() > 0:
-            e = eps.to(x.dtype).reshape(x.shape[0], *([1] * (x.dim() - 1)))
+        if self.scale is None and not (isinstance(eps, torch.Tensor) and eps.dim() > 0):
+            e = self.eps if eps is None else check_eps(eps)  # a plain scalar, as before
         else:
-            e = check_eps(eps)
+            e = self.eps_tensor(eps, x)
         return bounds.LpBall(x, e, norm=self.norm, lower=self.lower, upper=self.upper)
+
+    def max_shift(self, eps=None, norm: float = math.inf, dim: int | None = None) -> float:
+        """sup ||x' - x||_norm over the (unclipped) set at radius ``eps`` (default this
+        model's): the radius of the smallest plain ``norm``-ball holding the set.
+
+        l_inf target: eps * max(scale). l_2 target: eps * ||scale||_2 for an l_inf
+        model (eps * sqrt(dim) without a scale, ``dim`` = input elements), else
+        eps * max(scale). Used to convert to plain-ball certificates (Lipschitz,
+        randomized smoothing, policy smoothing): the set lies inside that ball.
+        """
+        e = self.eps if eps is None else check_eps(eps)
+        target = parse_norm(norm)
+        if target not in (math.inf, 2.0):
+            raise ValueError("max_shift: target norm must be inf or 2")
+        s = np.ones(1) if self.scale is None else np.asarray(self.scale, dtype=np.float64)
+        if target == math.inf or self.norm != math.inf:
+            return e * float(s.max())
+        if self.scale is None:
+            if dim is None or int(dim) < 1:
+                raise ValueError("max_shift: give dim (input elements) for an l_inf model")
+            return e * math.sqrt(int(dim))
+        return e * float(np.linalg.norm(s))
+
+    def describe(self) -> str:
+        """One human-readable line for captions, e.g.
+        "l_inf eps 0.05 x scale (0.732, 1.06, 0.122, 0.439), raw observation"."""
+        text = f"{'l_inf' if self.norm == math.inf else f'l_{int(self.norm)}'} eps {self.eps:g}"
+        if self.scale is not None:
+            text += " x scale (" + ", ".join(f"{v:.3g}" for v in self.scale) + ")"
+        text += f", {self.space}"
+        if self.lower is not None or self.upper is not None:
+            lo = "-inf" if self.lower is None else f"{self.lower:g}"
+            hi = "inf" if self.upper is None else f"{self.upper:g}"
+            text += f", clipped to [{lo}, {hi}]"
+        if self.budget != "per-step":
+            text += f", {self.budget} budget"
+        return text
+
+    def with_scale(self, scale) -> ThreatModel:
+        """A copy with another per-dimension scale (None: the plain ball)."""
+        d = self.to_dict()
+        d.pop("scale", None)
+        if scale is not None:
+            d["scale"] = scale
+        return ThreatModel.from_dict(d)
 
     def clip(self, x: torch.Tensor) -> torch.Tensor:
         """Clip ``x`` to the domain [lower, upper] (no-op where unbounded)."""
@@ -91,9 +185,14 @@ class ThreatModel:
         return x.clamp(min=self.lower, max=self.upper)
 
     def to_dict(self) -> dict:
-        """JSON-able dict (norm spelled 'inf', '2' or '1')."""
+        """JSON-able dict (norm spelled 'inf', '2' or '1'); "scale" (a list) only when set,
+        so unscaled threat models serialise (and hash) exactly as before it existed."""
         d = asdict(self)
         d["norm"] = norm_name(self.norm)
+        if self.scale is None:
+            d.pop("scale")
+        else:
+            d["scale"] = list(self.scale)
         return d
 
     @classmethod
@@ -101,11 +200,44 @@ class ThreatModel:
         """Inverse of ``to_dict``; unknown keys raise ValueError."""
         if not isinstance(d, dict):
             raise ValueError(f"threat model must be a dict; got {type(d).__name__}")
-        known = {"norm", "eps", "space", "lower", "upper", "budget"}
+        known = {"norm", "eps", "space", "lower", "upper", "budget", "scale"}
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown threat-model fields: {sorted(extra)}")
         return cls(**d)
+
+
+def parse_scale(scale) -> tuple[float, ...] | None:
+    """A per-dimension scale as a tuple of positive finite floats, or None.
+
+    Accepts None, "none" / "" (no scale), a comma-separated string ("0.73,1.06"), or a
+    sequence / numpy array / tensor of numbers (flattened). ValueError otherwise:
+    empty, non-numeric, NaN, infinite, <= 0, or too large for float32.
+    """
+    if scale is None or (isinstance(scale, str) and scale.strip().lower() in ("", "none")):
+        return None
+    if isinstance(scale, str):
+        parts = [p for p in scale.replace(" ", "").split(",") if p]
+    elif isinstance(scale, (Sequence, np.ndarray, torch.Tensor)):
+        parts = list(np.asarray(scale.detach().cpu() if isinstance(scale, torch.Tensor)
+                                else scale, dtype=object).reshape(-1))
+    else:
+        raise ValueError(f"scale must be None, a comma-separated string or a sequence of "
+                         f"numbers; got {type(scale).__name__}")
+    if not parts:
+        raise ValueError("scale is empty; give one positive factor per input element")
+    out = []
+    for i, p in enumerate(parts):
+        if isinstance(p, bool):
+            raise ValueError(f"scale[{i}] must be a number; got {p!r}")
+        try:
+            v = float(p)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale[{i}] must be a number; got {p!r}") from None
+        if not math.isfinite(v) or v <= 0 or v > FLOAT32_MAX:
+            raise ValueError(f"scale[{i}] must be positive and finite; got {v}")
+        out.append(v)
+    return tuple(out)
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
