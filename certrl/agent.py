@@ -30,13 +30,20 @@ class Agent:
     float32 as is). ``forward``/``q_values`` map the network input to Q-values
     (DQN), logits (discrete PPO) or the action mean (continuous PPO), and
     ``bounded_form()`` is the same map as an ``nn.Sequential`` for ``bounds``.
+
+    ``reward_scale`` (DQN): the factor the rewards were multiplied by in the TD target
+    during training, so ``q_values`` are about ``reward_scale`` times the Q-values in the
+    env's true reward units: divide reported Q values / value bounds by it (returns are
+    always in true units). 1.0 for PPO agents and for checkpoints written before it
+    existed. ``source``: the path or shipped name the agent was loaded from (a label,
+    not part of its identity; None for agents built in memory).
     """
 
     def __init__(self, nets: dict[str, nn.Module], *, env_id: str, algo: str,
                  obs_shape: tuple[int, ...], action_space: dict, preprocessing: dict,
                  threat_model: ThreatModel, obs_rms: RunningMeanStd | None = None,
                  config: dict | None = None, seed: int = 0, loss_name: str = "vanilla",
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, reward_scale: float = 1.0):
         self.nets = nets
         self.env_id = env_id
         self.algo = algo
@@ -49,6 +56,8 @@ class Agent:
         self.seed = int(seed)
         self.loss_name = loss_name
         self.metadata = metadata or {}
+        self.reward_scale = _check_reward_scale(reward_scale)
+        self.source: str | None = None
         self._check_preprocessing()
         self._check_outputs()
 
@@ -207,7 +216,7 @@ class Agent:
             "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
             "threat_model": self.threat_model.to_dict(), "config": copy.deepcopy(self.config),
             "seed": self.seed, "versions": library_versions(),
-            "metadata": copy.deepcopy(self.metadata),
+            "metadata": copy.deepcopy(self.metadata), "reward_scale": float(self.reward_scale),
         }
 
     def save(self, path: str | os.PathLike, train_state: dict | None = None) -> None:
@@ -240,6 +249,7 @@ class Agent:
                 threat_model=ThreatModel.from_dict(data["threat_model"]), obs_rms=rms,
                 config=data["config"], seed=data["seed"], loss_name=data.get("loss", "vanilla"),
                 metadata=data.get("metadata", {}),
+                reward_scale=data.get("reward_scale", 1.0),
             )
         except CheckpointError:
             raise
@@ -251,7 +261,17 @@ class Agent:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Agent:
         """Load an agent from a checkpoint file (``CheckpointError`` if bad)."""
-        return cls.from_payload(load_checkpoint(path), source=repr(str(path)))
+        agent = cls.from_payload(load_checkpoint(path), source=repr(str(path)))
+        agent.source = str(path)
+        return agent
+
+
+def _check_reward_scale(value) -> float:
+    """The reward scale as a float; ValueError unless a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"reward_scale must be a finite number > 0; got {value!r}")
+    return float(value)
 
 
 def _check_finite(data: dict, source: str) -> None:
@@ -294,7 +314,9 @@ def load(path_or_name: str | os.PathLike) -> Agent:
         return Agent.load(p)
     name = str(path_or_name)
     if name in shipped_agents():
-        return Agent.load(AGENTS_DIR / f"{name}.pt")
+        agent = Agent.load(AGENTS_DIR / f"{name}.pt")
+        agent.source = name
+        return agent
     if os.sep in name or "/" in name or p.suffix in (".pt", ".pth"):
         return Agent.load(p)  # raises "does not exist"
     raise CheckpointError(

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from certrl.agent import Agent
+from certrl.agent import load as load_agent
 from certrl.envs import env_family
 from certrl.io import CheckpointError, load_checkpoint
 from certrl.losses import loss_from_config
+from certrl.nets import QNetwork
 from certrl.threat import ThreatModel, default_threat_model
 
 
@@ -135,20 +137,35 @@ def canonical_config(cls, d: dict) -> dict:
     return {old.get(k, k): v for k, v in d.items()}
 
 
-def run_group(algo_name: str, cfg, threat: dict, robust_loss: dict | None = None) -> str:
+def added_fields(cls) -> dict:
+    """Fields added to config ``cls`` after runs were recorded -> the default that leaves
+    them out of ``run_group`` (``ADDED_FIELDS``; old runs keep their group)."""
+    return dict(getattr(cls, "ADDED_FIELDS", {}))
+
+
+def run_group(algo_name: str, cfg, threat: dict, robust_loss: dict | None = None,
+              init: str | None = None) -> str:
     """sha256 of the canonical JSON of what defines a run apart from its seed.
 
     Env id, algorithm, robust loss (``loss.config()``) and its settings, the whole
-    algorithm config (total steps included) and the resolved threat model; not the seed,
-    the output folder or the thread count. Runs that differ only by seed share it.
-    Renamed fields are hashed under their old names, so a run keeps its group.
+    algorithm config (total steps included), the resolved threat model and, for a
+    fine-tuned run, ``init`` (the init agent's own run group: seeds fine-tuned from the
+    seeds of one pretraining share it); not the seed, the output folder or the thread
+    count. Runs that differ only by seed share it. Renamed fields are hashed under their
+    old names and fields added later (``ADDED_FIELDS``) only when not at their default,
+    so a run keeps its group.
     """
     config = config_to_dict(cfg)
     config.pop("seed", None)
+    for k, default in added_fields(type(cfg)).items():
+        if config.get(k) == default:
+            config.pop(k, None)
     to_old = {new: old for old, new in legacy_names(type(cfg)).items()}
     config = {to_old.get(k, k): v for k, v in config.items()}
     config["robust_loss"] = robust_loss
     ident = {"algo": algo_name, "env_id": cfg.env_id, "config": config, "threat_model": threat}
+    if init is not None:
+        ident["init"] = init
     text = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -236,6 +253,76 @@ def resolve_threat(env_id: str, threat: dict | None) -> ThreatModel:
     return ThreatModel.from_dict(d)
 
 
+def resolve_init(init: Agent | str | os.PathLike) -> tuple[Agent, str]:
+    """(agent, label) for an init agent given as an ``Agent``, a checkpoint path, a
+    ``certrl train`` output folder or a shipped name (``certrl.load``)."""
+    if isinstance(init, Agent):
+        return init, str(init.source or init.metadata.get("name") or "an Agent object")
+    return load_agent(init), str(init)
+
+
+def spec_difference(a, b, path: str = "spec") -> str | None:
+    """The first place where two JSON-like values differ (tuples compare as lists)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                return f"{path}.{k}: {a.get(k)!r} vs {b.get(k)!r}"
+            d = spec_difference(a[k], b[k], f"{path}.{k}")
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return f"{path}: {list(a)!r} vs {list(b)!r}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = spec_difference(x, y, f"{path}[{i}]")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else f"{path}: {a!r} vs {b!r}"
+
+
+def check_init_agent(init: Agent, label: str, agent: Agent, net: str = "q") -> None:
+    """ValueError naming the first mismatch between the init agent and the new run:
+    algorithm, env id, observation shape, action space, preprocessing kind, the spec of
+    network ``net``."""
+    pairs = [("algorithm", init.algo, agent.algo), ("env id", init.env_id, agent.env_id),
+             ("observation shape", list(init.obs_shape), list(agent.obs_shape)),
+             ("action space", init.action_space, agent.action_space),
+             ("preprocessing", init.preprocessing.get("kind"), agent.preprocessing.get("kind"))]
+    for what, theirs, ours in pairs:
+        diff = spec_difference(theirs, ours, what)
+        if diff is not None:
+            raise ValueError(f"init agent {label}: its {what} does not match this run's "
+                             f"({diff}, init vs new)")
+    if net not in init.nets:
+        raise ValueError(f"init agent {label} has no network {net!r} (has {sorted(init.nets)})")
+    diff = spec_difference(init.nets[net].spec, agent.nets[net].spec, f"{net} spec")
+    if diff is not None:
+        raise ValueError(f"init agent {label}: its network spec differs from this run's at "
+                         f"{diff} (init vs new); fine-tuning keeps the network: set hidden, "
+                         f"dueling and q_spec as the init agent has them")
+
+
+def rescale_q_output(net: torch.nn.Module, ratio: float) -> None:
+    """Multiply a Q-network's outputs by ``ratio`` in place: Q_new = ratio * Q_old.
+
+    The last affine layer(s) are scaled (weight and bias): the head, or for a dueling
+    head both streams' last Linear (Q = V + A - mean A is linear in (V, A)). The greedy
+    action is unchanged for ratio > 0. ValueError for other network types.
+    """
+    if ratio == 1.0:
+        return
+    if not isinstance(net, QNetwork):
+        raise ValueError(f"cannot rescale the outputs of a {type(net).__name__} "
+                         "(only 'q' networks): keep the init agent's reward_scale")
+    layers = [net.value_stream[-1], net.adv_stream[-1]] if net.dueling else [net.head]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.mul_(ratio)
+            layer.bias.mul_(ratio)
+
+
 Callback = Callable[["Algorithm"], "bool | None"]
 
 
@@ -265,6 +352,10 @@ class Algorithm:
     global_step: int
     episodes: list[dict]
     resume_caveats: list[str]
+    # the init agent of a fine-tuned run (metadata "init_agent"); {} when from scratch
+    init_info: dict = {}
+    # best-checkpoint selection (certrl.algos.selection.BestKeeper) or None
+    selection: typing.Any = None
 
     def learn(self, total_steps: int | None = None, callback: Callback | None = None):
         """Train until ``global_step >= total_steps`` (default ``cfg.total_steps``).
@@ -305,20 +396,41 @@ class Algorithm:
 
     @property
     def run_group(self) -> str:
-        """``run_group(algo, cfg, threat, loss)`` of this run (shared by runs differing by seed)."""
+        """``run_group(algo, cfg, threat, loss, init)`` of this run (shared by runs
+        differing by seed). A per-dimension eps scale measured on the init agent
+        (``eps_scale``) is hashed as its rule, not its (per-seed) values; a fine-tuned run
+        hashes its init agent's run group (or identity when it has none)."""
         loss = None if self.robust_loss is None else self.robust_loss.config()
-        return run_group(self.algo_name, self.cfg, self.agent_obj.threat_model.to_dict(), loss)
+        threat = self.agent_obj.threat_model.to_dict()
+        mode = getattr(self.cfg, "eps_scale", "none")
+        if mode != "none":
+            threat["scale"] = mode
+        init = self.init_info.get("run_group") or self.init_info.get("id") \
+            if self.init_info else None
+        return run_group(self.algo_name, self.cfg, threat, loss, init)
 
     @property
     def agent(self) -> Agent:
-        """The agent being trained (shares its networks with the algorithm)."""
-        self.agent_obj.metadata.update({"trained_steps": int(self.global_step),
-                                        "episodes": len(self.episodes),
-                                        "run_group": self.run_group})
+        """The agent being trained (shares its networks with the algorithm): the final
+        weights. ``best_agent`` is the selected one when ``eval_every`` > 0."""
+        meta = self.agent_obj.metadata
+        meta.update({"trained_steps": int(self.global_step), "episodes": len(self.episodes),
+                     "run_group": self.run_group})
+        if self.init_info:
+            meta["init_agent"] = dict(self.init_info)
+        if self.selection is not None:
+            meta["selection"] = self.selection.info("final")
         if self.episodes:
             last = [e["return"] for e in self.episodes[-20:]]
-            self.agent_obj.metadata["last20_train_return"] = float(np.mean(last))
+            meta["last20_train_return"] = float(np.mean(last))
         return self.agent_obj
+
+    @property
+    def best_agent(self) -> Agent:
+        """A copy of the agent with the best evaluated weights (``BestKeeper``; see
+        ``certrl.algos.selection``); the final agent itself without selection."""
+        agent = self.agent
+        return agent if self.selection is None else self.selection.best_agent(agent)
 
     def train_state(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -369,6 +481,8 @@ class Algorithm:
         agent = Agent.from_payload(data, source=source)
         for name, net in self.agent_obj.nets.items():
             net.load_state_dict(agent.nets[name].state_dict())
+        if isinstance(agent.metadata.get("init_agent"), dict):
+            self.init_info = dict(agent.metadata["init_agent"])
         if agent.obs_rms is not None and self.agent_obj.obs_rms is not None:
             self.agent_obj.obs_rms.load_state_dict(data["obs_rms"])
             self.agent_obj.obs_rms.unfreeze()
@@ -376,6 +490,7 @@ class Algorithm:
     def note_changed_settings(self, old: dict) -> None:
         """Note the config fields that differ from the checkpoint's (``old``)."""
         new = config_to_dict(self.cfg)
+        old = {**added_fields(type(self.cfg)), **old}  # fields added later: their default
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             self.note("resumed with changed settings (" + ", ".join(

@@ -4,11 +4,18 @@ Loop (CleanRL-style, one env):
     a_t = random with prob eps(t) (linear decay), else argmax_a Q(x_t, a)
     store (o_t, a_t, r_t, o_{t+1}, terminated_t) in the replay buffer
     every ``train_freq`` steps after ``learning_starts``: sample B transitions,
-        y = r + gamma (1 - term) Q_target(x', argmax_a Q(x', a))   (double)
-        y = r + gamma (1 - term) max_a Q_target(x', a)              (plain)
+        y = c r + gamma (1 - term) Q_target(x', argmax_a Q(x', a))   (double)
+        y = c r + gamma (1 - term) max_a Q_target(x', a)              (plain)
+        (c = ``reward_scale``: the sampled batch's rewards are c r, so Q ~ c * true Q)
         loss = mean Huber_delta(Q(x, a) - y)  [+ robust loss term]
     every ``target_update_interval`` steps: target <- tau * online + (1 - tau) * target
+    every ``eval_every`` steps (and at step 0 when fine-tuning): greedy natural evaluation,
+        best weights kept (``certrl.algos.selection``; ``best_agent``)
 Only *terminated* ends bootstrapping; time-limit truncation still bootstraps.
+
+Fine-tuning: ``DQN(cfg, robust_loss, init_agent=...)`` starts from a solved agent's Q
+weights (target = init), rescaled to this run's ``reward_scale``; ``DQNConfig.for_finetune``
+gives the references' fine-tuning settings (``FINETUNE_DEFAULTS``).
 
 Episode k is reset from ``episode_seed(seed, 0, k)`` (``certrl.envs.EpisodeSeeding``), so
 the env sequence depends on the run seed and the episode index only. ``train_state()``
@@ -21,6 +28,8 @@ nothing needs replaying. Resuming and continuing gives the uninterrupted run's w
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -35,11 +44,17 @@ from certrl.algos.base import (
     canonical_config,
     capture_rngs,
     check_config,
+    check_init_agent,
+    rescale_q_output,
+    resolve_init,
     resolve_threat,
     restore_rngs,
     seed_everything,
+    split_config,
 )
+from certrl.algos.selection import BestKeeper
 from certrl.envs import EnvReplayError, action_space_info, env_family, make_env
+from certrl.identity import agent_identity
 from certrl.losses.base import RobustLoss, TrainContext
 from certrl.nets import body_spec, build_network
 
@@ -54,6 +69,33 @@ CLASSIC_DEFAULTS: dict[str, dict] = {
                        target_update_interval=250, train_freq=4, gradient_steps=4,
                        exploration_fraction=0.12, exploration_end=0.1),
 }
+
+# Fine-tuning a solved agent (``certrl train --init-from``, ``DQNConfig.for_finetune``),
+# after the references (docs/training.md "Fine-tuning"): RADIAL-DQN (tuomaso/radial_rl_v2)
+# and CAR-DQN (leoranlmia/CAR-DQN) load a natural agent and train with Adam lr 1.25e-4,
+# exploration fixed at 0.01, target every 1000 updates, best checkpoint by periodic
+# natural evaluation. Classic control: lr 1e-4 (between SA's 6.25e-5 and 1.25e-4), batch
+# 32 and one update per step (CAR-DQN), target every 1000 steps, 20k steps, evaluation
+# every 1000 steps; rewards scaled so that |Q| is O(1) as with clipped Atari rewards.
+FINETUNE_DEFAULTS: dict[str, dict] = {
+    "classic": dict(total_steps=20_000, lr=1e-4, batch_size=32, buffer_size=50_000,
+                    learning_starts=1_000, train_freq=1, gradient_steps=1,
+                    target_update_interval=1_000, exploration_start=0.01,
+                    exploration_end=0.01, exploration_fraction=0.0, reward_scale=0.01,
+                    eval_every=1_000, eval_episodes=5),
+    "atari": dict(total_steps=4_500_000, lr=1.25e-4, batch_size=32, buffer_size=100_000,
+                  learning_starts=50_000, train_freq=1, gradient_steps=1,
+                  target_update_interval=1_000, exploration_start=0.01, exploration_end=0.01,
+                  exploration_fraction=0.0, reward_scale=1.0, eval_every=100_000,
+                  eval_episodes=10),
+}
+# reward scale per env (|Q| ~ O(1)): CartPole +1 per step, gamma 0.99 -> Q up to ~100;
+# Acrobot -1 per step -> Q down to ~ -100 (episodes of ~60-100 steps: Q ~ -45..-63)
+FINETUNE_REWARD_SCALE: dict[str, float] = {"CartPole-v1": 0.01, "Acrobot-v1": 0.01}
+EPS_SCALES = ("none", "std")
+# eps_scale "std": greedy episodes of the init agent measured (env seeds from OBS_STD_SEED)
+OBS_STD_EPISODES = 10
+OBS_STD_SEED = 2_000_000
 
 
 @dataclass
@@ -83,19 +125,30 @@ class DQNConfig:
     threat: dict | None = None
     env_kwargs: dict = field(default_factory=dict)
     q_spec: dict | None = None
+    reward_scale: float = 1.0
+    eval_every: int = 0
+    eval_episodes: int = 5
+    eps_scale: str = "none"
 
     # old field names, accepted from old checkpoints, configs and --set (eps is the radius)
     LEGACY_NAMES: ClassVar[dict[str, str]] = {"eps_start": "exploration_start",
                                               "eps_end": "exploration_end",
                                               "eps_fraction": "exploration_fraction"}
+    # fields added later: left out of run_group at these values (old runs keep their group)
+    ADDED_FIELDS: ClassVar[dict] = {"reward_scale": 1.0, "eval_every": 0, "eval_episodes": 5,
+                                    "eps_scale": "none"}
 
     def __post_init__(self) -> None:
         check_config(self, pos_int=("total_steps", "buffer_size", "batch_size", "train_freq",
-                                    "gradient_steps", "target_update_interval"),
-                     nonneg_int=("seed", "learning_starts"),
-                     pos=("lr", "huber_delta", "max_grad_norm"),
+                                    "gradient_steps", "target_update_interval",
+                                    "eval_episodes"),
+                     nonneg_int=("seed", "learning_starts", "eval_every"),
+                     pos=("lr", "huber_delta", "max_grad_norm", "reward_scale"),
                      unit=("exploration_start", "exploration_end", "exploration_fraction"),
                      unit_open0=("gamma", "tau"))
+        if self.eps_scale not in EPS_SCALES:
+            raise ValueError(f"DQNConfig.eps_scale must be one of {EPS_SCALES}; "
+                             f"got {self.eps_scale!r}")
 
     @classmethod
     def for_env(cls, env_id: str, **overrides) -> DQNConfig:
@@ -109,6 +162,23 @@ class DQNConfig:
         base.update(canonical_config(cls, overrides))
         return cls(**base)
 
+    @classmethod
+    def for_finetune(cls, init: Agent | str | os.PathLike, **overrides) -> DQNConfig:
+        """Fine-tuning config for an init agent (an ``Agent``, path, run folder or shipped
+        name): ``for_env`` defaults, then ``FINETUNE_DEFAULTS`` of its env family and
+        ``FINETUNE_REWARD_SCALE``, then the init agent's network and env settings
+        (hidden, dueling, q_spec, env_kwargs), then ``overrides``."""
+        agent, _ = resolve_init(init)
+        stored = canonical_config(cls, split_config(agent.config)[0])
+        base: dict = dict(FINETUNE_DEFAULTS[env_family(agent.env_id)])
+        base["reward_scale"] = FINETUNE_REWARD_SCALE.get(agent.env_id, base["reward_scale"])
+        base.update({k: stored[k] for k in ("hidden", "dueling", "q_spec", "env_kwargs")
+                     if k in stored})
+        if isinstance(base.get("hidden"), list):
+            base["hidden"] = tuple(base["hidden"])
+        base.update(canonical_config(cls, overrides))
+        return cls.for_env(agent.env_id, **base)
+
 
 class DQN(Algorithm):
     """Deep Q-learning on a discrete-action env; ``learn()`` then ``agent``."""
@@ -116,7 +186,10 @@ class DQN(Algorithm):
     algo_name = "dqn"
     config_cls = DQNConfig
 
-    def __init__(self, cfg: DQNConfig, robust_loss: RobustLoss | None = None):
+    def __init__(self, cfg: DQNConfig, robust_loss: RobustLoss | None = None,
+                 init_agent: Agent | str | os.PathLike | None = None):
+        """``init_agent`` (an ``Agent``, checkpoint path, run folder or shipped name):
+        fine-tune from its Q weights (see ``init_from``); None trains from scratch."""
         self.cfg = cfg
         self.robust_loss = robust_loss
         self.rng = seed_everything(cfg.seed)
@@ -126,32 +199,58 @@ class DQN(Algorithm):
             raise ValueError(f"DQN needs a discrete action space; {cfg.env_id} is continuous "
                              "(use --algo ppo)")
         obs_shape = tuple(self.env.observation_space.shape)
-        family = env_family(cfg.env_id)
+        q = build_network(self._q_spec(obs_shape, aspace))
+        self.agent_obj = self._make_agent({"q": q}, obs_shape, aspace)
+        self.init_info: dict = {}
+        init = None
+        if init_agent is not None:
+            init = self.init_from(init_agent)
+        self.target = copy.deepcopy(q)
+        self._measure_eps_scale(init)
+        if robust_loss is not None:
+            robust_loss.setup({"q": q}, self.cfg)
+            self.agent_obj.nets.update(robust_loss.extra_networks())
+        trained = {"q": q, **(robust_loss.jointly_optimized() if robust_loss else {})}
+        params = [p for n in trained.values() for p in n.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self._make_buffer(obs_shape)
+        self.global_step = 0
+        self.episodes: list[dict] = []
+        self.update_time = 0.0
+        self.logs: dict[str, float] = {}
+        self.resume_caveats: list[str] = []
+        self.max_replay_bytes: int | None = None  # None: the replay buffer always goes in
+        self.selection = None if cfg.eval_every == 0 else BestKeeper(
+            cfg.eval_every, cfg.eval_episodes, from_init=bool(self.init_info),
+            env_kwargs=cfg.env_kwargs)
+        self._obs, _ = self.env.reset()
+        self._ep_return, self._ep_len = 0.0, 0
+
+    def _q_spec(self, obs_shape: tuple[int, ...], aspace: dict) -> dict:
+        """The Q-network spec the config asks for."""
+        cfg = self.cfg
         spec = {"type": "q", "body": body_spec(obs_shape, cfg.hidden, "relu"),
                 "n_out": aspace["n"], "dueling": cfg.dueling}
-        if family == "atari" and cfg.dueling:  # Nature dueling: 512-unit streams on conv
+        if env_family(cfg.env_id) == "atari" and cfg.dueling:  # Nature dueling: 512-unit streams
             spec["body"]["fc"] = 0
             spec["stream_hidden"] = 512
         if cfg.q_spec is not None:  # another Q-network type (e.g. a SortNet "lipschitz_q")
             spec = {**cfg.q_spec, "in_dim": int(np.prod(obs_shape)), "n_out": aspace["n"]}
-        q = build_network(spec)
-        self.target = copy.deepcopy(q)
-        nets = {"q": q}
-        if robust_loss is not None:
-            robust_loss.setup({"q": q}, cfg)
-            nets.update(robust_loss.extra_networks())
-        preprocessing = {"kind": "pixels", "scale": 255.0} if family == "atari" else \
-            {"kind": "identity"}
-        self.agent_obj = Agent(
-            nets, env_id=cfg.env_id, algo="dqn", obs_shape=obs_shape, action_space=aspace,
-            preprocessing=preprocessing, threat_model=resolve_threat(cfg.env_id, cfg.threat),
-            config=self.training_config(), seed=cfg.seed, loss_name=self.loss_name,
-        )
-        trained = {"q": q, **(robust_loss.jointly_optimized() if robust_loss else {})}
-        params = [p for n in trained.values() for p in n.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        obs_dtype = np.uint8 if family == "atari" else np.float32
-        n = cfg.buffer_size
+        return spec
+
+    def _make_agent(self, nets: dict, obs_shape: tuple[int, ...], aspace: dict) -> Agent:
+        cfg = self.cfg
+        preprocessing = {"kind": "pixels", "scale": 255.0} \
+            if env_family(cfg.env_id) == "atari" else {"kind": "identity"}
+        return Agent(nets, env_id=cfg.env_id, algo="dqn", obs_shape=obs_shape,
+                     action_space=aspace, preprocessing=preprocessing,
+                     threat_model=resolve_threat(cfg.env_id, cfg.threat),
+                     config=self.training_config(), seed=cfg.seed, loss_name=self.loss_name,
+                     reward_scale=cfg.reward_scale)
+
+    def _make_buffer(self, obs_shape: tuple[int, ...]) -> None:
+        obs_dtype = np.uint8 if env_family(self.cfg.env_id) == "atari" else np.float32
+        n = self.cfg.buffer_size
         self.buf = {
             "obs": np.zeros((n, *obs_shape), obs_dtype),
             "next_obs": np.zeros((n, *obs_shape), obs_dtype),
@@ -160,14 +259,49 @@ class DQN(Algorithm):
             "dones": np.zeros(n, np.float32),
         }
         self.buf_pos, self.buf_full = 0, False
-        self.global_step = 0
-        self.episodes: list[dict] = []
-        self.update_time = 0.0
-        self.logs: dict[str, float] = {}
-        self.resume_caveats: list[str] = []
-        self.max_replay_bytes: int | None = None  # None: the replay buffer always goes in
-        self._obs, _ = self.env.reset()
-        self._ep_return, self._ep_len = 0.0, 0
+
+    def init_from(self, init: Agent | str | os.PathLike) -> Agent:
+        """Start from an init agent's Q weights (called by the constructor).
+
+        Checks it matches this run (algorithm, env id, observation shape, action space,
+        preprocessing kind, Q-network spec; ValueError naming the mismatch), copies its Q
+        weights, preprocessing and normalization statistics, and rescales the Q outputs
+        by ``cfg.reward_scale / init.reward_scale`` (``rescale_q_output``) so the Q values
+        are in this run's reward units. Records ``init_info`` (metadata "init_agent":
+        identity, name, run group, reward scale). Returns the init agent.
+        """
+        agent, label = resolve_init(init)
+        check_init_agent(agent, label, self.agent_obj)
+        q = self.agent_obj.nets["q"]
+        q.load_state_dict(agent.nets["q"].state_dict())
+        rescale_q_output(q, self.cfg.reward_scale / agent.reward_scale)
+        self.agent_obj.preprocessing = copy.deepcopy(agent.preprocessing)
+        if agent.obs_rms is not None:
+            self.agent_obj.obs_rms = copy.deepcopy(agent.obs_rms)
+        self.init_info = {"id": agent_identity(agent), "name": label,
+                          "run_group": agent.metadata.get("run_group"),
+                          "reward_scale": agent.reward_scale, "loss": agent.loss_name,
+                          "seed": agent.seed}
+        self.agent_obj.metadata["init_agent"] = dict(self.init_info)
+        return agent
+
+    def _measure_eps_scale(self, init: Agent | None) -> None:
+        """``eps_scale="std"``: store the per-dimension std of observations on the init
+        agent's greedy trajectories as the threat model's ``scale`` (unless the config's
+        threat already holds one, e.g. on resume)."""
+        cfg = self.cfg
+        if cfg.eps_scale == "none" or (cfg.threat or {}).get("scale") is not None:
+            return
+        if init is None:
+            raise ValueError("eps_scale 'std' measures the observation std on the init "
+                             "agent's trajectories: it needs an init agent (--init-from)")
+        from certrl.obs_stats import measure_obs_std
+
+        std = measure_obs_std(init, OBS_STD_EPISODES, OBS_STD_SEED)
+        threat = {**(cfg.threat or {}), "scale": [float(v) for v in np.ravel(std)]}
+        self.cfg = dataclasses.replace(cfg, threat=threat)
+        self.agent_obj.threat_model = resolve_threat(cfg.env_id, threat)
+        self.agent_obj.config = self.training_config()
 
     @property
     def at_episode_start(self) -> bool:
@@ -201,12 +335,13 @@ class DQN(Algorithm):
             "obs": pre(self.buf["obs"][idx]),
             "next_obs": pre(self.buf["next_obs"][idx]),
             "actions": torch.as_tensor(self.buf["actions"][idx]),
-            "rewards": torch.as_tensor(self.buf["rewards"][idx]),
+            "rewards": torch.as_tensor(self.buf["rewards"][idx]) * self.cfg.reward_scale,
             "dones": torch.as_tensor(self.buf["dones"][idx]),
         }
 
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """y = r + gamma (1 - done) Q_target(x', a'), a' = argmax Q(x') (double) or of Q_target."""
+        """y = r + gamma (1 - done) Q_target(x', a'), a' = argmax Q(x') (double) or of Q_target;
+        ``batch["rewards"]`` is already multiplied by ``cfg.reward_scale`` (``_sample``)."""
         q, target = self.agent_obj.nets["q"], self.target
         with torch.no_grad():
             if self.cfg.double:
@@ -294,6 +429,7 @@ class DQN(Algorithm):
         """One env step, then ``gradient_steps`` updates every ``train_freq`` steps after
         ``learning_starts`` and a target update every ``target_update_interval`` steps."""
         cfg = self.cfg
+        self.maybe_evaluate()  # step 0 of a fine-tuning run: the init weights
         self.env_step()
         if self.global_step > cfg.learning_starts and self.global_step % cfg.train_freq == 0:
             t0 = time.perf_counter()
@@ -302,6 +438,14 @@ class DQN(Algorithm):
             self.update_time += time.perf_counter() - t0
         if self.global_step % cfg.target_update_interval == 0:
             self._update_target()
+        self.maybe_evaluate()
+
+    def maybe_evaluate(self) -> float | None:
+        """Evaluate for best-checkpoint selection when the step is due; the score or None."""
+        sel = self.selection
+        if sel is None or not sel.due(self.global_step):
+            return None
+        return sel.evaluate(self.agent_obj, self.global_step)
 
     # ----------------------------------------------------------------- resume
     def replay_nbytes(self) -> int:
@@ -331,6 +475,7 @@ class DQN(Algorithm):
             "robust_loss": (self.robust_loss.state_dict()
                             if self.robust_loss is not None else {}),
             "resume_caveats": list(self.resume_caveats),
+            "selection": None if self.selection is None else self.selection.state_dict(),
         }
 
     def load_train_state(self, st: dict) -> None:
@@ -340,6 +485,8 @@ class DQN(Algorithm):
         self.target.load_state_dict(st["target"])
         if self.robust_loss is not None and st.get("robust_loss"):
             self.robust_loss.load_state_dict(st["robust_loss"])
+        if self.selection is not None and st.get("selection"):
+            self.selection.load_state_dict(st["selection"])
         if st.get("replay") is not None:
             for k, v in st["replay"].items():
                 self.buf[k][: len(v)] = v.numpy()

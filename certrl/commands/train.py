@@ -31,7 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from certrl.algos import ALGOS
-from certrl.algos.base import coerce_field
+from certrl.algos.base import coerce_field, resolve_init
 from certrl.commands.common import eps_arg, positive_int, set_threads
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint
@@ -64,6 +64,19 @@ def add_parser(sub) -> None:
     p.add_argument("--kill-after-checkpoint", type=positive_int, default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    f = p.add_argument_group("fine-tuning and best checkpoint (DQN; see docs/training.md)")
+    f.add_argument("--init-from", metavar="AGENT", default=None,
+                   help="start from this agent's Q weights (checkpoint path, run folder or "
+                        "shipped name, e.g. cartpole-dqn-vanilla) with the fine-tuning "
+                        "defaults (--set overrides them; --env/--algo/--steps optional)")
+    f.add_argument("--eval-every", type=_nonneg_int, default=None, metavar="N",
+                   help="evaluate the greedy agent every N env steps and keep the best "
+                        "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
+    f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
+                   help="episodes per evaluation (default 5)")
+    f.add_argument("--eps-scale", choices=("none", "std"), default=None,
+                   help="std: scale eps per observation dimension by its std on the init "
+                        "agent's greedy trajectories (needs --init-from; default none)")
     r = p.add_argument_group("robust training (see docs/robust-training.md)")
     r.add_argument("--loss", choices=LOSS_NAMES, default="vanilla",
                    help="robust loss (sortnet: DQN with a SortNet Q-network)")
@@ -88,6 +101,17 @@ def add_parser(sub) -> None:
     r.add_argument("--sortnet-depth", type=positive_int, default=2)
     r.add_argument("--sortnet-scale", type=float, default=10.0,
                    help="Lipschitz constant s of the SortNet Q-network (Q = s * f)")
+
+
+def _nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def _robust_loss(args: argparse.Namespace, algo: str):
@@ -142,10 +166,42 @@ def _resume_algo(args: argparse.Namespace, latest: Path):
     return algo
 
 
+def _finetune_flags(args: argparse.Namespace, over: dict) -> None:
+    """--eval-every / --eval-episodes / --eps-scale into the overrides (DQN only)."""
+    flags = {"eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+             "eps_scale": args.eps_scale}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.algo != "dqn" and (given or args.init_from):
+        raise ValueError("--init-from, --eval-every, --eval-episodes and --eps-scale are "
+                         f"DQN options (got --algo {args.algo})")
+    if given.get("eps_scale") == "std" and not args.init_from:
+        raise ValueError("--eps-scale std measures the observation std on the init agent's "
+                         "trajectories: it needs --init-from")
+    over.update(given)
+
+
+def _init_agent(args: argparse.Namespace):
+    """The --init-from agent (None without it); fills in --env and --algo from it."""
+    if not args.init_from:
+        return None
+    agent, _ = resolve_init(args.init_from)
+    if args.env and args.env != agent.env_id:
+        raise ValueError(f"--env {args.env} but the init agent {args.init_from} is a "
+                         f"{agent.env_id} agent")
+    if agent.algo != "dqn" or (args.algo and args.algo != "dqn"):
+        raise ValueError(f"--init-from fine-tunes a DQN agent with DQN; {args.init_from} is "
+                         f"a {agent.algo} agent" + (f" and --algo is {args.algo}"
+                                                    if args.algo else ""))
+    args.env, args.algo = agent.env_id, "dqn"
+    return agent
+
+
 def _new_algo(args: argparse.Namespace, out: Path, latest: Path):
     """A fresh algorithm from the flags (config, threat eps, robust loss beside it)."""
-    if not (args.env and args.algo and args.steps):
-        raise ValueError("train needs --env, --algo and --steps (or --resume)")
+    init = _init_agent(args)
+    if not (args.env and args.algo and (args.steps or init is not None)):
+        raise ValueError("train needs --env, --algo and --steps (or --resume, or "
+                         "--init-from AGENT)")
     if args.seed < 0 or args.seed >= 2**63:
         raise ValueError(f"--seed must be an integer in [0, 2**63); got {args.seed}")
     env_family(args.env)  # unknown env -> clear error before anything is written
@@ -153,16 +209,20 @@ def _new_algo(args: argparse.Namespace, out: Path, latest: Path):
         raise ValueError(f"{out} already holds a run; use --resume or another --out")
     algo_cls, cfg_cls = ALGOS[args.algo]
     over = _overrides(cfg_cls, args.set)
-    over.update(total_steps=args.steps, seed=args.seed)
+    over["seed"] = args.seed
+    if args.steps:
+        over["total_steps"] = args.steps
+    _finetune_flags(args, over)
     rl = _robust_loss(args, args.algo)
     if args.train_eps is not None:
         over["threat"] = {**(over.get("threat") or {}), "eps": args.train_eps}
     if args.loss == "sortnet":
         over["q_spec"] = sortnet_q_spec(args.sortnet_hidden, args.sortnet_depth,
                                         args.sortnet_scale)
-    cfg = cfg_cls.for_env(args.env, **over)
     _threads(args, args.env)
-    return algo_cls(cfg, robust_loss=rl)
+    if init is None:
+        return algo_cls(cfg_cls.for_env(args.env, **over), robust_loss=rl)
+    return algo_cls(cfg_cls.for_finetune(init, **over), robust_loss=rl, init_agent=init)
 
 
 class _TrainRun:
@@ -175,6 +235,7 @@ class _TrainRun:
         self.start_step, self.t0 = algo.global_step, time.perf_counter()
         self.next_ckpt = (self.start_step // self.every + 1) * self.every
         self.last, self.saves, self.seen = self.start_step, 0, len(algo.episodes)
+        self.evals = self.count_evals()
         self.bar = tqdm(total=algo.cfg.total_steps, initial=self.start_step,
                         disable=args.no_progress, unit="step",
                         desc=f"{algo.cfg.env_id} {algo.algo_name}", dynamic_ncols=True,
@@ -201,7 +262,9 @@ class _TrainRun:
                    "eps": tm.eps, "norm": tm.to_dict()["norm"], "eps_space": tm.space,
                    "attack": None, "finished": final, "config": algo.training_config(),
                    "run_group": algo.run_group, "resume": _resume_info(algo),
-                   "versions": library_versions()}
+                   "init_agent": algo.init_info or None,
+                   "selection": None if algo.selection is None else
+                   algo.selection.info("best"), "versions": library_versions()}
         rows = [{"record": "episode", **self.base(), **e} for e in algo.episodes]
         write_jsonl(self.out / "train.jsonl", [*rows, summary])
 
@@ -211,6 +274,7 @@ class _TrainRun:
         algo.save(self.latest)
         algo.save(self.out / "checkpoints" / f"step_{algo.global_step}.pt",
                   with_train_state=False)
+        self.save_best()
         self.write_log(final=False)
         while self.next_ckpt <= algo.global_step:
             self.next_ckpt += self.every
@@ -223,18 +287,43 @@ class _TrainRun:
         passed and the algorithm is at a checkpoint-ready point."""
         self.bar.update(algo.global_step - self.last)
         self.last = algo.global_step
-        if len(algo.episodes) > self.seen:
-            self.seen = len(algo.episodes)
-            self.bar.set_postfix(ret=f"{algo.episodes[-1]['return']:.1f}", refresh=False)
+        if len(algo.episodes) > self.seen or self.evals != self.count_evals():
+            self.seen, self.evals = len(algo.episodes), self.count_evals()
+            self.bar.set_postfix(self.postfix(), refresh=False)
         if algo.global_step >= self.next_ckpt and algo.checkpoint_ready:
             self.checkpoint()
         return True
 
+    def count_evals(self) -> int:
+        sel = self.algo.selection
+        return 0 if sel is None else len(sel.history)
+
+    def postfix(self) -> dict:
+        """Progress-bar fields: last training return, last and best evaluation score."""
+        algo, out = self.algo, {}
+        if algo.episodes:
+            out["ret"] = f"{algo.episodes[-1]['return']:.1f}"
+        if algo.selection is not None and algo.selection.history:
+            out["eval"] = f"{algo.selection.last_score:.1f}"
+            out["best"] = f"{algo.selection.best_score:.1f}@{algo.selection.best_step}"
+        return out
+
+    def save_best(self) -> None:
+        """checkpoints/best.pt: the best evaluated weights so far (with selection on)."""
+        if self.algo.selection is not None and self.algo.selection.history:
+            self.algo.best_agent.save(self.out / "checkpoints" / "best.pt")
+
     def finish(self) -> None:
-        """Final latest.pt, agent.pt, log and the summary lines."""
+        """Final latest.pt, agent.pt (the best weights with selection on, and then the
+        final weights in final.pt), log and the summary lines."""
         algo, out = self.algo, self.out
         algo.save(self.latest)
-        algo.save(out / "agent.pt", with_train_state=False)
+        if algo.selection is not None:
+            self.save_best()
+            algo.save(out / "final.pt", with_train_state=False)
+            algo.best_agent.save(out / "agent.pt")
+        else:
+            algo.save(out / "agent.pt", with_train_state=False)
         self.write_log(final=True)
         wall = time.perf_counter() - self.t0
         last = [e["return"] for e in algo.episodes[-20:]]
@@ -244,6 +333,11 @@ class _TrainRun:
               f"mean return of last {len(last)} episodes {avg}, "
               f"{(algo.global_step - self.start_step) / max(wall, 1e-9):.0f} steps/s")
         print(f"agent: {out / 'agent.pt'}   log: {out / 'train.jsonl'}")
+        sel = algo.selection
+        if sel is not None and sel.history:
+            print(f"agent.pt holds the best evaluated weights (step {sel.best_step}, mean "
+                  f"natural return {sel.best_score:.1f} over {sel.episodes} episodes); final "
+                  f"weights: {out / 'final.pt'}")
         for c in algo.resume_caveats:
             print(f"note: resume not exact: {c}")
 
@@ -252,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
     """certrl train: build or resume the algorithm, learn with checkpoints, write the run."""
     out = Path(args.out)
     latest = out / "checkpoints" / "latest.pt"
+    if args.resume and args.init_from:
+        raise ValueError("--init-from starts a new run; --resume continues one (drop one)")
     algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
     if args.replay_cap_mb is not None:
         algo.max_replay_bytes = args.replay_cap_mb * 2**20

@@ -1,0 +1,130 @@
+"""Best-checkpoint selection: periodic natural evaluation during training.
+
+Every ``every`` env steps (and at step 0 when fine-tuning, so a fine-tuned agent is
+never worse than its start on the metric) the current weights play ``episodes``
+greedy episodes with env seeds ``EVAL_SEED + i`` (i = 0..episodes-1: the same
+episodes at every evaluation, and separate from the training episodes, which are
+reset from seeds derived from the run seed, and from ``certrl evaluate``'s default
+seeds 0..N-1). The score is the mean natural return (true env reward units). The
+best weights are those with the highest score; ties go to the later evaluation (as
+in the RADIAL-DQN and CAR-DQN reference code, ``>=``). Evaluation draws no random
+numbers from the training RNGs and uses its own env, so it never changes training.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from certrl.agent import Agent
+from certrl.rollout import acting, play
+
+EVAL_SEED = 1_000_000
+METRIC = "natural_return_mean"
+
+Evaluator = Callable[[Agent], float]
+
+
+def natural_score(agent: Agent, episodes: int, seed: int = EVAL_SEED,
+                  env_kwargs: dict | None = None) -> float:
+    """Mean return of ``episodes`` greedy episodes (env seeds seed..seed+episodes-1).
+
+    The networks' train/eval modes are restored afterwards.
+    """
+    modes = {k: n.training for k, n in agent.nets.items()}
+    try:
+        ends = play(agent, list(range(episodes)), seed, lambda i: acting(agent),
+                    env_kwargs=env_kwargs)
+    finally:
+        for k, n in agent.nets.items():
+            n.train(modes[k])
+    return float(np.mean([e.ret for e in ends]))
+
+
+def selection_rule(every: int, episodes: int, from_init: bool) -> str:
+    """The selection rule in words (recorded in the agent's metadata)."""
+    start = " and at step 0 (the init agent's weights)" if from_init else ""
+    return (f"best mean natural return over {episodes} greedy episodes (env seeds "
+            f"{EVAL_SEED}..{EVAL_SEED + episodes - 1}) evaluated every {every} env steps"
+            f"{start}; ties -> the later evaluation")
+
+
+class BestKeeper:
+    """Keeps the best-scoring weights of periodic evaluations (see the module doc).
+
+    ``evaluator(agent) -> score`` defaults to ``natural_score``; tests may replace it.
+    ``state_dict`` / ``load_state_dict`` carry the best weights, score, step and the
+    evaluation history through ``--resume``.
+    """
+
+    def __init__(self, every: int, episodes: int, from_init: bool = False,
+                 env_kwargs: dict | None = None, evaluator: Evaluator | None = None):
+        self.every, self.episodes, self.from_init = int(every), int(episodes), from_init
+        self.evaluator: Evaluator = evaluator or (
+            lambda agent: natural_score(agent, self.episodes, EVAL_SEED, env_kwargs))
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self.best_weights: dict[str, dict] | None = None
+        self.history: list[list] = []
+
+    def due(self, step: int) -> bool:
+        """True when ``step`` is an evaluation point not evaluated yet."""
+        if self.history and self.history[-1][0] == step:
+            return False
+        if step == 0:
+            return self.from_init
+        return self.every > 0 and step % self.every == 0
+
+    def evaluate(self, agent: Agent, step: int) -> float:
+        """Score the agent's current weights; keep them if they are the best so far."""
+        score = float(self.evaluator(agent))
+        self.history.append([int(step), score])
+        if self.best_score is None or score >= self.best_score:
+            self.best_score, self.best_step = score, int(step)
+            self.best_weights = {k: copy.deepcopy(n.state_dict()) for k, n in agent.nets.items()}
+        return score
+
+    @property
+    def last_score(self) -> float | None:
+        """Score of the latest evaluation (None before the first)."""
+        return self.history[-1][1] if self.history else None
+
+    def info(self, chosen: str) -> dict:
+        """The ``selection`` metadata entry; ``chosen`` is "best" or "final"."""
+        return {"rule": selection_rule(self.every, self.episodes, self.from_init),
+                "metric": METRIC, "eval_every": self.every, "eval_episodes": self.episodes,
+                "eval_seed": EVAL_SEED, "best_step": self.best_step,
+                "best_score": self.best_score, "evaluations": [list(h) for h in self.history],
+                "chosen": chosen}
+
+    def best_agent(self, agent: Agent) -> Agent:
+        """A copy of ``agent`` holding the best weights (``agent`` itself is untouched)."""
+        payload = agent.to_payload()
+        if self.best_weights is not None:
+            for k, entry in payload["nets"].items():
+                entry["state_dict"] = copy.deepcopy(self.best_weights[k])
+        payload["metadata"]["selection"] = self.info("best")
+        payload["metadata"]["selected_step"] = self.best_step
+        best = Agent.from_payload(payload, source="best weights")
+        best.source = getattr(agent, "source", None)
+        return best
+
+    def state_dict(self) -> dict:
+        """Best score, step, weights and the history (for the training state)."""
+        return {"best_score": self.best_score, "best_step": self.best_step,
+                "from_init": self.from_init,
+                "best_weights": self.best_weights, "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of ``state_dict``."""
+        self.best_score = None if state["best_score"] is None else float(state["best_score"])
+        self.best_step = None if state["best_step"] is None else int(state["best_step"])
+        weights = state["best_weights"]
+        self.best_weights = None if weights is None else {
+            k: {n: t.clone() if isinstance(t, torch.Tensor) else t for n, t in sd.items()}
+            for k, sd in weights.items()}
+        self.history = [[int(s), float(v)] for s, v in state["history"]]
+        self.from_init = bool(state.get("from_init", self.from_init))
