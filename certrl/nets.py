@@ -122,6 +122,12 @@ def _fold_hidden_streams(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.T
     return w, a.bias - a.bias.mean() + v.bias
 
 
+def _center_rows(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A - mean_a A folded into the advantage layer: W - mean_rows(W), b - mean(b)."""
+    (a,) = layers
+    return a.weight - a.weight.mean(0, keepdim=True), a.bias - a.bias.mean()
+
+
 class _SpecNet(nn.Module):
     """Base: keeps its spec so checkpoints can rebuild it."""
 
@@ -207,6 +213,21 @@ class QNetwork(_SpecNet):
             return nn.Sequential(*self.body, DerivedLinear([vs[0], ad[0]], _fold_linear_streams))
         return nn.Sequential(*self.body, DerivedLinear([vs[0], ad[0]], _stack_first), nn.ReLU(),
                              DerivedLinear([vs[2], ad[2]], _fold_hidden_streams))
+
+    def advantage_form(self) -> nn.Sequential:
+        """The centred advantage A(x) - mean_a A(x) of a dueling network as an
+        ``nn.Sequential`` sharing this network's modules (the mean folds into the last
+        advantage layer, as RADIAL-DQN's reference re-centres it); ValueError if not dueling."""
+        if not self.dueling:
+            raise ValueError("advantage_form needs a dueling Q-network (spec 'dueling': true)")
+        ad = self.adv_stream
+        return nn.Sequential(*self.body, *ad[:-1], DerivedLinear([ad[-1]], _center_rows))
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """V(x) (B, 1) of a dueling network: Q(x, a) = V(x) + A(x, a) - mean_a A(x)."""
+        if not self.dueling:
+            raise ValueError("value needs a dueling Q-network (spec 'dueling': true)")
+        return self.value_stream(self.body(x))
 
 
 class CategoricalPolicy(_SpecNet):

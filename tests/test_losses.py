@@ -34,6 +34,7 @@ NOW = dict(warmup=0.0, ramp=0.0)  # target eps from step 0
 
 class _Cfg:
     total_steps = 100
+    lr = 1e-3
     gamma = 0.9
     huber_delta = 1.0
     clip_coef = 0.2
@@ -154,20 +155,23 @@ def test_radial_dqn_hand_value():
 
 def test_wocar_dqn_targets_hand_value():
     net = linear_q()
-    loss = WocarDQNLoss(WocarConfig(schedule=EpsSchedule(**NOW)))
+    loss = WocarDQNLoss(WocarConfig(attack_set_eps=1.0, schedule=EpsSchedule(**NOW)))
     loss.setup({"q": net}, _Cfg())
+    loss.worst.load_state_dict(linear_q().state_dict())  # Q_w = Q
     nets = {"q": net, "target": linear_q(), **loss.extra_networks()}
     batch = {"obs": torch.tensor([[1.0]]), "next_obs": torch.tensor([[1.0]]),
              "actions": torch.tensor([0]), "rewards": torch.tensor([1.0]),
              "dones": torch.tensor([0.0]), "q": torch.zeros(1)}
-    # eps 1: Q0 in [0, 4], Q1 in [-1, 1] -> both attackable; worst = action 1 (Q = 0)
-    y = loss.td_target(ctx(batch, nets, 1.0, 10))
-    assert float(y) == pytest.approx(1 + 0.9 * 2.0)
-    y_w, n_possible = loss.worst_case_target(ctx(batch, nets, 1.0, 10))
+    # attack-set eps 1: Q0 in [0, 4], Q1 in [-1, 1] -> both attackable; worst = action 1
+    y_w, n_possible = loss.worst_case_target(ctx(batch, nets, 0.1, 10))
     assert float(y_w) == pytest.approx(1 + 0.9 * 0.0) and n_possible == 2.0
-    # eps 0.1: Q0 in [1.8, 2.2], Q1 in [-0.1, 0.1]: only action 0 reachable -> greedy target
-    y_w, _ = loss.worst_case_target(ctx(batch, nets, 0.1, 10))
-    assert float(y_w) == pytest.approx(1 + 0.9 * 2.0)
+    # attack-set eps 0.1: Q0 in [1.8, 2.2], Q1 in [-0.1, 0.1]: only action 0 -> greedy
+    loss.cfg.attack_set_eps = 0.1
+    y_w, n_possible = loss.worst_case_target(ctx(batch, nets, 1.0, 10))
+    assert float(y_w) == pytest.approx(1 + 0.9 * 2.0) and n_possible == 1.0
+    y = loss.td_target(ctx(batch, nets, 1.0, 10))  # also Q_w's first own step
+    assert float(y) == pytest.approx(1 + 0.9 * 2.0)
+    batch["td_target"] = y
     val, logs = loss(ctx(batch, nets, 0.1, 10))
     assert math.isfinite(float(val)) and logs["attackable_actions"] == 1.0
 

@@ -1,5 +1,6 @@
 """Robust losses inside DQN / PPO: gradients reach every parameter, short runs, CLI, checkpoints."""
 
+import copy
 import json
 
 import pytest
@@ -87,13 +88,15 @@ def test_wocar_and_sortnet_checkpoints_rebuild(tmp_path):
         assert resumed.global_step == 150
 
 
-def test_wocar_resume_restores_lagged_worst_net(tmp_path):
-    algo = _dqn("wocar", "ibp", steps=200, target_update_interval=10_000)
+def test_wocar_resume_restores_lagged_worst_net_and_its_optimizer(tmp_path):
+    algo = _dqn("wocar", "ibp", steps=200)
     algo.robust_loss.cfg.target_update_interval = 10_000  # keep Q_w^- lagged
+    algo.robust_loss.worst_target = copy.deepcopy(algo.robust_loss.worst)
     algo.learn()
     lagged = {k: v.clone() for k, v in algo.robust_loss.worst_target.state_dict().items()}
     live = algo.robust_loss.worst.state_dict()
     assert any(not torch.equal(lagged[k], live[k]) for k in lagged)  # Q_w^- != Q_w
+    want_opt = algo.robust_loss.worst_optimizer.state_dict()
     path = tmp_path / "wocar.pt"
     algo.save(path)
     resumed = DQN.resume(path, robust_loss=make_loss("dqn", "wocar",
@@ -102,6 +105,11 @@ def test_wocar_resume_restores_lagged_worst_net(tmp_path):
     assert got._calls == algo.robust_loss._calls > 0
     for k, v in got.worst_target.state_dict().items():
         torch.testing.assert_close(v, lagged[k])
+    got_opt = got.worst_optimizer.state_dict()
+    assert got_opt["state"] and len(got_opt["state"]) == len(want_opt["state"])
+    for i, st in want_opt["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(got_opt["state"][i][key], st[key])
 
 
 def test_cli_train_robust_records_loss_and_eps(tmp_path, capsys):

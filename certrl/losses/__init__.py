@@ -25,6 +25,14 @@ LOSSES: dict[str, dict[str, type[ScheduledLoss]]] = {
             "sortnet": SortNetLoss},
     "ppo": {"sa": SAPPOLoss, "radial": RadialPPOLoss, "wocar": WocarPPOLoss, "car": CARPPOLoss},
 }
+# Fields added after checkpoints were shipped: the value that keeps an older stored config's
+# meaning when it lacks the field (RADIAL: linear kappa, full-Q bounds; WocaR: no bound
+# regression, Q_w stepped every update; its old joint optimizer is not reproducible).
+LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {
+    RadialConfig: {"constant_kappa": False, "dueling_bounds": "full"},
+    WocarConfig: {"kappa_end": 1.0, "worst_every": 1, "worst_lr": None,
+                  "attack_set_eps": 1e-3, "worse_bound": True},
+}
 LOSS_NAMES = ("vanilla", "sa", "radial", "wocar", "car", "sortnet")
 _SOLVER_KEYS = {"solver": "kind", "pgd_steps": "pgd_steps", "pgd_step_size": "pgd_step_size"}
 _SCHEDULE_KEYS = {"warmup", "ramp", "mid", "power"}
@@ -72,7 +80,10 @@ def loss_from_config(d: dict | None) -> RobustLoss | None:
     cls = LOSSES.get(algo, {}).get(name)
     if cls is None:
         raise ValueError(f"unknown robust loss {name!r} for {algo!r}")
-    return cls(build_config(cls.config_cls, d))
+    legacy = {k: v for k, v in LEGACY_DEFAULTS.get(cls.config_cls, {}).items() if k not in d}
+    loss = cls(build_config(cls.config_cls, {**d, **legacy}))
+    loss.legacy_fields = tuple(legacy)
+    return loss
 
 
 __all__ = [

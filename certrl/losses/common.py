@@ -48,14 +48,30 @@ class SolverConfig:
             raise ValueError(f"pgd_steps must be >= 1; got {self.pgd_steps}")
 
 
-def shared_form(net: nn.Module) -> nn.Sequential:
+FORMS = ("full", "advantage")
+
+
+def shared_form(net: nn.Module, form: str = "full") -> nn.Sequential:
     """The network's ``shared_form()`` (parameters shared, differentiable bounds); a plain
-    ``nn.Sequential`` is its own shared form."""
+    ``nn.Sequential`` is its own shared form. ``form="advantage"``: the centred advantage
+    stream of a dueling Q-network (``QNetwork.advantage_form``)."""
+    if form not in FORMS:
+        raise ValueError(f"unknown bound form {form!r}; use one of {', '.join(FORMS)}")
+    if form == "advantage":
+        if not hasattr(net, "advantage_form"):
+            raise ValueError(f"{type(net).__name__} has no advantage stream to bound")
+        return net.advantage_form()
     if isinstance(net, nn.Sequential):
         return net
     if not hasattr(net, "shared_form"):
         raise ValueError(f"{type(net).__name__} has no bound-able form for robust training")
     return net.shared_form()
+
+
+def annealed_kappa(kappa_end: float, fraction: float) -> float:
+    """kappa_t = 1 - (1 - kappa_end) * fraction, fraction = eps_t / eps in [0, 1]
+    (RADIAL's linear kappa, WocaR-DQN's TD weight)."""
+    return 1.0 - (1.0 - float(kappa_end)) * float(fraction)
 
 
 def output_bounds(net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
@@ -159,20 +175,21 @@ class ScheduledLoss(RobustLoss):
         if self.cfg.solver.kind not in self.solvers:
             raise ValueError(f"{self.name} ({self.algo}) supports the solvers "
                              f"{', '.join(self.solvers)}; got {self.cfg.solver.kind!r}")
-        self._bound: dict[int, tuple[nn.Module, bounds.BoundNetwork]] = {}
+        self._bound: dict[tuple[int, str], tuple[nn.Module, bounds.BoundNetwork]] = {}
 
     def setup(self, nets: dict[str, nn.Module], cfg: Any) -> None:
         """Fix the eps schedule's length to the run's ``total_steps``."""
         self.cfg.schedule.total_steps = int(cfg.total_steps)
 
-    def bound_network(self, net: nn.Module) -> bounds.BoundNetwork:
-        """``bounds.bind(shared_form(net))``, made once per network: the bound network
-        shares the live modules, so optimizer steps on ``net`` are seen (a target copy is
-        another network and gets its own)."""
-        hit = self._bound.get(id(net))
+    def bound_network(self, net: nn.Module, form: str = "full") -> bounds.BoundNetwork:
+        """``bounds.bind(shared_form(net, form))``, made once per network and form: the
+        bound network shares the live modules, so optimizer steps on ``net`` are seen (a
+        target copy is another network and gets its own)."""
+        key = (id(net), form)
+        hit = self._bound.get(key)
         if hit is None or hit[0] is not net:
-            hit = (net, bounds.bind(shared_form(net)))
-            self._bound[id(net)] = hit
+            hit = (net, bounds.bind(shared_form(net, form)))
+            self._bound[key] = hit
         return hit[1]
 
     def eps_at(self, step: int, threat: ThreatModel) -> float:
@@ -182,11 +199,13 @@ class ScheduledLoss(RobustLoss):
         return self.cfg.schedule.beta(step)
 
     def bounds_of(self, net: nn.Module, x: Tensor, eps: float, threat: ThreatModel,
-                  step: int, C: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(lb, ub) of the outputs over B(x, eps) with the configured bound solver."""
+                  step: int, C: Tensor | None = None,
+                  form: str = "full") -> tuple[Tensor, Tensor]:
+        """(lb, ub) of the outputs (``form="advantage"``: of the centred advantage stream)
+        over B(x, eps) with the configured bound solver."""
         method = "crown-ibp" if self.cfg.solver.kind == "crown-ibp" else "ibp"
         return output_bounds(net, x, eps, threat, method, self.beta_at(step), C,
-                             self.bound_network(net))
+                             self.bound_network(net, form))
 
     def margins_of(self, net: nn.Module, x: Tensor, labels: Tensor, eps: float,
                    threat: ThreatModel, step: int) -> Tensor:
@@ -203,7 +222,12 @@ class ScheduledLoss(RobustLoss):
                                    self.bound_network(net))
 
     def config(self) -> dict:
-        return {"name": self.name, "algo": self.algo, **dataclasses.asdict(self.cfg)}
+        """JSON-able config; fields ``loss_from_config`` filled in for an older checkpoint
+        (``legacy_fields``) are left out, so the stored config round-trips."""
+        d = {"name": self.name, "algo": self.algo, **dataclasses.asdict(self.cfg)}
+        for k in getattr(self, "legacy_fields", ()):
+            d.pop(k, None)
+        return d
 
 
 def hinge_margin(margins: Tensor, c: float) -> Tensor:
