@@ -252,3 +252,39 @@ def test_describe_and_max_shift():
     assert ThreatModel(norm=2, eps=0.1, scale=(1.0, 3.0)).max_shift(norm=2) == pytest.approx(0.3)
     with pytest.raises(ValueError):
         ThreatModel(eps=0.1).max_shift(norm=2)
+
+
+# ------------------------------------------------------------------ obs_stats
+def test_floored_std_and_errors():
+    from certrl.obs_stats import floored_std, reference_std
+
+    x = np.stack([np.arange(10.0), np.full(10, 3.0), 0.5 * np.arange(10.0)], axis=1)
+    std = floored_std(x)
+    top = np.arange(10.0).std()
+    np.testing.assert_allclose(std, [top, 0.01 * top, 0.5 * top])
+    np.testing.assert_allclose(floored_std(x, rel_floor=0.2)[1], 0.2 * top)
+    with pytest.raises(ValueError, match="constant"):
+        floored_std(np.ones((5, 3)))
+    with pytest.raises(ValueError):
+        floored_std(x[:1])
+    with pytest.raises(ValueError):
+        floored_std(x, rel_floor=0.0)
+    assert reference_std("CartPole-v1")[2] == pytest.approx(0.12236707)
+    assert len(reference_std("Acrobot-v1")) == 6
+    with pytest.raises(ValueError, match="no reference std"):
+        reference_std("Pong")
+
+
+def test_measure_obs_std_on_the_shipped_agent(cartpole):
+    from certrl.obs_stats import collect_inputs, measure_obs_std
+
+    std = measure_obs_std(cartpole, episodes=2, seed=0)
+    assert std.shape == (4,) and (std > 0).all()
+    np.testing.assert_allclose(std, measure_obs_std(cartpole, episodes=2, seed=0))
+    x = collect_inputs(cartpole, episodes=2, seed=0)
+    np.testing.assert_allclose(std, x.std(axis=0))  # no dimension is constant here
+    tm = cartpole.threat_model.with_eps(0.05).with_scale(std)
+    ball = tm.ball(torch.as_tensor(x[:3], dtype=torch.float32))
+    torch.testing.assert_close(ball.eps_full()[0], torch.as_tensor(0.05 * std, dtype=torch.float32))
+    with pytest.raises(ValueError):
+        measure_obs_std(cartpole, episodes=0)
