@@ -385,8 +385,10 @@ class _RunContext:
         H = int(settings.max_steps or lens.max())
         d = int(np.prod(agent.obs_shape))
         rmin = _return_min(agent, settings)
+        tm = agent.threat_model
         for e in eps_todo:
-            budget = episode_l2_budget(e, d, H, agent.threat_model.norm)
+            budget = (episode_l2_budget(e, d, H, tm.norm) if tm.scale is None
+                      else tm.max_shift(e, 2.0, d) * math.sqrt(H))
             ps = policy_smoothing_bound(rets, budget, s.sigma, s.alpha, rmin)
             per_step = budget / math.sqrt(H)
             med = sdqn_median_bound(rets, per_step, H, s.sigma, s.alpha)
@@ -394,15 +396,23 @@ class _RunContext:
             row = {**common, "record": "trajectory_bound", "unit": key,
                    "episode": "all", "eps": e, "certificate_kind": "probabilistic",
                    "policy": "smoothed", "bound_type": "l2", "horizon": H, "input_dim": d,
-                   "conversion": ("B = eps * sqrt(d) * sqrt(H) (per-step l_inf ball inside "
-                                  "the l2 ball, H steps)" if agent.threat_model.norm == math.inf
-                                  else "B = eps * sqrt(H)"),
+                   "conversion": _budget_words(tm),
                    "policy_smoothing": ps, "sdqn_median": med,
                    "certified_return": ps["certified_return"],
                    "median_return_bound": med["median_return_bound"],
                    "smoothed_returns": rets.tolist(), "n": int(rets.size), "alpha": s.alpha,
                    "bound": "DKW (one-sided)", "time_s": dt / len(eps_todo)}
             self.commit(key, [row], bar)
+
+
+def _budget_words(tm) -> str:
+    """How the per-step threat set became the episode's total l2 budget B (in words)."""
+    if tm.scale is not None:
+        k = "||scale||_2" if tm.norm == math.inf else "max(scale)"
+        return f"B = eps * {k} * sqrt(H) (per-step scaled set inside the l2 ball, H steps)"
+    if tm.norm == math.inf:
+        return "B = eps * sqrt(d) * sqrt(H) (per-step l_inf ball inside the l2 ball, H steps)"
+    return "B = eps * sqrt(H)"
 
 
 def summarize(out: str | os.PathLike, aid: str | None = None) -> dict:

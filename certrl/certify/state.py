@@ -245,6 +245,8 @@ class RadiusVerifier:
             return t[idx] if t is not None and t.dim() == b.center.dim() and t.shape[0] == n \
                 and n > 1 else t
         e = e.reshape(len(idx), *([1] * (self.x.dim() - 1)))
+        if self.threat.scale is not None:  # radius in units of the per-dimension scale
+            e = e * self.threat.scale_tensor(self.x)
         return bounds.LpBall.trusted(b.center[idx], e, b.norm, rows(b.lower), rows(b.upper))
 
     def __call__(self, idx: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -340,7 +342,8 @@ def _radius(check: RadiusVerifier, out64, results: list[StateCertificates]):
     """Certified radius per state (bisection or closed form) and the capped flags."""
     m, cfg = check.method, check.options.radius
     guess = m.radius_guess(check.net, out64, check.labels)
-    if guess is not None:
+    if guess is not None:  # a plain-ball radius: the scaled set at r fits in r * max(scale)
+        guess = guess / check.threat.max_shift(1.0, INF)
         r, capped = _closed_form_radius(check, guess), np.zeros(len(guess), dtype=bool)
     else:
         init = cfg.init or max(max(res.eps for res in results), 1e-3)
@@ -460,17 +463,19 @@ def _smoothing(m: Smoothing, net, x, out64, eps_list, threat: ThreatModel,
     d = int(x[0].numel())
     linf = threat.norm == INF
     r2, pred = c.radius_l2.cpu().numpy(), c.prediction.cpu().numpy()
+    # the threat set at radius e lies in the l2 ball of radius e * k (k = sqrt(d) for a
+    # plain l_inf ball, ||scale||_2 for a scaled one, max(scale) for a scaled l2 ball)
+    k = threat.max_shift(1.0, 2.0, d)
     # largest threat-norm radius covered by ||delta||_2 < R (strict): shrink a hair
-    r = np.where(pred >= 0, r2 / (math.sqrt(d) if linf else 1.0) * (1 - 1e-9), 0.0)
+    r = np.where(pred >= 0, r2 / k * (1 - 1e-9), 0.0)
     common = {"policy": "smoothed", "bound_type": "l2", "bound": c.bound, "n0": c.n0,
               "n": c.n, "alpha": c.alpha, "sigma": c.sigma, "input_dim": d,
-              "conversion": ("eps_l2 = eps * sqrt(d) (l_inf ball inside the l2 ball)"
-                             if linf else "none (l2 threat model)"),
+              "conversion": _l2_conversion(threat, linf),
               "radius_l2": r2, "pA_lower": c.pA_lower.cpu().numpy(),
               "base_action": out64.argmax(dim=1).cpu().numpy(), "abstain": pred < 0}
     results = []
     for e in eps_list:
-        e2 = linf_to_l2(e, d) if linf else float(e)
+        e2 = linf_to_l2(e, d) if linf and threat.scale is None else threat.max_shift(e, 2.0, d)
         results.append(StateCertificates(
             method=m.name, eps=e, norm=threat.norm, certificate_kind=m.kind,
             action=pred, certified=(pred >= 0) & (r2 > e2), margin_lower=None,
@@ -478,3 +483,12 @@ def _smoothing(m: Smoothing, net, x, out64, eps_list, threat: ThreatModel,
             output=out64.cpu().numpy(), time_s=dt / len(eps_list),
             extra={**common, "eps_l2": e2}))
     return results
+
+
+def _l2_conversion(threat: ThreatModel, linf: bool) -> str:
+    """How the threat-norm eps became the smoothing certificate's l2 radius (in words)."""
+    if threat.scale is not None:
+        return ("eps_l2 = eps * ||scale||_2 (scaled l_inf box inside the l2 ball)" if linf
+                else "eps_l2 = eps * max(scale) (scaled l2 ellipsoid inside the l2 ball)")
+    return ("eps_l2 = eps * sqrt(d) (l_inf ball inside the l2 ball)" if linf
+            else "none (l2 threat model)")

@@ -27,18 +27,21 @@ from certrl.threat import parse_norm
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("attack", help="attacked return (pgd, fgsm, mad, random)",
+    p = sub.add_parser("attack", help="attacked return (pgd, pgd-ref, fgsm, mad, random)",
                        description="Attack an agent's observations at each step and report "
                                    "returns. eps is measured in the agent's threat-model space "
                                    "(network input: [0,1] pixels for Atari, normalized obs "
-                                   "for MuJoCo). Writes one JSON line per episode; re-running "
+                                   "for MuJoCo). pgd: random start, best iterate (ours); "
+                                   "pgd-ref: the references' PGD (10 steps of 0.1 eps, no "
+                                   "random start). Writes one JSON line per episode; re-running "
                                    "with the same --out runs only the missing episodes.")
     p.add_argument("checkpoint", help="checkpoint file or shipped agent name")
     p.add_argument("--attack", choices=ATTACKS, default="pgd")
     p.add_argument("--eps", type=eps_arg, nargs="+", required=True,
                    help="one or more radii, e.g. --eps 0.01 0.05 or 3/255")
     p.add_argument("--steps", type=positive_int, default=10, help="attack iterations")
-    p.add_argument("--step-size", type=float, default=None, help="default 2.5 eps / steps")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="default 2.5 eps / steps (pgd), 0.1 eps (pgd-ref)")
     p.add_argument("--norm", default=None, help="inf or 2 (default: the agent's threat model)")
     p.add_argument("--objective", choices=("ce", "margin"), default="ce",
                    help="discrete agents: cross-entropy or Q-margin of the clean action")
