@@ -1,11 +1,14 @@
 """certrl demo: certify and attack the shipped agent(s), print the verification table.
 
 For every agent (default: each shipped one among cartpole-dqn-vanilla and
-cartpole-dqn-car), over a few seeded episodes: certify every visited state with
-IBP, CROWN (sound) and randomized smoothing (probabilistic) at several eps,
-attack with PGD at the same eps, and render the table. Writes
-OUT/certify.jsonl and OUT/attack.jsonl (both resumable; results made with other
-settings are refused unless --force) and OUT/table.{md,tex,csv}.
+cartpole-dqn-car, side by side), over a few seeded episodes: certify every
+visited state with IBP, CROWN (sound) and randomized smoothing (probabilistic)
+at several eps, play the greedy worst case with IBP and CROWN bounds (GWC,
+heuristic), attack with our PGD and the references' PGD (pgd-ref) at the same
+eps, and render the table. Writes OUT/certify.jsonl (certificates),
+OUT/gwc.jsonl (heuristics), OUT/attack.jsonl (PGD) and OUT/attack-pgd-ref.jsonl
+(all resumable; results made with other settings are refused unless --force)
+and OUT/table.{md,tex,csv}.
 """
 
 from __future__ import annotations
@@ -27,18 +30,26 @@ from certrl.report import build_tables, load_rows, render
 DEMO_AGENTS = ("cartpole-dqn-vanilla", "cartpole-dqn-car")
 DEMO_EPS = (0.005, 0.01, 0.02, 0.05)
 DEMO_METHODS = ("ibp", "crown", "smoothing")
+DEMO_GWC = ("gwc-ibp", "gwc-crown")  # heuristics, written apart from the certificates
+DEMO_ATTACKS = ("pgd", "pgd-ref")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="certify + attack the shipped agents, print the table",
                        description="Certify the shipped CartPole agents with IBP, CROWN and "
-                                   "randomized smoothing at several eps, attack them with "
-                                   "PGD at the same eps, and print the verification table.")
+                                   "randomized smoothing at several eps, play GWC with IBP "
+                                   "and CROWN bounds (heuristic), attack them with our PGD "
+                                   "and the references' PGD at the same eps, and print the "
+                                   "verification table.")
     p.add_argument("--agents", nargs="+", default=None,
                    help="agent names or checkpoints (default: shipped among "
                         f"{', '.join(DEMO_AGENTS)})")
     p.add_argument("--eps", type=eps_arg, nargs="+", default=list(DEMO_EPS))
     p.add_argument("--methods", nargs="+", default=list(DEMO_METHODS))
+    p.add_argument("--gwc", nargs="*", default=list(DEMO_GWC), metavar="METHOD",
+                   help=f"GWC variants (default {' '.join(DEMO_GWC)}; none: skip)")
+    p.add_argument("--attacks", nargs="+", default=list(DEMO_ATTACKS),
+                   choices=DEMO_ATTACKS, help="pgd (ours) and/or pgd-ref (the references')")
     p.add_argument("--episodes", type=positive_int, default=3)
     p.add_argument("--attack-steps", type=positive_int, default=10)
     p.add_argument("--sigma", type=float, default=0.1, help="smoothing noise std")
@@ -74,52 +85,75 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; --out of demo is a folder")
-    cert_path = check_out(out / "certify.jsonl", "certify", args.force)
-    attack_path = check_out(out / "attack.jsonl", "attack", args.force)
+    paths = _paths(out, args)
     agents = [(name, load(name)) for name in names]  # bad names fail before any output
     for _, agent in agents:
-        check_request(agent, eps, list(args.methods), settings)
-        if not args.force:  # results made with other settings: refuse before any work
-            completed_units(cert_path, agent_id(agent), settings, list(args.methods))
-            episode_log(attack_path, _attack_run(agent, eps, episodes, max_steps,
-                                                 args.attack_steps), agent_id(agent)).refresh()
+        _preflight(agent, eps, episodes, max_steps, settings, paths, args)
     for k, (name, agent) in enumerate(agents):
         fresh = args.force and k == 0
-        print(f"[{name}] certify ({', '.join(args.methods)}) at eps {', '.join(map(str, eps))} "
-              f"over {episodes} episode(s)", file=sys.stderr)
-        run_certify(agent, name, eps, list(args.methods), episodes, cert_path, settings,
-                    progress=not args.no_progress, fresh=fresh)
-        print(f"[{name}] PGD attack ({args.attack_steps} steps)", file=sys.stderr)
-        _attack(agent, name, eps, episodes, max_steps, args.attack_steps, attack_path, fresh)
-    tables = build_tables(load_rows([cert_path, attack_path]))
+        for path, methods in ((paths["certify"], args.methods), (paths["gwc"], args.gwc)):
+            if methods:
+                print(f"[{name}] certify ({', '.join(methods)}) at eps "
+                      f"{', '.join(map(str, eps))} over {episodes} episode(s)", file=sys.stderr)
+                run_certify(agent, name, eps, list(methods), episodes, path, settings,
+                            progress=not args.no_progress, fresh=fresh)
+        for attack in args.attacks:
+            print(f"[{name}] {attack} attack ({args.attack_steps} steps)", file=sys.stderr)
+            _attack(agent, name, eps, episodes, max_steps, args.attack_steps,
+                    paths[attack], fresh, attack)
+    tables = build_tables(load_rows([p for p in paths.values() if p.exists()]))
     md = render(tables, "md")
     for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
         (out / f"table.{ext}").write_text(md if fmt == "md" else render(tables, fmt))
     print(md)
-    print(f"results: {cert_path}, {attack_path}; tables: {out}/table.{{md,tex,csv}} "
-          f"({time.perf_counter() - t_start:.0f} s)")
+    print(f"results: {', '.join(str(p) for p in paths.values() if p.exists())}; tables: "
+          f"{out}/table.{{md,tex,csv}} ({time.perf_counter() - t_start:.0f} s)")
     return 0
 
 
+def _paths(out: Path, args) -> dict[str, Path]:
+    """The demo's result files, checked (kind, --force) before any work."""
+    return {"certify": check_out(out / "certify.jsonl", "certify", args.force),
+            "gwc": check_out(out / "gwc.jsonl", "certify", args.force),
+            "pgd": check_out(out / "attack.jsonl", "attack", args.force),
+            "pgd-ref": check_out(out / "attack-pgd-ref.jsonl", "attack", args.force)}
+
+
+def _preflight(agent, eps, episodes, max_steps, settings, paths, args) -> None:
+    """Refuse a request that cannot run, or files made with other settings, before work."""
+    for path, methods in ((paths["certify"], args.methods), (paths["gwc"], args.gwc)):
+        if not methods:
+            continue
+        check_request(agent, eps, list(methods), settings)
+        if not args.force:
+            completed_units(path, agent_id(agent), settings, list(methods))
+    if not args.force:
+        for attack in args.attacks:
+            episode_log(paths[attack], _attack_run(agent, eps, episodes, max_steps,
+                                                   args.attack_steps, attack),
+                        agent_id(agent)).refresh()
+
+
 def _attack_run(agent, eps: list[float], episodes: int, max_steps: int | None,
-                steps: int) -> EpisodeRun:
+                steps: int, attack: str = "pgd") -> EpisodeRun:
     norm = agent.threat_model.to_dict()["norm"]
-    return EpisodeRun("attack", episodes, tuple(eps), "pgd", norm, 0, max_steps, True, steps,
+    return EpisodeRun("attack", episodes, tuple(eps), attack, norm, 0, max_steps, True, steps,
                       None, "ce")
 
 
 def _attack(agent, name: str, eps: list[float], episodes: int, max_steps: int | None,
-            steps: int, path: Path, fresh: bool) -> None:
-    """PGD-attacked episodes at each eps, appended (resumably) to ``path``."""
+            steps: int, path: Path, fresh: bool, attack: str = "pgd") -> None:
+    """Attacked episodes (``attack``: pgd or pgd-ref) at each eps, appended (resumably)
+    to ``path``."""
     norm = agent.threat_model.to_dict()["norm"]
-    run_ = _attack_run(agent, eps, episodes, max_steps, steps)
+    run_ = _attack_run(agent, eps, episodes, max_steps, steps, attack)
 
     def attack_for(e: float, episode: int):
-        return make_attack("pgd", agent.forward, agent.threat_model.with_eps(e), e, steps,
+        return make_attack(attack, agent.forward, agent.threat_model.with_eps(e), e, steps,
                            None, episode_rng_seed(0, episode), agent.action_space_kind, "ce")
 
     def fields(e: float) -> dict:
-        return {"eps": e, "norm": norm, "attack": "pgd", "attack_steps": steps,
+        return {"eps": e, "norm": norm, "attack": attack, "attack_steps": steps,
                 "step_size": None, "objective": "ce",
                 "threat_model": agent.threat_model.with_eps(e).to_dict()}
 
