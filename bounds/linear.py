@@ -24,15 +24,18 @@ import math
 import torch
 
 from bounds.graph import Layer
-from bounds.interval import Interval, fold_input, ibp
+from bounds.interval import Interval, affine_on_ball, fold_input, ibp
 from bounds.perturbation import LpBall
-from bounds.rules import crop, relu_relaxation, tanh_relaxation
+from bounds.rules import PreBounds, crop, relu_relaxation, slope_ref, tanh_relaxation
 
 __all__ = ["activation_bounds", "alpha_crown", "backward", "crown", "relu_relaxation",
            "tanh_relaxation"]
 
 _CHUNK_ELEMENTS = 2**25  # max elements of one backward A tensor (memory cap)
 _FUSE_MAX_IN = 32
+_SLOPE_FROM_RAW = True
+_TWO_SLOPES = True
+_INTERSECT_OUTPUT = True
 
 
 # --------------------------------------------------------------------------- backward pass
@@ -221,6 +224,61 @@ def _intermediate_crown(
     return lo.reshape(B, *out_shape), up.reshape(B, *out_shape)
 
 
+def _intersect(a: Interval, b: Interval) -> Interval:
+    """Elementwise intersection of two sound intervals of the same quantity."""
+    return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
+
+
+def _step(layer: Layer, prev: Interval | None, ball: LpBall) -> Interval:
+    """The interval of one layer's output from the interval of its input (the first
+    affine layer is bounded exactly on the ball)."""
+    if prev is None:
+        if layer.rule.on_ball is not None:
+            return affine_on_ball(layer, ball)
+        return layer.rule.ibp(layer, *ball.box())
+    return layer.rule.ibp(layer, *prev)
+
+
+def _plain(bounds_: dict[int, Interval]) -> dict[int, Interval]:
+    """The same bounds without lower-slope references (slopes read on the bounds)."""
+    return {k: (v[0], v[1]) for k, v in bounds_.items()}
+
+
+def _crown_two_slopes(prefix, ball, bounds_, rows=None) -> Interval:
+    """``_intermediate_crown`` with the ReLU lower slopes read on the reference bounds
+    and on the intersected bounds; the elementwise tighter of the two (both sound).
+    The slope heuristic is not monotone in the bounds, so either choice alone can
+    lose to the other (and to auto_LiRPA's) on some neurons."""
+    a = _intermediate_crown(prefix, ball, bounds_, rows)
+    if not _TWO_SLOPES or not any(slope_ref(v) is not None for v in bounds_.values()):
+        return a
+    b = _intermediate_crown(prefix, ball, _plain(bounds_), rows)
+    return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
+
+
+def _refine_unstable(prefix, ball, bounds_, step: Interval) -> PreBounds:
+    """CROWN bounds for the neurons unstable under ``step`` in some batch element (a ReLU
+    is exact on stable neurons whatever their bounds), intersected with ``step``. The
+    un-intersected CROWN bounds are kept as the lower-slope reference (``PreBounds``)."""
+    lo_i, up_i = step
+    unstable = ((lo_i < 0) & (up_i > 0)).reshape(lo_i.shape[0], -1).any(0)
+    idx = unstable.nonzero().flatten()
+    if idx.numel() == 0:
+        return PreBounds(lo_i, up_i)
+    if idx.numel() == unstable.numel():
+        raw = _crown_two_slopes(prefix, ball, bounds_)
+        return PreBounds(*_intersect(raw, step), raw if _SLOPE_FROM_RAW else None)
+    lo_c, up_c = _crown_two_slopes(prefix, ball, bounds_, idx)
+    B = lo_i.shape[0]
+    lo_f, up_f = lo_i.reshape(B, -1), up_i.reshape(B, -1)
+    lo = lo_f.index_copy(1, idx, torch.maximum(lo_c, lo_f[:, idx]))
+    up = up_f.index_copy(1, idx, torch.minimum(up_c, up_f[:, idx]))
+    ref = (lo_f.index_copy(1, idx, lo_c).reshape(lo_i.shape),
+           up_f.index_copy(1, idx, up_c).reshape(up_i.shape))
+    return PreBounds(lo.reshape(lo_i.shape), up.reshape(up_i.shape),
+                     ref if _SLOPE_FROM_RAW else None)
+
+
 def activation_bounds(
     layers: list[Layer], ball: LpBall, intermediate: str
 ) -> tuple[LpBall, list[Layer], dict[int, Interval]]:
@@ -228,41 +286,27 @@ def activation_bounds(
 
     ``intermediate``: "ibp" (CROWN-IBP) or "crown" (full CROWN).
     Returns (folded ball, remaining layers, {layer index: (l, u)}).
+
+    With "crown", each layer output keeps the tightest interval known: the
+    one-layer interval step from the previous layer's (already tightened)
+    interval, which is never looser than IBP from the input, intersected at
+    every activation input with the CROWN bound. CROWN runs only on neurons that
+    this interval leaves unstable (ReLU), or on all of them (Tanh).
     """
     folded, rest = fold_input(layers, ball)
     bounds_: dict[int, Interval] = {}
-    ibp_per_layer = None
-    if intermediate == "ibp" or any(layer.rule.role == "activation" for layer in rest):
-        # IBP pre-activations: used by CROWN-IBP, and by CROWN where exact.
-        _, ibp_per_layer = ibp(rest, folded)
+    prev: Interval | None = None
     for k, layer in enumerate(rest):
-        if layer.rule.role != "activation":
-            continue
-        if k == 0:
-            bounds_[k] = folded.box()
-            continue
-        prefix = rest[:k]
-        if intermediate == "ibp" or _is_exact_by_ibp(prefix):
-            bounds_[k] = ibp_per_layer[k - 1]
-        elif layer.rule.exact_when_stable:
-            # As auto_LiRPA's default: CROWN only for neurons that IBP finds
-            # unstable in some batch element; IBP bounds for the others (their
-            # ReLU relaxation is exact whatever the bound values).
-            lo_i, up_i = ibp_per_layer[k - 1]
-            unstable = ((lo_i < 0) & (up_i > 0)).reshape(lo_i.shape[0], -1).any(0)
-            idx = unstable.nonzero().flatten()
-            if idx.numel() == unstable.numel():
-                bounds_[k] = _intermediate_crown(prefix, folded, bounds_)
-            elif idx.numel() == 0:
-                bounds_[k] = (lo_i, up_i)
-            else:
-                lo_c, up_c = _intermediate_crown(prefix, folded, bounds_, idx)
-                B = lo_i.shape[0]
-                lo = lo_i.reshape(B, -1).index_copy(1, idx, lo_c)
-                up = up_i.reshape(B, -1).index_copy(1, idx, up_c)
-                bounds_[k] = (lo.reshape(lo_i.shape), up.reshape(up_i.shape))
-        else:
-            bounds_[k] = _intermediate_crown(prefix, folded, bounds_)
+        if layer.rule.role == "activation":
+            if k == 0:
+                prev = folded.box()
+            elif intermediate != "ibp" and not _is_exact_by_ibp(rest[:k]):
+                if layer.rule.exact_when_stable:
+                    prev = _refine_unstable(rest[:k], folded, bounds_, prev)
+                else:
+                    prev = _intersect(_intermediate_crown(rest[:k], folded, bounds_), prev)
+            bounds_[k] = prev
+        prev = _step(layer, prev, folded)
     return folded, rest, bounds_
 
 
@@ -295,7 +339,14 @@ def crown(
         val = folded.concretize(A.expand(B, *A.shape[1:]), sign=-1.0)
     else:
         val = _concretize_rows(rest, folded, A, act)
-    return val[:, :m], (-val[:, m:] if upper else None)
+        if intermediate != "ibp" and _TWO_SLOPES and any(
+                slope_ref(v) is not None for v in act.values()):
+            val = torch.maximum(val, _concretize_rows(rest, folded, A, _plain(act)))
+    lb, ub = val[:, :m], (-val[:, m:] if upper else None)
+    if intermediate == "ibp" or not _INTERSECT_OUTPUT:
+        return lb, ub
+    (lb_i, ub_i), _ = ibp(layers, ball, C)  # never looser than IBP
+    return torch.maximum(lb, lb_i), (torch.minimum(ub, ub_i) if upper else None)
 
 
 def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, lr):

@@ -42,14 +42,40 @@ class UnsupportedLayerError(TypeError):
 
 
 # --------------------------------------------------------------------------- relaxations
-def relu_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(upper slope, upper intercept, default lower slope) of ReLU on [l, u]."""
+class PreBounds(tuple):
+    """Pre-activation bounds (lower, upper), optionally with ``ref``: other sound (wider)
+    bounds (l', u') of the same neurons that choose the default ReLU lower slope
+    (1 if u' > -l' else 0). Any slope in [0, 1] is sound; CROWN's intersected
+    intermediate bounds keep the slope that the un-intersected CROWN bound would
+    pick, so that tightening the chord never changes the lower line's choice."""
+
+    ref: Interval | None
+
+    def __new__(cls, lower: torch.Tensor, upper: torch.Tensor, ref: Interval | None = None):
+        obj = super().__new__(cls, (lower, upper))
+        obj.ref = ref
+        return obj
+
+
+def slope_ref(bounds) -> Interval | None:
+    """The ``ref`` bounds of a :class:`PreBounds` (None for a plain pair)."""
+    return getattr(bounds, "ref", None)
+
+
+def relu_relaxation(
+    l: torch.Tensor, u: torch.Tensor, ref: Interval | None = None
+) -> tuple[torch.Tensor, ...]:
+    """(upper slope, upper intercept, default lower slope) of ReLU on [l, u]; the lower
+    slope is 1 if u > -l else 0, read on ``ref`` = (l', u') when given."""
     lr = l.clamp(max=0)
     ur = u.clamp(min=0)
     ur = torch.maximum(ur, lr + 1e-8)
     up_d = ur / (ur - lr)
     up_b = -lr * up_d
-    lo_d = (up_d > 0.5).to(up_d.dtype)
+    if ref is None:
+        lo_d = (up_d > 0.5).to(up_d.dtype)
+    else:
+        lo_d = (ref[1] > -ref[0]).to(up_d.dtype)
     return up_d, up_b, lo_d
 
 
@@ -232,8 +258,10 @@ def _back_identity(layer, A, bias, bounds=None, alpha=None):
 def _back_relu(layer, A, bias, bounds, alpha=None):
     """Lower-bound rows of A relu(y): lower line on positive, chord on negative entries."""
     l, u = bounds[0].unsqueeze(1), bounds[1].unsqueeze(1)
+    ref = slope_ref(bounds)
+    ref = None if ref is None else (ref[0].unsqueeze(1), ref[1].unsqueeze(1))
     Ap, An = A.clamp(min=0), A.clamp(max=0)
-    up_d, up_b, lo_d = relu_relaxation(l, u)
+    up_d, up_b, lo_d = relu_relaxation(l, u, ref)
     if alpha is not None:
         lo_d = relu_alpha_slope(alpha, l, u)
     return Ap * lo_d + An * up_d, bias + sum_rest(An * up_b)
@@ -261,7 +289,7 @@ def _fused_relu(lin: nn.Linear, bounds: Interval, A0: torch.Tensor, bias: torch.
     W, b = lin.weight, lin.bias
     l, u = bounds
     An = A0.clamp(max=0)
-    up_d, up_b, lo_d = relu_relaxation(l, u)
+    up_d, up_b, lo_d = relu_relaxation(l, u, slope_ref(bounds))
     delta = up_d - lo_d
     idx = ((delta != 0) | (up_b != 0)).any(0).nonzero().flatten()
     new_A = shared_matmul(A0, lo_d.unsqueeze(-1) * W)
@@ -316,7 +344,10 @@ def _window_activation(back):
     def rule(layer, A, bias, origin, bounds):
         oh, ow = origin
         h, w = A.shape[-2:]
-        window = (crop(bounds[0], oh, ow, h, w), crop(bounds[1], oh, ow, h, w))
+        ref = slope_ref(bounds)
+        if ref is not None:
+            ref = (crop(ref[0], oh, ow, h, w), crop(ref[1], oh, ow, h, w))
+        window = PreBounds(crop(bounds[0], oh, ow, h, w), crop(bounds[1], oh, ow, h, w), ref)
         A, bias = back(layer, A, bias, window)
         return A, bias, origin
 

@@ -134,7 +134,9 @@ def test_margin_lower_native_equals_lirpa_and_lower_only_path(name, method):
 
 def test_windowed_conv_crown_equals_lirpa_on_padded_deep_cnn():
     """Receptive-field windowing (padding and stride at every depth, a Normalize
-    and a Tanh in between) gives auto_LiRPA's CROWN numbers on ReLU parts and
+    and a Tanh in between): on the ReLU CNN native CROWN is at least as tight as
+    auto_LiRPA's (with three ReLU layers its intermediate bounds are intersected
+    with the one-layer interval step, which auto_LiRPA 0.3 does not do), and
     sound bounds overall."""
     torch.manual_seed(3)
     net = torch.nn.Sequential(
@@ -148,8 +150,10 @@ def test_windowed_conv_crown_equals_lirpa_on_padded_deep_cnn():
     with torch.no_grad():
         a = bounds.compute(net, ball, "crown")
         b = bounds.compute(net, ball, "crown", backend="lirpa")
-    torch.testing.assert_close(a[0], b[0], rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(a[1], b[1], rtol=RTOL, atol=ATOL)
+        pts = x + (torch.rand(400, *x.shape) * 2 - 1) * 0.05
+        out = net(pts.clamp(0, 1).reshape(-1, 2, 9, 9)).reshape(400, 2, -1)
+    assert (a[0] >= b[0] - ATOL).all() and (a[1] <= b[1] + ATOL).all()
+    assert (out >= a[0] - 1e-5).all() and (out <= a[1] + 1e-5).all()
     tanh_net = torch.nn.Sequential(
         torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Tanh(),
         bounds.Normalize(torch.full((3, 1, 1), 0.1), torch.full((3, 1, 1), 0.5)),
