@@ -36,7 +36,7 @@ from certrl.losses.ppo_utils import (
     log_prob,
     normalized,
 )
-from certrl.losses.radial import worst_logprob_bounds
+from certrl.losses.radial import reference_ramp, worst_logprob_bounds
 from certrl.losses.schedule import EpsSchedule
 from certrl.threat import ThreatModel
 
@@ -52,11 +52,13 @@ def soft_weights(values: Tensor, lam: float) -> Tensor:
 
 @dataclass
 class CARConfig:
-    """CAR-DQN: softmax temperature lam (lambda), solver (ibp, crown-ibp or pgd), eps schedule."""
+    """CAR-DQN: softmax temperature lam (lambda, reference 1), solver (ibp, crown-ibp or pgd:
+    5 steps, the reference's training attack), eps schedule (the reference's RADIAL-style
+    smoothed ramp over 8/9 of the run)."""
 
     lam: float = 1.0
-    solver: SolverConfig = field(default_factory=lambda: SolverConfig("ibp"))
-    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("ibp", pgd_steps=5))
+    schedule: EpsSchedule = field(default_factory=reference_ramp)
 
     def __post_init__(self) -> None:
         if self.lam < 0:

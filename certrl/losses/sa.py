@@ -27,15 +27,23 @@ from certrl.losses.schedule import EpsSchedule
 from certrl.threat import ThreatModel
 
 
+def sa_reference_ramp() -> EpsSchedule:
+    """SA-DQN's schedule (chenhongge/SA_DQN defaults.json): natural training for 1.5M of 6M
+    frames, then a smoothed ramp (mid 0.25, power 4) of 4M frames: warm-up 0.25, ramp 2/3."""
+    return EpsSchedule(warmup=0.25, ramp=4.0 / 6.0, mid=0.25, power=4.0)
+
+
 # Deliberate parallel (duplicates lists it): each loss has a typed config of one shape.
 @dataclass
 class SAConfig:
-    """SA-DQN: hinge weight kappa, hinge cap c, solver, eps schedule."""
+    """SA-DQN: hinge weight kappa (reference default 0.005; 0.01-0.02 in some games),
+    hinge cap c (1), solver (CROWN-IBP, beta 1 -> 0; "pgd": 5 steps, the reference's
+    training attack), eps schedule (the reference's)."""
 
-    kappa: float = 0.01
+    kappa: float = 0.005
     c: float = 1.0
-    solver: SolverConfig = field(default_factory=lambda: SolverConfig("crown-ibp"))
-    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("crown-ibp", pgd_steps=5))
+    schedule: EpsSchedule = field(default_factory=sa_reference_ramp)
 
 
 class SADQNLoss(ScheduledLoss):

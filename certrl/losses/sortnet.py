@@ -4,7 +4,9 @@ closed-form certified margin.
 The Q-network is ``certrl.nets.LipschitzQNetwork`` (type "lipschitz_q"): Q = s * f(x)
 with f a ``bounds.lipschitz.LipschitzMLP``, so each Q-value is s-Lipschitz and
     LB[Q(s', a*) - Q(s', j)] = Q(s, a*) - Q(s, j) - 2 s eps   for all s' in B(s, eps)
-(exact for the worst case of a 1-Lipschitz bound). The loss adds
+(exact for the worst case of a 1-Lipschitz bound; with a per-dimension threat scale the
+set lies in the l_inf ball of radius eps * max(scale) = ``threat.max_shift(eps)``, which
+replaces eps). The loss adds
     kappa * mean_i max(-min_{j != a*} (Q(s_i, a*) - Q(s_i, j) - 2 s eps), -c),
 the SA-DQN hinge on that margin; no solver is needed. ``sortnet_q_spec`` gives the
 network spec for ``DQNConfig(q_spec=...)``.
@@ -67,6 +69,7 @@ class SortNetLoss(ScheduledLoss):
         q = nets["q"]
         out = q(batch["obs"])
         labels = out.detach().argmax(1)
-        m = lipschitz_margins(out, labels, eps, float(q.lipschitz_linf))
+        shift = threat.max_shift(eps, norm=float("inf")) if eps > 0 else 0.0
+        m = lipschitz_margins(out, labels, shift, float(q.lipschitz_linf))
         hinge = hinge_margin(m, self.cfg.c).mean()
         return self.cfg.kappa * hinge, {"train_eps": eps, "sa_hinge": float(hinge.detach())}
