@@ -14,6 +14,7 @@ from certrl.certify import (
     SmoothingConfig,
     append_rows_atomic,
     dkw_margin,
+    episode_l2_budget,
     policy_smoothing_bound,
     pooled_acr,
     read_rows,
@@ -197,3 +198,33 @@ def test_cli_policy_smoothing_prints_an_infinite_median_bound(tmp_path, capsys):
             "--ps-episodes", "3", "--max-steps", "5", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     assert "median bound -inf" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("norm", [math.inf, 2.0, 1.0])
+def test_episode_l2_budget_with_scale_holds_every_sampled_attack(norm):
+    """B with a per-dimension scale bounds the stacked l2 norm of any per-step attack in
+    the scaled set (sampled, corners included), is attained for l_inf (a corner), and
+    agrees with ThreatModel.max_shift * sqrt(H)."""
+    from certrl.threat import ThreatModel
+
+    scale, eps, H = np.array([0.5, 2.0, 0.1]), 0.3, 7
+    B = episode_l2_budget(eps, 3, H, norm, scale)
+    tm = ThreatModel(norm=norm, eps=eps, space="raw observation", scale=tuple(scale))
+    assert B == pytest.approx(tm.max_shift(eps, 2.0, 3) * math.sqrt(H))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        u = rng.uniform(-1, 1, size=(H, 3))
+        if norm == math.inf:
+            u = np.sign(u) if rng.random() < 0.5 else u  # corners too
+        else:
+            u /= np.linalg.norm(u, ord=norm, axis=1, keepdims=True)  # on the sphere
+        delta = eps * scale * u  # ||delta_t / scale||_norm <= eps
+        assert np.linalg.norm(delta) <= B * (1 + 1e-12)
+    corner = eps * scale * np.ones((H, 3))
+    if norm == math.inf:
+        assert np.linalg.norm(corner) == pytest.approx(B)
+    # the plain ball is the scale of ones; a wrong-length scale is refused
+    assert episode_l2_budget(eps, 3, H, norm, np.ones(3)) == pytest.approx(
+        episode_l2_budget(eps, 3, H, norm))
+    with pytest.raises(ValueError, match="scale"):
+        episode_l2_budget(eps, 4, H, norm, scale)

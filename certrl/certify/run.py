@@ -159,7 +159,7 @@ def q_scale(agent: Agent) -> float | None:
     checkpoints) for a DQN agent, None for agents whose outputs are not Q values."""
     if agent.algo != "dqn":
         return None
-    return float(getattr(agent, "reward_scale", 1.0))  # TODO(H1): agent.reward_scale
+    return float(agent.reward_scale)
 
 
 def certification_net(agent: Agent):
@@ -387,8 +387,7 @@ class _RunContext:
         rmin = _return_min(agent, settings)
         tm = agent.threat_model
         for e in eps_todo:
-            budget = (episode_l2_budget(e, d, H, tm.norm) if tm.scale is None
-                      else tm.max_shift(e, 2.0, d) * math.sqrt(H))
+            budget = episode_l2_budget(e, d, H, tm.norm, tm.scale)
             ps = policy_smoothing_bound(rets, budget, s.sigma, s.alpha, rmin)
             per_step = budget / math.sqrt(H)
             med = sdqn_median_bound(rets, per_step, H, s.sigma, s.alpha)

@@ -127,13 +127,22 @@ def dkw_margin(n: int, alpha: float) -> float:
     return math.sqrt(math.log(1.0 / alpha) / (2.0 * n))
 
 
-def episode_l2_budget(eps: float, dim: int, horizon: int, norm: float = math.inf) -> float:
+def episode_l2_budget(eps: float, dim: int, horizon: int, norm: float = math.inf,
+                      scale=None) -> float:
     """Total l2 budget B of a per-step eps attack over ``horizon`` steps.
 
-    Per step ||delta||_2 <= eps * sqrt(dim) (l_inf) or eps (l2); over H steps the
-    stacked perturbation has l2 norm <= sqrt(H) times that.
+    Per step ||delta||_2 <= eps * sqrt(dim) (l_inf) or eps (l2); with a per-dimension
+    ``scale`` s (the set {||delta / s||_p <= eps}) it is eps * ||s||_2 (l_inf) or
+    eps * max(s) (l2 / l1). Over H steps the stacked perturbation has l2 norm
+    <= sqrt(H) times that.
     """
-    per = eps * math.sqrt(dim) if norm == math.inf else eps
+    if scale is None:
+        per = eps * math.sqrt(dim) if norm == math.inf else eps
+    else:
+        s = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if s.size != int(dim):
+            raise ValueError(f"scale has {s.size} entries but the input has {dim} elements")
+        per = eps * float(np.linalg.norm(s) if norm == math.inf else s.max())
     return per * math.sqrt(horizon)
 
 
