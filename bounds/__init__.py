@@ -36,6 +36,7 @@ from bounds.lipschitz import (
 from bounds.perturbation import LpBall, parse_norm
 from bounds.smoothing import certified_linf, linf_to_l2
 from bounds.spec import margin_spec
+from bounds.verify import VerifyResult, verify
 
 __all__ = [
     "exact",
@@ -67,5 +68,7 @@ __all__ = [
     "margin_spec",
     "preactivation_bounds",
     "unsupported_layers",
+    "VerifyResult",
+    "verify",
 ]
 __version__ = "0.1.0"

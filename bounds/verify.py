@@ -1,0 +1,169 @@
+"""Branch and bound over input splits: ``bounds.verify``.
+
+The property is  C f(x) > d  for every x in an l_inf ball (a box, clipped to
+its domain), in every row (``mode="all"``) or in at least one row
+(``mode="any"``). Domains are sub-boxes. Each round takes the ``batch``
+domains with the lowest bound, bounds them all at once with CROWN (one batched
+call), drops the verified ones, attacks the others (a few signed-gradient
+steps from the domain centre, PGD) and bisects each remaining box along the
+input dimension with the largest |d objective / d x_j| * width_j. The answer
+is "verified" when no domain is left, "falsified" with a counterexample whose
+forward pass violates the property (checked before returning), and "unknown"
+when the time or domain budget runs out: never a guess.
+
+Soundness: a domain is verified only when CROWN's lower bound, less the
+rounding allowance of ``bounds.api.rounding_allowance`` (float32: 1e-5
+relative to the output scale), is > 0. Completeness: input splitting shrinks
+boxes until every ReLU of a piecewise-linear net is stable on them, where
+CROWN is exact; fine for RL's low-dimensional inputs. ReLU splitting (needed
+for high-dimensional inputs) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bounds.api import bind, rounding_allowance
+from bounds.perturbation import LpBall
+
+__all__ = ["VerifyResult", "verify"]
+
+
+@dataclass
+class VerifyResult:
+    """status: "verified", "falsified" or "unknown". counterexample: (*in_shape) point of
+    the ball with C f(x) - d violating the property (falsified only); value: the
+    objective there (min over rows for "all", max for "any"); lower: the proven lower
+    bound of the objective over the domains still open (+inf once verified)."""
+
+    status: str
+    counterexample: torch.Tensor | None = None
+    value: float | None = None
+    lower: float = float("-inf")
+    stats: dict = field(default_factory=dict)
+
+
+def _objective(out: torch.Tensor, C: torch.Tensor, d: torch.Tensor, mode: str):
+    """min_i (or max_i for "any") of (C f(x) - d)_i; out: (N, K)."""
+    v = out @ C.T - d
+    return v.amin(1) if mode == "all" else v.amax(1)
+
+
+def _check_args(ball: LpBall, C: torch.Tensor, d, mode: str) -> tuple:
+    if not isinstance(ball, LpBall):
+        raise TypeError(f"ball must be a bounds.LpBall, got {type(ball).__name__}")
+    if ball.norm != float("inf") or ball.batch_size != 1:
+        raise ValueError("verify: needs an l_inf ball (input splitting) with batch size 1")
+    if mode not in ("all", "any"):
+        raise ValueError(f"verify: mode must be 'all' or 'any', got {mode!r}")
+    C = torch.as_tensor(C, dtype=ball.center.dtype, device=ball.center.device)
+    C = C.reshape(-1, C.shape[-1])
+    d = torch.zeros(C.shape[0], dtype=C.dtype, device=C.device) if d is None else \
+        torch.as_tensor(d, dtype=C.dtype, device=C.device).reshape(-1)
+    if d.shape[0] != C.shape[0]:
+        raise ValueError(f"verify: d has {d.shape[0]} entries but C has {C.shape[0]} rows")
+    return C, d
+
+
+def _attack(net, C, d, mode, lo, hi, steps: int = 5):
+    """Signed-gradient descent on the objective from the centres of boxes (N, *shape);
+    returns (points, objective values), points inside the boxes."""
+    x = ((lo + hi) / 2).detach()
+    step = (hi - lo) / 4
+    for _ in range(steps):
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            g, = torch.autograd.grad(_objective(net(x).flatten(1), C, d, mode).sum(), x)
+        x = torch.minimum(torch.maximum(x.detach() - step * g.sign(), lo), hi)
+        step = step * 0.6
+    with torch.no_grad():
+        return x, _objective(net(x).flatten(1), C, d, mode)
+
+
+def _lower(bound, C, d, mode, lo, hi, allowance):
+    """Sound lower bound of the objective on each box (N,), less the rounding slack."""
+    ball = LpBall.trusted((lo + hi) / 2, (hi - lo) / 2, float("inf"))
+    N = lo.shape[0]
+    lb, _ = bound.compute(ball, "crown", C.expand(N, *C.shape), bound_upper=False)
+    lb = lb - d
+    v = lb.amin(1) if mode == "all" else lb.amax(1)
+    return v - allowance
+
+
+def _split(net, C, d, mode, lo, hi):
+    """Bisect each box along argmax_j |grad_j| * width_j (at the centre)."""
+    x = ((lo + hi) / 2).detach().requires_grad_(True)
+    with torch.enable_grad():
+        g, = torch.autograd.grad(_objective(net(x).flatten(1), C, d, mode).sum(), x)
+    w = (hi - lo).flatten(1)
+    score = (g.abs().flatten(1) + 1e-12) * w
+    j = score.argmax(1)
+    rows = torch.arange(lo.shape[0], device=lo.device)
+    mid = ((lo + hi) / 2).flatten(1)[rows, j]
+    hi1, lo2 = hi.flatten(1).clone(), lo.flatten(1).clone()
+    hi1[rows, j], lo2[rows, j] = mid, mid
+    shape = lo.shape[1:]
+    return (torch.cat([lo, lo2.reshape(-1, *shape)]),
+            torch.cat([hi1.reshape(-1, *shape), hi]))
+
+
+def _found(net, C, d, mode, x, v, lo0, hi0, stats):
+    """A falsified result if some point violates the property (re-checked)."""
+    bad = (v <= 0).nonzero().flatten()
+    if bad.numel() == 0:
+        return None
+    p = torch.minimum(torch.maximum(x[bad[:1]], lo0), hi0)
+    with torch.no_grad():
+        val = float(_objective(net(p).flatten(1), C, d, mode)[0])
+    if val > 0:
+        return None
+    return VerifyResult("falsified", p[0].detach(), val, stats=stats)
+
+
+def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
+           timeout_s: float = 30.0, batch: int = 512,
+           max_domains: int = 10**7) -> VerifyResult:
+    """Decide C f(x) > d on every x of ``ball`` (all rows, or at least one for "any").
+
+    ``C``: (m, K) (or (1, m, K)); ``d``: (m,) or None (zeros). Complete branch and
+    bound over input splits with batched CROWN bounds and PGD on open domains; returns
+    "unknown" when ``timeout_s`` or ``max_domains`` runs out. See the module docstring.
+    """
+    C, d = _check_args(ball, C, d, mode)
+    t0, bound = time.perf_counter(), bind(net, "native")
+    lo0, hi0 = ball.box()
+    with torch.no_grad():
+        allowance = float(rounding_allowance(net(ball.center).flatten(1)))
+    lo, hi = lo0.clone(), hi0.clone()
+    stats = {"domains": 0, "rounds": 0}
+    lows = torch.full((1,), float("-inf"), dtype=lo.dtype, device=lo.device)
+    while lo.shape[0]:
+        stats["time_s"] = time.perf_counter() - t0
+        if stats["time_s"] > timeout_s or stats["domains"] > max_domains:
+            return VerifyResult("unknown", lower=float(lows.min()), stats=stats)
+        order = lows.argsort()
+        take, keep = order[:batch], order[batch:]
+        blo, bhi = lo[take], hi[take]
+        lo, hi, lows = lo[keep], hi[keep], lows[keep]
+        with torch.no_grad():
+            lb = _lower(bound, C, d, mode, blo, bhi, allowance)
+        stats["domains"] += blo.shape[0]
+        stats["rounds"] += 1
+        open_ = lb <= 0
+        blo, bhi, lb = blo[open_], bhi[open_], lb[open_]
+        if blo.shape[0] == 0:
+            continue
+        x, v = _attack(net, C, d, mode, blo, bhi)
+        res = _found(net, C, d, mode, x, v, lo0, hi0, stats)
+        if res is not None:
+            res.stats["time_s"] = time.perf_counter() - t0
+            return res
+        nlo, nhi = _split(net, C, d, mode, blo, bhi)
+        lo, hi = torch.cat([lo, nlo]), torch.cat([hi, nhi])
+        lows = torch.cat([lows, lb.repeat(2)])
+    stats["time_s"] = time.perf_counter() - t0
+    return VerifyResult("verified", lower=float("inf"), stats=stats)
