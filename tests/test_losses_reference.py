@@ -23,6 +23,7 @@ from certrl.losses import (
     SortNetLoss,
     WocarConfig,
     WocarDQNLoss,
+    loss_from_config,
     make_loss,
 )
 from certrl.losses.base import TrainContext
@@ -132,6 +133,74 @@ def test_wocar_attackable_set_uses_the_small_eps_at_s():
     assert n == 1.0 and float(y_w) == pytest.approx(1.0 + 0.9 * 2.0)
 
 
+def test_wocar_attack_set_radius_is_a_fraction_of_the_target_eps():
+    # default e_A = 0.255 * eps (the reference's 1e-3 against 1/255): at s = 0.5 action 1
+    # is attackable iff e_A >= 1/6, i.e. iff the target eps >= 0.654
+    net = linear_q()
+    loss = wocar(net)
+    assert loss.cfg.attack_set_eps is None and loss.cfg.attack_set_fraction == 0.255
+    loss.worst.load_state_dict(net.state_dict())
+    nets = {"q": net, "target": linear_q(), **loss.extra_networks()}
+    for eps, want in ((0.7, 2.0), (0.6, 1.0)):
+        assert loss.attack_set_radius(ThreatModel(eps=eps)) == pytest.approx(0.255 * eps)
+        _, n = loss.worst_case_target(ctx(one_batch(0.5, 1.0), nets, eps))
+        assert n == want
+    # a per-dimension scale multiplies the radius as it does every ball: scale 2 -> 0.31
+    # of the unscaled input at eps 0.6, enough
+    _, n = loss.worst_case_target(ctx(one_batch(0.5, 1.0), nets,
+                                      ThreatModel(eps=0.6, scale=(2.0,))))
+    assert n == 2.0
+    with pytest.raises(ValueError, match="attack_set_fraction"):
+        WocarConfig(attack_set_fraction=-0.1)
+
+
+def test_wocar_worst_net_init_fresh_or_from_q():
+    net = mlp_q()
+    fresh, from_q = wocar(net), wocar(net, worst_init="q")
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert not torch.allclose(fresh.worst(x), net(x))
+        torch.testing.assert_close(from_q.worst(x), net(x))
+    assert from_q.worst is not net  # a copy, not the main Q
+    with pytest.raises(ValueError, match="worst_init"):
+        WocarConfig(worst_init="target")
+
+
+def test_old_wocar_configs_keep_their_meaning():
+    old = {"name": "wocar", "algo": "dqn", "worst_weight": 0.05, "kappa": 0.01, "c": 1.0,
+           "target_update_interval": 500, "solver": {"kind": "ibp", "pgd_steps": 10,
+                                                     "pgd_step_size": None},
+           "schedule": {"warmup": 0.2, "ramp": 0.4, "mid": 0.25, "power": 4.0,
+                        "total_steps": 0}}
+    loss = loss_from_config(old)
+    assert loss.cfg.attack_set_eps == 1e-3 and loss.cfg.worst_init == "q"
+    assert loss.cfg.kappa_end == 1.0 and loss.cfg.worst_every == 1
+    assert loss.config() == old  # round-trips: the filled-in fields are not written back
+
+
+def test_pgd_solver_defaults_to_the_references_five_training_steps():
+    for name in ("sa", "car"):
+        assert make_loss("dqn", name, solver="pgd").cfg.solver.pgd_steps == 5
+        assert make_loss("dqn", name, solver="pgd", pgd_steps=10).cfg.solver.pgd_steps == 10
+
+
+def test_reference_schedules_on_a_20k_step_fine_tune():
+    total = 20_000
+    sa, radial, car, woc = (make_loss("dqn", n).cfg.schedule for n in
+                            ("sa", "radial", "car", "wocar"))
+    for s in (sa, radial, car, woc):
+        s.total_steps = total
+    # SA-DQN: natural until 1.5M/6M of the run, target reached at 5.5M/6M
+    assert sa.fraction(4_999) == 0.0 and 0 < sa.fraction(5_100) < 0.01
+    assert sa.fraction(18_332) < 1.0 and sa.fraction(18_334) == 1.0
+    # RADIAL / CAR: smoothed ramp reaching the target at 4M/4.5M of the run
+    for s in (radial, car):
+        assert 0 < s.fraction(1_000) < 1e-3  # polynomial start: ~0 at the first update
+        assert s.fraction(17_776) < 1.0 and s.fraction(17_779) == 1.0
+    # WocaR: linear over the whole run
+    assert woc.fraction(10_000) == pytest.approx(0.5) and woc.fraction(total) == 1.0
+
+
 def _params(net):
     return [p.detach().clone() for p in net.parameters()]
 
@@ -199,14 +268,20 @@ def test_wocar_state_dict_restores_the_worst_optimizer():
     assert b._calls == a._calls == 3
     nets_b = {"q": nets["q"], "target": nets["target"], **b.extra_networks()}
     a._calls = b._calls = 0  # both due for a worst step now
+    before = copy.deepcopy(a.worst.state_dict())
     with torch.no_grad():
         a.td_target(ctx(_batch(seed=9), nets, 0.05))
         b.td_target(ctx(_batch(seed=9), nets_b, 0.05))
     for x, y in zip(a.worst.parameters(), b.worst.parameters()):
         torch.testing.assert_close(x, y)
-    fresh = wocar(copy.deepcopy(net))  # without the optimizer state the step differs
-    fresh.worst.load_state_dict(b.worst.state_dict())
-    assert not fresh.worst_optimizer.state_dict()["state"]
+    # without the restored optimizer state the same step lands elsewhere
+    fresh = wocar(copy.deepcopy(net))
+    fresh.worst.load_state_dict(before)
+    nets_f = {"q": nets["q"], "target": nets["target"], **fresh.extra_networks()}
+    with torch.no_grad():
+        fresh.td_target(ctx(_batch(seed=9), nets_f, 0.05))
+    assert any(not torch.allclose(x, y) for x, y in
+               zip(fresh.worst.parameters(), b.worst.parameters()))
 
 
 # ------------------------------------------------------------------ RADIAL + dueling
@@ -246,12 +321,16 @@ def test_radial_dueling_bounds_are_value_plus_centred_advantage_ibp(stream_hidde
     with torch.no_grad():
         q = torch.stack([net(p) for p in xs]) - torch.stack([net.value(p) for p in xs])
     assert (q >= (la - 1e-5)).all() and (q <= (ua + 1e-5)).all()
-    # gradients reach the advantage stream and the body, not the value stream
+    # gradients reach the advantage stream, not the value stream (V is held detached)
     acts = torch.tensor([0, 1, 2, 0, 1])
     val, _ = loss(ctx({"obs": x, "actions": acts, "q": torch.zeros(5)}, {"q": net}, eps))
+    assert float(val) > 0
     net.zero_grad()
     val.backward()
-    assert all(p.grad is not None for p in net.adv_stream.parameters())
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in net.adv_stream.parameters())
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0
+               for p in net.value_stream.parameters())
 
 
 def _dueling_with_constant_value():
@@ -379,3 +458,16 @@ def test_sortnet_margin_uses_the_largest_scaled_shift():
     val, _ = loss(ctx({"obs": x, "q": torch.zeros(1)}, {"q": net}, scaled(0.1)))
     gap = float(q.max() - q.min())
     assert float(val) == pytest.approx(-(gap - 2 * 1.0 * 0.1 * 2.0), abs=1e-5)
+
+
+def test_radial_dueling_advantage_bounds_contain_the_scaled_set():
+    net, eps = mlp_q(dueling=True, stream_hidden=8), 0.3
+    loss = RadialDQNLoss(RadialConfig(schedule=EpsSchedule(**NOW)))
+    loss.setup({"q": net}, _Cfg())
+    x = torch.randn(3, 4)
+    lb, ub = loss.q_bounds(net, x, eps, scaled(eps), step=50)
+    with torch.no_grad():
+        v = net.value(x)
+        for p in corners_and_samples(x, eps, n=100):
+            a = net(p) - net.value(p)  # the centred advantage at p
+            assert (a + v >= lb - 1e-5).all() and (a + v <= ub + 1e-5).all()

@@ -27,11 +27,13 @@ LOSSES: dict[str, dict[str, type[ScheduledLoss]]] = {
 }
 # Fields added after checkpoints were shipped: the value that keeps an older stored config's
 # meaning when it lacks the field (RADIAL: linear kappa, full-Q bounds; WocaR: no bound
-# regression, Q_w stepped every update; its old joint optimizer is not reproducible).
+# regression, Q_w stepped every update and started from Q; its old joint optimizer and its
+# attack set at s' with the training eps are not reproducible).
 LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {
     RadialConfig: {"constant_kappa": False, "dueling_bounds": "full"},
     WocarConfig: {"kappa_end": 1.0, "worst_every": 1, "worst_lr": None,
-                  "attack_set_eps": 1e-3, "worse_bound": True},
+                  "attack_set_eps": 1e-3, "attack_set_fraction": 0.255, "worst_init": "q",
+                  "worse_bound": True},
 }
 LOSS_NAMES = ("vanilla", "sa", "radial", "wocar", "car", "sortnet")
 _SOLVER_KEYS = {"solver": "kind", "pgd_steps": "pgd_steps", "pgd_step_size": "pgd_step_size"}

@@ -38,9 +38,10 @@ DUELING_BOUNDS = ("advantage", "full")
 
 
 def reference_ramp() -> EpsSchedule:
-    """RADIAL / CAR-DQN reference ramp: smoothed (mid 0.25, power 4) from the start of
-    learning to 4M of 4.5M frames, i.e. 0.9 of the run, then constant."""
-    return EpsSchedule(warmup=0.0, ramp=0.9, mid=0.25, power=4.0)
+    """RADIAL / CAR-DQN reference ramp (radial_rl_v2 ``EpsilonScheduler("smoothed", ...)``):
+    smoothed (mid 0.25, power 4) from the start of learning to frame 4M of a 4.5M-frame
+    fine-tune, i.e. 8/9 of the run, then constant."""
+    return EpsSchedule(warmup=0.0, ramp=8.0 / 9.0, mid=0.25, power=4.0)
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 WocaR-DQN as in the reference (umd-huang-lab/WocaR-RL, ``WocaR-DQN/RA-DQN/train.py``).
 An extra network Q_w (``worst_q``, same spec as Q, fresh weights) estimates the value
-under the worst attack and is trained by its *own* Adam every ``worst_every`` updates:
-    A_adv(s) = {a : UB Q(s~, a) >= max_j LB Q(s~, j), s~ in B(s, attack_set_eps)}
-        (IBP bounds of the main Q at the *current* state s with the small eps 1e-3;
-         the reference applies this set at s' although it is computed at s)
+under the worst attack and is trained by its *own* Adam every ``worst_every`` updates
+(``worst_init="q"`` starts it from the main Q instead, for short fine-tunes):
+    A_adv(s) = {a : UB Q(s~, a) >= max_j LB Q(s~, j), s~ in B(s, e_A)}
+        (IBP bounds of the main Q at the *current* state s with a small radius e_A; the
+         reference applies this set at s' although it is computed at s. The reference's
+         e_A is 1e-3 on [0,1] pixels against a target eps of 1/255, i.e. 0.255 eps: here
+         e_A = ``attack_set_fraction`` * eps (the threat model's target eps), so it keeps
+         its meaning in any eps unit; ``attack_set_eps`` gives an absolute radius instead)
     a_w = argmin_{a in A_adv(s)} Q_w(s', a),   y_w = r + gamma (1 - d) Q_w(s', a_w) (detached)
     L_w = mean h(Q_w(s, a) - y_w)
 The main Q's target bootstraps through a' = argmax_a (1 - r) Q(s', a) + r Q_w(s', a)
@@ -40,6 +44,9 @@ from certrl.losses.ppo_utils import clipped_surrogate, log_prob, normalized
 from certrl.losses.sa import mean_deviation
 from certrl.losses.schedule import EpsSchedule
 from certrl.nets import build_network
+from certrl.threat import ThreatModel
+
+WORST_INITS = ("fresh", "q")
 
 
 def linear_ramp() -> EpsSchedule:
@@ -50,15 +57,19 @@ def linear_ramp() -> EpsSchedule:
 # Deliberate parallel (duplicates lists it): typed loss configs share one shape (see sa.py).
 @dataclass
 class WocarConfig:
-    """WocaR-DQN (reference constants): worst_weight r, kappa_end, worst-net period and lr
-    (None: the DQN's lr), attack_set_eps, worse_bound; optional SA hinge kappa / c (0: off);
-    target_update_interval of a lagged Q_w copy (0: the live Q_w, as the reference)."""
+    """WocaR-DQN (reference constants): worst_weight r, kappa_end, worst-net period, lr
+    (None: the DQN's lr) and init ("fresh" as the reference, or "q": a copy of the main Q),
+    attack-set radius (attack_set_fraction * target eps, or the absolute attack_set_eps),
+    worse_bound; optional SA hinge kappa / c (0: off); target_update_interval of a lagged
+    Q_w copy (0: the live Q_w, as the reference)."""
 
     worst_weight: float = 0.05
     kappa_end: float = 0.5
     worst_every: int = 10
     worst_lr: float | None = None
-    attack_set_eps: float = 1e-3
+    attack_set_fraction: float = 0.255
+    attack_set_eps: float | None = None
+    worst_init: str = "fresh"
     worse_bound: bool = True
     kappa: float = 0.0
     c: float = 1.0
@@ -71,8 +82,14 @@ class WocarConfig:
             raise ValueError(f"WocaR worst_every must be >= 1; got {self.worst_every}")
         if self.worst_lr is not None and not float(self.worst_lr) > 0:
             raise ValueError(f"WocaR worst_lr must be > 0; got {self.worst_lr}")
-        if not float(self.attack_set_eps) >= 0:
+        if self.attack_set_eps is not None and not float(self.attack_set_eps) >= 0:
             raise ValueError(f"WocaR attack_set_eps must be >= 0; got {self.attack_set_eps}")
+        if not float(self.attack_set_fraction) >= 0:
+            raise ValueError("WocaR attack_set_fraction must be >= 0; "
+                             f"got {self.attack_set_fraction}")
+        if self.worst_init not in WORST_INITS:
+            raise ValueError(f"WocaR worst_init must be one of {WORST_INITS}; "
+                             f"got {self.worst_init!r}")
         if not 0.0 <= float(self.kappa_end) <= 1.0:
             raise ValueError(f"WocaR kappa_end must lie in [0, 1]; got {self.kappa_end}")
         if int(self.target_update_interval) < 0:
@@ -114,6 +131,8 @@ class WocarDQNLoss(ScheduledLoss):
     def setup(self, nets: dict[str, nn.Module], cfg) -> None:
         super().setup(nets, cfg)
         self.worst = build_network(nets["q"].spec)  # fresh weights, as the reference
+        if self.cfg.worst_init == "q":
+            self.worst.load_state_dict(nets["q"].state_dict())
         lr = self.cfg.worst_lr if self.cfg.worst_lr is not None else float(cfg.lr)
         self.worst_optimizer = torch.optim.Adam(self.worst.parameters(), lr=lr)
         self.worst_target = copy.deepcopy(self.worst) if self.cfg.target_update_interval else None
@@ -141,6 +160,12 @@ class WocarDQNLoss(ScheduledLoss):
         if self.worst_target is not None and "worst_target" in state:
             self.worst_target.load_state_dict(state["worst_target"])
 
+    def attack_set_radius(self, threat: ThreatModel) -> float:
+        """e_A: ``attack_set_eps`` if given, else ``attack_set_fraction`` * threat.eps."""
+        if self.cfg.attack_set_eps is not None:
+            return float(self.cfg.attack_set_eps)
+        return float(self.cfg.attack_set_fraction) * float(threat.eps)
+
     def kappa_at(self, step: int) -> float:
         """kappa_t = 1 - (1 - kappa_end) eps_t / eps."""
         return annealed_kappa(self.cfg.kappa_end, self.cfg.schedule.fraction(step))
@@ -161,11 +186,11 @@ class WocarDQNLoss(ScheduledLoss):
 
     def worst_case_target(self, ctx: TrainContext) -> tuple[Tensor, float]:
         """(y_w, mean size of A_adv): y_w = r + gamma (1 - d) Q_w(s', a_w), a_w the lowest
-        Q_w(s', .) among the actions attackable at s (eps ``attack_set_eps``)."""
+        Q_w(s', .) among the actions attackable at s (radius ``attack_set_radius``)."""
         b, q = ctx.batch, ctx.nets["q"]
         with torch.no_grad():
-            lb, ub = self.bounds_of(q, b["obs"], self.cfg.attack_set_eps, ctx.threat,
-                                    ctx.step)
+            lb, ub = self.bounds_of(q, b["obs"], self.attack_set_radius(ctx.threat),
+                                    ctx.threat, ctx.step)
             possible = attackable_actions(lb, ub)
             a_w = self.worst(b["next_obs"]).masked_fill(~possible, float("inf"))
             a_w = a_w.argmin(1, keepdim=True)
