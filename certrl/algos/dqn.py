@@ -168,7 +168,11 @@ class DQNConfig:
         name): ``for_env`` defaults, then ``FINETUNE_DEFAULTS`` of its env family and
         ``FINETUNE_REWARD_SCALE``, then the init agent's network and env settings
         (hidden, dueling, q_spec, env_kwargs), then ``overrides``."""
-        agent, _ = resolve_init(init)
+        agent, label = resolve_init(init)
+        asked = overrides.pop("env_id", agent.env_id)
+        if asked != agent.env_id:
+            raise ValueError(f"init agent {label}: its env id {agent.env_id} does not match "
+                             f"this run's env id {asked}")
         stored = canonical_config(cls, split_config(agent.config)[0])
         base: dict = dict(FINETUNE_DEFAULTS[env_family(agent.env_id)])
         base["reward_scale"] = FINETUNE_REWARD_SCALE.get(agent.env_id, base["reward_scale"])

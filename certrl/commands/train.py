@@ -2,7 +2,9 @@
 
 Output folder layout::
 
-    DIR/agent.pt                 final agent (no training state; what you load)
+    DIR/agent.pt                 final agent (no training state; what you load); with
+                                 --eval-every the best evaluated weights, final ones in
+                                 DIR/final.pt and the best so far in checkpoints/best.pt
     DIR/checkpoints/latest.pt    agent + training state (what --resume reads)
     DIR/checkpoints/step_N.pt    periodic agent snapshots
     DIR/train.jsonl              one record per training episode + a summary
@@ -375,6 +377,8 @@ def _write_command(out: Path, args: argparse.Namespace, algo) -> None:
     """command.json (a resume appends itself to ``resumes``); one-line errors, and no
     folder left behind when it cannot be written."""
     entry = {"argv": getattr(args, "argv", None), "config": algo.training_config()}
+    if algo.init_info:  # --init-from: name, identity (weights hash), run group, reward scale
+        entry["init_agent"] = dict(algo.init_info)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
