@@ -7,7 +7,13 @@ Layout (a plain dict of tensors, dicts, lists, strings and numbers)::
      "algo", "loss", "env_id", "env_version", "env_family", "obs_shape",
      "action_space": {...}, "preprocessing": {...}, "obs_rms": {...} | None,
      "threat_model": {...}, "config": {...}, "seed", "versions": {...},
-     "metadata": {...}, "train_state": {...} (optional, for --resume)}
+     "metadata": {...}, "reward_scale": float (optional; absent = 1.0),
+     "train_state": {...} (optional, for --resume)}
+
+``reward_scale`` (DQN): rewards were multiplied by it in the TD target, so the stored
+Q-network outputs ~ reward_scale x the Q values in true reward units
+(``certrl.Agent.reward_scale``). ``metadata`` may hold ``init_agent`` (fine-tuned runs) and
+``selection`` (best-checkpoint selection); see docs/training.md.
 """
 
 from __future__ import annotations

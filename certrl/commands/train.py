@@ -66,19 +66,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kill-after-checkpoint", type=positive_int, default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    f = p.add_argument_group("fine-tuning and best checkpoint (DQN; see docs/training.md)")
-    f.add_argument("--init-from", metavar="AGENT", default=None,
-                   help="start from this agent's Q weights (checkpoint path, run folder or "
-                        "shipped name, e.g. cartpole-dqn-vanilla) with the fine-tuning "
-                        "defaults (--set overrides them; --env/--algo/--steps optional)")
-    f.add_argument("--eval-every", type=_nonneg_int, default=None, metavar="N",
-                   help="evaluate the greedy agent every N env steps and keep the best "
-                        "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
-    f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
-                   help="episodes per evaluation (default 5)")
-    f.add_argument("--eps-scale", choices=("none", "std"), default=None,
-                   help="std: scale eps per observation dimension by its std on the init "
-                        "agent's greedy trajectories (needs --init-from; default none)")
+    _add_finetune_flags(p)
     r = p.add_argument_group("robust training (see docs/robust-training.md)")
     r.add_argument("--loss", choices=LOSS_NAMES, default="vanilla",
                    help="robust loss (sortnet: DQN with a SortNet Q-network)")
@@ -103,6 +91,23 @@ def add_parser(sub) -> None:
     r.add_argument("--sortnet-depth", type=positive_int, default=2)
     r.add_argument("--sortnet-scale", type=float, default=10.0,
                    help="Lipschitz constant s of the SortNet Q-network (Q = s * f)")
+
+
+def _add_finetune_flags(p) -> None:
+    """--init-from, --eval-every, --eval-episodes, --eps-scale (DQN)."""
+    f = p.add_argument_group("fine-tuning and best checkpoint (DQN; see docs/training.md)")
+    f.add_argument("--init-from", metavar="AGENT", default=None,
+                   help="start from this agent's Q weights (checkpoint path, run folder or "
+                        "shipped name, e.g. cartpole-dqn-vanilla) with the fine-tuning "
+                        "defaults (--set overrides them; --env/--algo/--steps optional)")
+    f.add_argument("--eval-every", type=_nonneg_int, default=None, metavar="N",
+                   help="evaluate the greedy agent every N env steps and keep the best "
+                        "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
+    f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
+                   help="episodes per evaluation (default 5)")
+    f.add_argument("--eps-scale", choices=("none", "std"), default=None,
+                   help="std: scale eps per observation dimension by its std on the init "
+                        "agent's greedy trajectories (needs --init-from; default none)")
 
 
 def _nonneg_int(text: str) -> int:
