@@ -12,6 +12,7 @@ from certrl.algos import DQN, DQNConfig
 from certrl.algos.base import rescale_q_output
 from certrl.algos.selection import EVAL_SEED, natural_score
 from certrl.cli import main
+from certrl.io import CheckpointError
 from certrl.losses import make_loss
 from certrl.nets import build_network
 from tests.conftest import SHIPPED, has_shipped
@@ -255,6 +256,23 @@ def test_eps_scale_std_stores_the_init_agents_observation_std():
         DQN(DQNConfig(eps_scale="std", total_steps=10))
 
 
+def test_cli_resume_keeps_the_best_so_far(tmp_path):
+    common = ["--init-from", SHIPPED, "--no-progress", "--eval-every", "50",
+              "--eval-episodes", "1", "--set", "learning_starts=20", "--set", "buffer_size=300"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", *common, "--steps", "200", "--out", str(full)]) == 0
+    assert main(["train", *common, "--steps", "100", "--out", str(part)]) == 0
+    assert main(["train", "--resume", "--steps", "200", "--no-progress", "--out",
+                 str(part)]) == 0
+    a, b = certrl.load(full), certrl.load(part)
+    for key in ("evaluations", "best_step", "best_score", "rule"):
+        assert b.metadata["selection"][key] == a.metadata["selection"][key]
+    assert [h[0] for h in b.metadata["selection"]["evaluations"]] == [0, 50, 100, 150, 200]
+    for k, v in a.nets["q"].state_dict().items():
+        assert torch.equal(v, b.nets["q"].state_dict()[k])
+    assert b.metadata["init_agent"] == a.metadata["init_agent"]
+
+
 def test_old_checkpoints_load_with_reward_scale_1(tmp_path):
     agent = certrl.load(SHIPPED)
     assert agent.reward_scale == 1.0 and agent.source == SHIPPED
@@ -263,3 +281,10 @@ def test_old_checkpoints_load_with_reward_scale_1(tmp_path):
     assert certrl.load(tmp_path / "a.pt").reward_scale == 0.5
     with pytest.raises(ValueError, match="reward_scale"):
         DQNConfig(reward_scale=0.0)
+    payload = agent.to_payload()
+    for bad in (-1.0, 0.0, "x"):
+        payload["reward_scale"] = bad
+        with pytest.raises(CheckpointError, match="reward_scale"):
+            certrl.Agent.from_payload(payload)
+    del payload["reward_scale"]
+    assert certrl.Agent.from_payload(payload).reward_scale == 1.0
