@@ -244,13 +244,27 @@ def _plain(bounds_: dict[int, Interval]) -> dict[int, Interval]:
     return {k: (v[0], v[1]) for k, v in bounds_.items()}
 
 
+def _slopes_differ(bounds_: dict[int, Interval]) -> bool:
+    """Some unstable ReLU whose default lower slope read on its reference bounds differs
+    from the one read on its (intersected) bounds: only then is a second pass useful."""
+    for v in bounds_.values():
+        ref = slope_ref(v)
+        if ref is None:
+            continue
+        l, u = v
+        unstable = (l < 0) & (u > 0)
+        if ((unstable & ((ref[1] > -ref[0]) != (u > -l))).any()):
+            return True
+    return False
+
+
 def _crown_two_slopes(prefix, ball, bounds_, rows=None) -> Interval:
     """``_intermediate_crown`` with the ReLU lower slopes read on the reference bounds
     and on the intersected bounds; the elementwise tighter of the two (both sound).
     The slope heuristic is not monotone in the bounds, so either choice alone can
     lose to the other (and to auto_LiRPA's) on some neurons."""
     a = _intermediate_crown(prefix, ball, bounds_, rows)
-    if not _TWO_SLOPES or not any(slope_ref(v) is not None for v in bounds_.values()):
+    if not _TWO_SLOPES or not _slopes_differ(bounds_):
         return a
     b = _intermediate_crown(prefix, ball, _plain(bounds_), rows)
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
@@ -339,8 +353,7 @@ def crown(
         val = folded.concretize(A.expand(B, *A.shape[1:]), sign=-1.0)
     else:
         val = _concretize_rows(rest, folded, A, act)
-        if intermediate != "ibp" and _TWO_SLOPES and any(
-                slope_ref(v) is not None for v in act.values()):
+        if intermediate != "ibp" and _TWO_SLOPES and _slopes_differ(act):
             val = torch.maximum(val, _concretize_rows(rest, folded, A, _plain(act)))
     lb, ub = val[:, :m], (-val[:, m:] if upper else None)
     if intermediate == "ibp" or not _INTERSECT_OUTPUT:
