@@ -1,20 +1,31 @@
-"""Robust DQN table: vanilla, SA, RADIAL, WocaR, CAR (IBP), CAR (PGD), SortNet on
-CartPole-v1 and Acrobot-v1; Natural / PGD / ACR (CROWN) at two eps, training time;
-IQM and 95% bootstrap CIs over seeds.
+"""Robust DQN table, the references' protocol: vanilla bases, robust fine-tunes, GWC, ACR.
 
-    .venv/bin/python benchmarks/robust_dqn.py --envs CartPole-v1 --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/robust_dqn.py --envs CartPole-v1 --seeds 0 1 2 --workers 2
 
-Every run trains through the CLI (``certrl train ...``, the exact command is stored in
-the run's result.json) into OUT/<env>/<method>/seed<k>/train, then evaluates:
-  * Natural: mean return over ``--episodes`` episodes (env seeds 1000..).
-  * PGD eps: same episodes, l_inf PGD (10 steps, random start, CE objective) on every
-    observation (``certrl.attacks.make_attack``).
-  * ACR eps: fraction of the natural-trajectory states whose greedy action is certified
-    by ``bounds.margin_lower(agent.bounded_form(), ball, a*, method="crown")`` (all
-    margins > 0); SortNet agents use the closed-form Lipschitz certificate
-    (``bounds.lipschitz.lipschitz_margin_certificate``, margin > 2 L eps), also sound.
+Per env and seed K (every run through the CLI; the exact command is in its result.json):
+  1. vanilla base: ``certrl train --env ENV --algo dqn --steps 50000 --seed K`` (the
+     from-scratch vanilla protocol of the shipped agents), into OUT/<env>/vanilla/seedK/train.
+  2. fine-tunes from that base (``--init-from OUT/<env>/vanilla/seedK/train``, the
+     fine-tuning defaults of ``certrl.algos.dqn.FINETUNE_DEFAULTS``: 20k steps, lr 1e-4,
+     batch 32, target every 1000, eps-greedy 0.01, reward scale 0.01, best checkpoint by a
+     natural evaluation every 1000 steps on 5 fixed episodes): a vanilla fine-tune control
+     (``vanilla-ft``), SA, RADIAL, WocaR, CAR (IBP) and CAR (PGD), all at the env's train eps.
+  3. SortNet from scratch (its Q-network is not the vanilla MLP, so there is nothing to
+     fine-tune from): the old from-scratch robust protocol, 50k steps.
+Evaluation of every run (20 episodes, env seeds 0..19, the same episodes for every column):
+  * Natural: mean greedy return (``certrl.evaluate.evaluate``).
+  * PGD / PGD-ref at each eval eps: ``certrl.attacks.make_attack`` ("pgd": 10 steps,
+    random start, best iterate; "pgd-ref": the references' 10 x 0.1 eps sign steps, no
+    random start) on every observation.
+  * GWC (IBP) / GWC (CROWN) at each eval eps: ``certrl.certify.run_certify`` methods
+    gwc-ibp / gwc-crown (greedy worst case, RADIAL: a heuristic, not a certificate).
+  * ACR (IBP) / ACR (CROWN): mean certified radius over the natural-trajectory states,
+    ``run_certify`` methods ibp / crown (radius search, rtol 0.02, 8 bisections); the
+    certified fraction at each eval eps is recorded too. SortNet: the closed-form
+    Lipschitz radius (method lipschitz) in both ACR columns, GWC n/a.
 Resumable: a run with result.json is skipped, an interrupted training resumes from its
-checkpoint. ``--workers`` processes (1 torch thread each). Tables are rendered from the
+checkpoint, certify rows are appended per unit. ``--workers`` processes (1 torch thread
+each). Tables (IQM [95% bootstrap CI] over seeds, ``sweep.py``) are rendered from the
 result.json files into benchmarks/results/robust_dqn.{md,tex,csv}.
 """
 
@@ -22,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -40,157 +53,277 @@ from sweep import (  # noqa: E402
     read_result,
     run_pool,
     run_task,
+    train_or_resume,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+EPISODES = 20  # evaluation episodes per column (RADIAL / CAR-DQN report 20-50)
+EVAL_SEED = 0  # evaluation episodes use env seeds EVAL_SEED + i (i = 0..EPISODES-1)
 
-# per env: training steps, the eps the robust losses train for, the two evaluation eps
+# per env: vanilla / SortNet from-scratch steps, train eps of the robust losses, eval eps
+# (raw observation units, l_inf; see docs/robust-training.md "Why these eps")
 ENVS = {
-    "CartPole-v1": {"steps": 50_000, "train_eps": 0.05, "eval_eps": (0.05, 0.1)},
-    "Acrobot-v1": {"steps": 50_000, "train_eps": 0.2, "eval_eps": (0.2, 0.3)},
+    "CartPole-v1": {"steps": 50_000, "train_eps": 0.05, "eval_eps": (0.02, 0.05)},
+    "Acrobot-v1": {"steps": 50_000, "train_eps": 0.1, "eval_eps": (0.05, 0.1)},
 }
+# method -> (label, extra flags, how it starts)
 METHODS = {
-    "vanilla": ("Vanilla DQN", []),
-    "sa": ("SA-DQN (CROWN-IBP, kappa 0.1)",
-           ["--loss", "sa", "--solver", "crown-ibp", "--kappa", "0.1"]),
-    "radial": ("RADIAL-DQN (IBP)", ["--loss", "radial"]),
-    "wocar": ("WocaR-DQN (IBP)", ["--loss", "wocar"]),
-    "car-ibp": ("CAR-DQN (IBP)", ["--loss", "car", "--solver", "ibp"]),
-    "car-pgd": ("CAR-DQN (PGD)", ["--loss", "car", "--solver", "pgd", "--pgd-steps", "5"]),
-    "sortnet": ("SortNet DQN", ["--loss", "sortnet"]),
+    "vanilla": ("Vanilla DQN (base)", [], "scratch"),
+    "vanilla-ft": ("Vanilla fine-tune (control)", [], "finetune"),
+    "sa": ("SA-DQN (CROWN-IBP)", ["--loss", "sa", "--solver", "crown-ibp"], "finetune"),
+    "radial": ("RADIAL-DQN (IBP)", ["--loss", "radial"], "finetune"),
+    "wocar": ("WocaR-DQN (IBP)", ["--loss", "wocar"], "finetune"),
+    "car-ibp": ("CAR-DQN (IBP)", ["--loss", "car", "--solver", "ibp"], "finetune"),
+    "car-pgd": ("CAR-DQN (PGD)", ["--loss", "car", "--solver", "pgd"], "finetune"),
+    "sortnet": ("SortNet DQN (scratch)", ["--loss", "sortnet", "--warmup", "0.5", "--ramp",
+                                          "0.3"], "scratch"),
 }
+ATTACKS = ("pgd", "pgd-ref")
+# from-scratch runs keep their best checkpoint too: a natural evaluation (5 episodes) every
+# 5000 steps (the plain final network of seeds 0 and 2 scored 62 and 17: not a solved base)
+SCRATCH_EVAL_EVERY = 5000
+GWC = ("gwc-ibp", "gwc-crown")
+WHERE = f"this CPU machine ({platform.machine()}, 2 shared cores, 1 torch thread per run)"
 
 
-def train_argv(env: str, method: str, seed: int | str, out: Path, steps: int) -> list[str]:
-    """The ``certrl train`` arguments of one run."""
-    spec = ENVS[env]
-    argv = ["train", "--env", env, "--algo", "dqn", "--steps", str(steps), "--seed", str(seed),
-            "--out", str(out)]
-    extra = METHODS[method][1]
+def base_dir(out: Path, env: str, seed) -> Path:
+    """The vanilla base run of (env, seed): what every fine-tune of that seed starts from."""
+    return Path(out) / env / "vanilla" / f"seed{seed}" / "train"
+
+
+def train_argv(env: str, method: str, seed: int | str, out: Path, steps: int,
+               root: Path | str = "OUT") -> list[str]:
+    """The ``certrl train`` arguments of one run (``root``: the sweep's --out)."""
+    spec, (_, extra, start) = ENVS[env], METHODS[method]
+    if start == "finetune":
+        argv = ["train", "--init-from", str(base_dir(Path(root), env, seed)), "--seed",
+                str(seed), "--out", str(out)]
+    else:  # from scratch, best checkpoint kept (a solved base for the fine-tunes)
+        argv = ["train", "--env", env, "--algo", "dqn", "--steps", str(steps), "--seed",
+                str(seed), "--out", str(out), "--eval-every", str(SCRATCH_EVAL_EVERY),
+                "--eval-episodes", "5"]
     if extra:
-        argv += extra + ["--train-eps", str(spec["train_eps"]), "--warmup", "0.5",
-                         "--ramp", "0.3"]
+        argv += extra + ["--train-eps", str(spec["train_eps"])]
     return argv
 
 
-def acr(agent, x, eps: float) -> float:
-    """Fraction of network inputs ``x`` (N, *shape) whose greedy action is certified at eps
-    (CROWN or Lipschitz)."""
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (the init agent's weights file)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def train_bases(task: dict) -> dict:
+    """Phase 1: train (or resume) the vanilla base of one (env, seed); no evaluation."""
     import torch
 
-    import bounds
-
-    with torch.no_grad():
-        q = agent.forward(x)
-    if agent.net.spec.get("type") == "lipschitz_q":
-        cert = bounds.lipschitz_margin_certificate(q, eps, lipschitz=agent.net.lipschitz_linf)
-        return float(cert.certified.float().mean())
-    net = agent.bounded_form()
-    certified = []
-    for i in range(0, len(x), 2048):
-        xb = x[i:i + 2048]
-        with torch.no_grad():
-            m = bounds.margin_lower(net, agent.threat_model.ball(xb, eps), q[i:i + 2048].argmax(1),
-                                    method="crown")
-        certified.append(bounds.certified(m))
-    return float(torch.cat(certified).float().mean())
+    torch.set_num_threads(1)
+    tdir = base_dir(Path(task["root"]), task["env"], task["seed"])
+    argv = train_argv(task["env"], "vanilla", task["seed"], tdir, task["steps"])
+    return train_or_resume(tdir, argv)
 
 
 def run_one(task: dict) -> dict:
-    """Train (or resume) and evaluate one (env, method, seed); writes result.json."""
-    return run_task(task, train_argv, measure)
+    """Phase 2: train (or resume) and evaluate one (env, method, seed); writes result.json."""
+    def argv(env, method, seed, out, steps):
+        return train_argv(env, method, seed, out, steps, task["root"])
+
+    return run_task(task, argv, measure)
+
+
+def certify_columns(agent, rdir: Path, label: str, eps: tuple, n: int) -> dict:
+    """GWC returns and ACR (mean certified radius, certified fraction) through
+    ``certrl.certify.run_certify`` over the n natural episodes (env seeds EVAL_SEED..)."""
+    from certrl.certify import CertifySettings, RadiusConfig, run_certify
+    from certrl.records import read_rows
+
+    sortnet = agent.net.spec.get("type") == "lipschitz_q"
+    acr_methods = {"ibp": "lipschitz", "crown": "lipschitz"} if sortnet else \
+        {"ibp": "ibp", "crown": "crown"}
+    methods = sorted(set(acr_methods.values())) + ([] if sortnet else list(GWC))
+    settings = CertifySettings(seed=EVAL_SEED, radius=RadiusConfig(rtol=0.02, max_iter=8),
+                               state_rows=False)
+    path = rdir / "certify.jsonl"
+    summ = run_certify(agent, label, list(eps), methods, n, path, settings,
+                       progress=False)["summary"]
+    rows = [r for r in read_rows(path) if r.get("record") == "episode"]
+    row: dict = {}
+    for col, m in acr_methods.items():
+        mr = [r for r in rows if r["method"] == m and float(r["eps"]) == float(eps[0])]
+        steps = np.array([r["steps"] for r in mr], dtype=float)
+        rad = np.array([r["mean_radius"] for r in mr], dtype=float)
+        row[f"acr_{col}"] = float((rad * steps).sum() / steps.sum())
+        row[f"acr_{col}_method"] = m
+        for e in eps:
+            row[f"certfrac_{col}_{e:g}"] = summ[(m, float(e))]["acr"]
+    for m in GWC:
+        for e in eps:
+            key = f"{m.replace('-', '_')}_{e:g}"
+            if sortnet:
+                row[key] = None
+                continue
+            rets = summ[(m, float(e))]["returns"]
+            row[key], row[key + "_returns"] = float(np.mean(rets)), rets
+    return row
+
+
+def attack_columns(agent, eps: tuple, n: int, seed: int) -> dict:
+    """Mean return under our PGD and the references' PGD at each eps (same episodes)."""
+    from certrl.attacks import make_attack
+    from certrl.evaluate import evaluate
+
+    row: dict = {}
+    for e in eps:
+        for name in ATTACKS:
+            atk = make_attack(name, agent.forward, agent.threat_model.with_eps(e), e, 10,
+                              None, seed, agent.action_space_kind, "ce")
+            r = evaluate(agent, episodes=n, seed=EVAL_SEED, attack=atk)
+            key = f"{name.replace('-', '_')}_{e:g}"
+            row[key], row[key + "_returns"] = r.mean, r.returns
+    return row
+
+
+def final_columns(task: dict, row: dict, eps: float, n: int) -> dict:
+    """The last network of a fine-tune (train/final.pt) when the kept checkpoint is an
+    earlier one: natural, our PGD and GWC (CROWN) at the train eps (same episodes)."""
+    from certrl.agent import load
+    from certrl.attacks import make_attack
+    from certrl.certify.trajectory import gwc_rollout
+    from certrl.evaluate import evaluate
+
+    final = Path(task["dir"]) / "train" / "final.pt"
+    sel = row.get("selection") or {}
+    if not final.exists() or sel.get("best_step") == row.get("train_steps"):
+        return {}
+    agent = load(final)
+    atk = make_attack("pgd", agent.forward, agent.threat_model.with_eps(eps), eps, 10, None,
+                      int(task["seed"]), agent.action_space_kind, "ce")
+    gwc = gwc_rollout(agent, eps, "crown", episodes=n, seed=EVAL_SEED)
+    return {"final_natural": evaluate(agent, episodes=n, seed=EVAL_SEED).mean,
+            f"final_pgd_{eps:g}": evaluate(agent, episodes=n, seed=EVAL_SEED, attack=atk).mean,
+            f"final_gwc_crown_{eps:g}": float(np.mean([g["return"] for g in gwc]))}
 
 
 def measure(task: dict, agent, summary: dict, argv: list[str], t0: float) -> dict:
-    """Natural, PGD and ACR results of one trained run (its result.json row)."""
-    import torch
-
-    from certrl.attacks import make_attack
-    from certrl.rollout import acting, play
-
-    env, method, seed = task["env"], task["method"], task["seed"]
-    spec = ENVS[env]
-    n = task["episodes"]
-    # natural episodes (env seeds 1000..; record the network inputs for ACR)
-    states = []
-    ends = play(agent, list(range(n)), 1000, lambda i: acting(agent), None,
-                lambda i, s: states.append(s.x))
-    nat = [e.ret for e in ends]
+    """Natural, PGD, PGD-ref, GWC and ACR results of one trained run (its result.json)."""
     from certrl.evaluate import evaluate
 
+    env, method, seed, n = task["env"], task["method"], task["seed"], task["episodes"]
+    spec, rdir = ENVS[env], Path(task["dir"])
+    t1 = time.perf_counter()
+    nat = evaluate(agent, episodes=n, seed=EVAL_SEED)
     row = {"env": env, "method": method, "label": METHODS[method][0], "seed": seed,
-           "loss": agent.loss_name, "train_eps": agent.threat_model.eps,
-           "norm": "inf", "eps_space": agent.threat_model.space, "episodes": n,
-           "natural": float(np.mean(nat)), "natural_returns": nat,
+           "start": METHODS[method][2], "loss": agent.loss_name,
+           "train_eps": spec["train_eps"], "eval_eps": list(spec["eval_eps"]),
+           "threat_model": agent.threat_model.to_dict(), "episodes": n,
+           "eval_seeds": f"{EVAL_SEED}..{EVAL_SEED + n - 1}",
+           "natural": nat.mean, "natural_returns": nat.returns,
            "train_wall_s": summary.get("wall_s"), "train_steps": summary.get("steps"),
-           "command": "certrl " + " ".join(argv), "cert_method": "crown"}
-    if agent.net.spec.get("type") == "lipschitz_q":
-        row["cert_method"] = "lipschitz (closed form)"
-    st = torch.cat(states)
-    for eps in spec["eval_eps"]:
-        atk = make_attack("pgd", agent.forward, agent.threat_model, eps=eps, steps=10,
-                          seed=seed)
-        r = evaluate(agent, episodes=n, seed=1000, attack=atk)
-        row[f"pgd_{eps:g}"] = r.mean
-        row[f"pgd_{eps:g}_returns"] = r.returns
-        row[f"acr_{eps:g}"] = acr(agent, st, eps)
-    row["eval_wall_s"] = time.perf_counter() - t0
+           "selection": summary.get("selection") or summary.get("best"),
+           "command": "certrl " + " ".join(argv), "where": WHERE}
+    if METHODS[method][2] == "finetune":
+        init = base_dir(Path(task["root"]), env, seed) / "agent.pt"
+        row["init_agent"] = {"path": str(init), "sha256": file_sha256(init)}
+    row.update(attack_columns(agent, spec["eval_eps"], n, int(seed)))
+    row.update(certify_columns(agent, rdir, f"{env}/{method}/seed{seed}", spec["eval_eps"], n))
+    row.update(final_columns(task, row, spec["train_eps"], n))
+    row["eval_wall_s"] = time.perf_counter() - t1
     print(f"done {env} {method} seed {seed}: natural {row['natural']:.1f} "
-          + " ".join(f"pgd{eps:g} {row[f'pgd_{eps:g}']:.1f} acr{eps:g} {row[f'acr_{eps:g}']:.2f}"
-                     for eps in spec["eval_eps"])
-          + f" train {row['train_wall_s']:.0f}s", flush=True)
+          + " ".join(f"pgd{e:g} {row[f'pgd_{e:g}']:.1f} gwc-crown{e:g} "
+                     f"{row[f'gwc_crown_{e:g}'] if row[f'gwc_crown_{e:g}'] is not None else 'n/a'}"
+                     for e in spec["eval_eps"])
+          + f" acr-crown {row['acr_crown']:.4f} train {row['train_wall_s'] or 0:.0f}s "
+          f"eval {row['eval_wall_s']:.0f}s", flush=True)
     return row
 
 
 # ------------------------------------------------------------------ statistics
-HEADER = ["# Robust DQN: natural, PGD and certified (ACR) results", "",
-          "Generated by `benchmarks/robust_dqn.py` from the per-run `result.json` files. "
-          "Cells: IQM over seeds [95% percentile-bootstrap CI over seeds]; each seed's value is "
-          "the mean over its evaluation episodes. PGD: l_inf, 10 steps, random start, per step. "
-          "ACR: fraction of natural-trajectory states whose greedy action is certified "
-          "(CROWN margin bounds; SortNet: closed-form Lipschitz margin > 2 L eps). eps in raw "
-          "observation units (l_inf). Train time: wall-clock seconds of `certrl train` with "
-          "1 torch thread, 2 runs in parallel on 2 shared CPU cores.", ""]
 CSV_FIELDS = ["env", "method", "column", "iqm", "ci_low", "ci_high", "n_seeds", "seeds",
               "values"]
+
+
+def header() -> list[str]:
+    """The Markdown preamble of the tables."""
+    return ["# Robust DQN: the references' protocol (vanilla base, robust fine-tunes)", "",
+            "Generated by `benchmarks/robust_dqn.py` from the per-run `result.json` files. "
+            "Cells: IQM over seeds [95% percentile-bootstrap CI over seeds]; each seed's value "
+            f"is the mean over its {EPISODES} evaluation episodes (env seeds "
+            f"{EVAL_SEED}..{EVAL_SEED + EPISODES - 1}, the same episodes in every column). "
+            "Robust methods and the vanilla control are fine-tuned from the same seed's "
+            "vanilla base (`--init-from`, fine-tuning defaults, best checkpoint by natural "
+            "evaluation every 1000 steps on 5 separate episodes); SortNet trains from "
+            "scratch. PGD: ours, 10 steps, random start, best iterate, CE objective. "
+            "PGD-ref: the references' 10 sign steps of 0.1 eps, no random start. "
+            "GWC: greedy worst case with IBP or CROWN bounds (RADIAL; a heuristic, not a "
+            "certificate). ACR: mean certified radius over the natural-trajectory states "
+            "(radius search, rtol 0.02; SortNet: closed-form Lipschitz radius in both ACR "
+            "columns, GWC n/a). Best step: env step of the kept checkpoint (0 = the init "
+            "weights). Train time: wall-clock s of `certrl train`. "
+            f"Where: every number was run on {WHERE}.", ""]
+
+
+def threat_words(env: str, rows: list[dict]) -> str:
+    """The threat model of an env's table (norm, space, per-dimension scale vector)."""
+    tms = {json.dumps(r.get("threat_model", {}).get("scale"), sort_keys=True) for r in rows}
+    scale = "none (raw eps in every dimension)" if tms == {"null"} else \
+        "per run: " + "; ".join(sorted(tms))
+    return f"l_inf, raw observation space, per-dimension scale {scale}"
 
 
 def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
     """Markdown / LaTeX / CSV tables from OUT/**/result.json."""
     rows = all_results(out)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md, tex, csv_rows = list(HEADER), [], []
+    md, tex, csv_rows = header(), [], []
     for env in envs:
         er = [r for r in rows if r["env"] == env]
         if not er:
             continue
-        cols = _columns(env)
-        table = _method_cells(env, er, cols, csv_rows)
-        env_md, env_tex = _env_tables(env, er[0].get("train_steps"), cols, table)
+        cols = columns(env)
+        table = method_cells(env, er, [c for p in cols.values() for c in p], csv_rows)
+        env_md, env_tex = env_tables(env, er, cols, table)
         md += env_md
         tex += env_tex
     if sweep_wall is not None:
         md.append(f"Sweep wall-clock of the last invocation: {sweep_wall / 60:.1f} min.")
-    (RESULTS / "robust_dqn.md").write_text("\n".join(md) + "\n")
-    (RESULTS / "robust_dqn.tex").write_text("\n".join(tex) + "\n")
+    write_text_atomic(RESULTS / "robust_dqn.md", "\n".join(md) + "\n")
+    write_text_atomic(RESULTS / "robust_dqn.tex", "\n".join(tex) + "\n")
     with open(RESULTS / "robust_dqn.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         w.writerows(csv_rows)
-    print(f"wrote {RESULTS / 'robust_dqn.md'} ({len(rows)} runs)")
+    print(f"wrote {RESULTS / 'robust_dqn.md'} ({len(rows)} runs)", flush=True)
 
 
-def _columns(env: str) -> list[tuple[str, str]]:
-    """(result key, header) of the env's table columns."""
-    e1, e2 = ENVS[env]["eval_eps"]
-    return [("natural", "Natural"), (f"pgd_{e1:g}", f"PGD {e1:g}"),
-            (f"pgd_{e2:g}", f"PGD {e2:g}"), (f"acr_{e1:g}", f"ACR {e1:g}"),
-            (f"acr_{e2:g}", f"ACR {e2:g}"), ("train_wall_s", "Train time (s)")]
+def columns(env: str) -> dict[str, list[tuple[str, str]]]:
+    """Per table part ("returns", "certificates"): (result key, header) of its columns."""
+    eps, te = ENVS[env]["eval_eps"], ENVS[env]["train_eps"]
+    ret = [("natural", "Natural")]
+    for e in eps:
+        ret += [(f"pgd_{e:g}", f"PGD {e:g}"), (f"pgd_ref_{e:g}", f"PGD-ref {e:g}"),
+                (f"gwc_ibp_{e:g}", f"GWC-IBP {e:g}"), (f"gwc_crown_{e:g}", f"GWC-CROWN {e:g}")]
+    cert = [(f"certfrac_{m}_{e:g}", f"Cert. rate {m.upper()} {e:g}")
+            for e in eps for m in ("ibp", "crown")]
+    cert += [("acr_ibp", "Mean radius IBP"), ("acr_crown", "Mean radius CROWN")]
+    other = [("best_step", "Best step"), ("final_natural", "Final: natural"),
+             (f"final_pgd_{te:g}", f"Final: PGD {te:g}"),
+             (f"final_gwc_crown_{te:g}", f"Final: GWC-CROWN {te:g}"),
+             ("train_wall_s", "Train time (s)")]
+    return {"returns": ret, "certificates": cert, "checkpoint": other}
 
 
-def _method_cells(env: str, er: list[dict], cols, csv_rows: list[dict]) -> dict:
-    """method -> (seeds, {key: (IQM, CI low, CI high)}); appends the CSV rows."""
+def cell_value(r: dict, key: str) -> float | None:
+    """One run's value of a column (None: not applicable)."""
+    if key == "best_step":
+        sel = r.get("selection") or {}
+        return float(sel["best_step"]) if isinstance(sel, dict) and "best_step" in sel \
+            else None
+    v = r.get(key)
+    return None if v is None else float(v)
+
+
+def method_cells(env: str, er: list[dict], cols, csv_rows: list[dict]) -> dict:
+    """method -> (seeds, {key: (IQM, CI low, CI high) or None}); appends the CSV rows."""
     table = {}
     for m in METHODS:
         mr = [r for r in er if r["method"] == m]
@@ -198,7 +331,11 @@ def _method_cells(env: str, er: list[dict], cols, csv_rows: list[dict]) -> dict:
             continue
         cells = {}
         for key, _ in cols:
-            vals = np.array([r[key] for r in mr], dtype=float)
+            vals = [cell_value(r, key) for r in mr]
+            vals = np.array([v for v in vals if v is not None], dtype=float)
+            if len(vals) < len(mr):  # n/a, or (final_*) not every seed has the column
+                cells[key] = None
+                continue
             lo, hi = bootstrap_ci(vals)
             cells[key] = (iqm(vals), lo, hi)
             csv_rows.append({"env": env, "method": m, "column": key, "iqm": iqm(vals),
@@ -209,117 +346,138 @@ def _method_cells(env: str, er: list[dict], cols, csv_rows: list[dict]) -> dict:
     return table
 
 
-def _cell_text(key: str, v: float, lo: float, hi: float, best: dict, latex: bool) -> str:
-    s = f"{v:.2f} [{lo:.2f}, {hi:.2f}]" if key.startswith("acr") else \
+def cell_text(key: str, cell, best: dict, latex: bool) -> str:
+    """'IQM [lo, hi]' (bold: best of the column), 'n/a' for None."""
+    if cell is None:
+        return "n/a"
+    v, lo, hi = cell
+    s = f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if key.startswith(("acr", "certfrac")) else \
+        f"{v:.0f} [{lo:.0f}, {hi:.0f}]" if key in ("best_step", "train_wall_s") else \
         f"{v:.1f} [{lo:.1f}, {hi:.1f}]"
     if key in best and abs(v - best[key]) < 1e-9:
         s = (r"\textbf{" + s + "}") if latex else f"**{s}**"
     return s
 
 
-def _env_tables(env: str, steps, cols, table: dict) -> tuple[list[str], list[str]]:
-    """The Markdown and LaTeX lines of one env's table."""
-    spec = ENVS[env]
-    e1, e2 = spec["eval_eps"]
-    best = {key: max(c[key][0] for _, c in table.values()) for key, _ in cols[:-1]}
-    md = [f"## {env} (train eps {spec['train_eps']:g}, {steps} env steps, "
-          f"eval eps {e1:g} / {e2:g}, raw observation, l_inf)", "",
-          "| Method | seeds | " + " | ".join(c for _, c in cols) + " |",
-          "|---|---|" + "---|" * len(cols)]
-    tex = [r"\begin{table}[t]", r"\centering", r"\small",
-           r"\caption{" + env.replace("_", r"\_") + r": IQM over seeds [95\% bootstrap CI]. "
-           f"Robust losses trained at $\\epsilon={spec['train_eps']:g}$ ($\\ell_\\infty$, raw "
-           "observation); PGD: 10 steps; ACR: CROWN (SortNet: closed-form Lipschitz). "
-           r"Best per column in bold.}",
-           r"\begin{tabular}{l" + "c" * (len(cols) + 1) + "}", r"\toprule",
-           "Method & seeds & " + " & ".join(c for _, c in cols) + r" \\", r"\midrule"]
+PART_TITLES = {"returns": "Returns (natural, attacked, greedy worst case)",
+               "certificates": "Certificates on the natural trajectories (sound: IBP, CROWN, "
+                               "SortNet Lipschitz)",
+               "checkpoint": "Kept checkpoint vs the last network of the fine-tune (final_*: "
+                             "only where the kept checkpoint is not the last one; n/a if "
+                             "some seed kept its last)"}
+NO_BEST = ("best_step", "train_wall_s")
+
+
+def part_lines(cols, table: dict, latex: bool) -> list[str]:
+    """Header and method rows of one table part (best of each column in bold)."""
+    best = {k: max(c[k][0] for _, c in table.values() if c[k] is not None) for k, _ in cols
+            if k not in NO_BEST and any(c[k] is not None for _, c in table.values())}
+    sep, end = (" & ", r" \\") if latex else (" | ", " |")
+    lines = []
+    if latex:
+        lines += [r"\begin{tabular}{l" + "c" * (len(cols) + 1) + "}", r"\toprule",
+                  "Method & seeds & " + " & ".join(c for _, c in cols) + r" \\", r"\midrule"]
+    else:
+        lines += ["| Method | seeds | " + " | ".join(c for _, c in cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
     for m, (nseeds, cells) in table.items():
-        md.append(f"| {METHODS[m][0]} | {nseeds} | "
-                  + " | ".join(_cell_text(k, *cells[k], best, False) for k, _ in cols) + " |")
-        tex.append(f"{METHODS[m][0]} & {nseeds} & "
-                   + " & ".join(_cell_text(k, *cells[k], best, True) for k, _ in cols) + r" \\")
-    tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    md += ["", "Commands (seed K = 0..4): " + "; ".join(
-        f"{METHODS[m][0]}: `certrl "
-        + " ".join(train_argv(env, m, "K", Path("DIR"), steps or spec["steps"])) + "`"
-        for m in table), ""]
+        row = sep.join(cell_text(k, cells[k], best, latex) for k, _ in cols)
+        lines.append((f"{METHODS[m][0]}{sep}{nseeds}{sep}" if latex else
+                      f"| {METHODS[m][0]} | {nseeds} | ") + row + end)
+    if latex:
+        lines += [r"\bottomrule", r"\end{tabular}"]
+    return lines
+
+
+def env_tables(env: str, er: list[dict], cols: dict, table: dict) -> tuple[list[str], list[str]]:
+    """The Markdown and LaTeX lines of one env's tables."""
+    spec = ENVS[env]
+    eps_words = " / ".join(f"{e:g}" for e in spec["eval_eps"])
+    tm = threat_words(env, er)
+    md = [f"## {env}", "", f"Threat model: {tm}. Robust losses fine-tuned at eps "
+          f"{spec['train_eps']:g}; evaluated at eps {eps_words}. Base / SortNet: "
+          f"{spec['steps']} env steps from scratch; fine-tunes: 20000 env steps.", ""]
+    tex = []
+    for part, pcols in cols.items():
+        ptab = {m: (n, {k: c[k] for k, _ in pcols}) for m, (n, c) in table.items()}
+        md += [f"### {PART_TITLES[part]}", ""] + part_lines(pcols, ptab, False) + [""]
+        tex += [r"\begin{table}[t]", r"\centering", r"\scriptsize",
+                r"\caption{" + env.replace("_", r"\_") + f" -- {PART_TITLES[part]}. "
+                r"IQM over seeds [95\% bootstrap CI]. "
+                f"Threat model: {tm}. Robust losses fine-tuned from the seed's vanilla base "
+                f"at $\\epsilon={spec['train_eps']:g}$, evaluated at $\\epsilon$ = "
+                f"{eps_words}. GWC: heuristic. Best per column in bold.}}",
+                r"\resizebox{\textwidth}{!}{"] + part_lines(pcols, ptab, True) + \
+               ["}", r"\end{table}", ""]
+    md += ["Commands (seed K, OUT = the sweep's --out):", ""] + [
+        f"- {METHODS[m][0]}: `certrl "
+        + " ".join(train_argv(env, m, "K", Path("OUT") / env / m / "seedK" / "train",
+                              spec["steps"])) + "`"
+        for m in table] + [""]
     return md, tex
 
 
-SHIP = {"vanilla": "vanilla", "sa": "sa", "radial": "radial", "wocar": "wocar", "car-ibp": "car",
-        "sortnet": "sortnet"}
+# ------------------------------------------------------------------ shipping
+SHIP = {"vanilla": "vanilla", "sa": "sa", "radial": "radial", "wocar": "wocar",
+        "car-ibp": "car", "sortnet": "sortnet"}
+SHIP_RULE = ("the median seed by natural return among the method's finished CartPole "
+             "seeds (lower middle for an even count; ties: lower seed), fixed before the "
+             "table was read")
 
 
-def ship(out: Path, episodes: int = 20) -> None:
-    """Copy one CartPole agent per method into certrl/agents/ with JSON sidecars.
+def pick_seed(results: list[dict]) -> dict:
+    """SHIP_RULE: the run with the median natural return (lower middle; ties: lower seed)."""
+    ranked = sorted(results, key=lambda r: (r["natural"], -int(r["seed"])))
+    return ranked[(len(ranked) - 1) // 2]
 
-    The seed shipped is the one with the highest natural return in the table (ties: the
-    higher ACR at the first eval eps); the rule is written into the sidecar.
-    """
+
+def ship(out: Path, min_seeds: int = 3) -> None:
+    """Copy one CartPole agent per method into certrl/agents/ with JSON sidecars (only
+    methods with at least ``min_seeds`` finished seeds)."""
     import shutil
 
-    import torch
-
-    torch.set_num_threads(1)
-    from certrl.agent import AGENTS_DIR, load
-    from certrl.evaluate import evaluate
+    from certrl.agent import AGENTS_DIR
     from certrl.io import library_versions
 
-    e1 = ENVS["CartPole-v1"]["eval_eps"][0]
+    env = "CartPole-v1"
     for method, short in SHIP.items():
-        done = sorted((out / "CartPole-v1" / method).glob("seed*/result.json"))
-        if not done:
-            print(f"skip {method}: no finished run")
+        results = [read_result(p.parent) for p in
+                   sorted((Path(out) / env / method).glob("seed*/result.json"))]
+        if len(results) < min_seeds:
+            print(f"skip {method}: {len(results)} finished seeds < {min_seeds}")
             continue
-        results = [read_result(p.parent) for p in done]
-        res = max(results, key=lambda r: (r["natural"], r[f"acr_{e1:g}"], -r["seed"]))
-        seed = res["seed"]
-        rdir = out / "CartPole-v1" / method / f"seed{seed}"
+        res = pick_seed(results)
         name = f"cartpole-dqn-{short}"
-        agent = load(rdir / "train")
-        ev = evaluate(agent, episodes=episodes, seed=0)
-        net = agent.net.spec
-        if net["type"] == "lipschitz_q":
-            desc = (f"SortNet Q-network 4-{net['hidden']}x{net['depth'] - 1}-2 "
-                    f"(bounds.lipschitz.LipschitzMLP), Q = {net['scale']:g} * f, "
-                    f"{net['scale']:g}-Lipschitz per output in l_inf")
-        else:
-            desc = "MLP 4-64-64-2 (ReLU), double DQN, not dueling"
-        argv = train_argv("CartPole-v1", method, seed, Path(f"runs/{name}"),
-                          res["train_steps"])
-        side = {
-            "name": name, "env_id": "CartPole-v1", "algo": "dqn", "loss": agent.loss_name,
-            "seed": seed, "network": desc,
-            "command": "certrl " + " ".join(argv),
-            "benchmark": "benchmarks/robust_dqn.py (one run of the committed table)",
-            "selection": (f"seed {seed}: highest natural return of seeds "
-                          f"{sorted(r['seed'] for r in results)} in the table "
-                          f"(ties: higher ACR at eps {e1:g})"),
-            "eval_command": f"certrl evaluate runs/{name}/agent.pt --episodes {episodes}",
-            "eval_return_mean": ev.mean, "eval_return_std": ev.std,
-            "eval_episodes": episodes, "eval_seeds": f"0..{episodes - 1}",
-            "train_steps": res["train_steps"], "train_wall_s": round(res["train_wall_s"], 1),
-            "robust_loss": agent.config.get("robust_loss"),
-            "threat_model": agent.threat_model.to_dict(),
-            "table_row": {k: res[k] for k in res if k.startswith(("natural", "pgd_", "acr_"))
-                          and not k.endswith("_returns")},
-            "versions": library_versions(),
-        }
-        shutil.copyfile(rdir / "train" / "agent.pt", AGENTS_DIR / f"{name}.pt")
+        src = Path(out) / env / method / f"seed{res['seed']}" / "train" / "agent.pt"
+        side = {"name": name, "env_id": env, "algo": "dqn", "loss": res["loss"],
+                "seed": res["seed"], "command": res["command"],
+                "init_agent": res.get("init_agent"),
+                "benchmark": "benchmarks/robust_dqn.py (one run of the committed table, "
+                             "benchmarks/results/robust_dqn.md)",
+                "selection_seed": f"{SHIP_RULE}; seeds {sorted(r['seed'] for r in results)}",
+                "selection_checkpoint": res.get("selection"),
+                "threat_model": res["threat_model"], "train_eps": res["train_eps"],
+                "eval": {"episodes": res["episodes"], "seeds": res["eval_seeds"],
+                         "where": res["where"]},
+                "table_row": {k: v for k, v in res.items() if isinstance(v, (int, float))
+                              and not isinstance(v, bool) and k != "seed"},
+                "weights_sha256": file_sha256(src), "versions": library_versions()}
+        shutil.copyfile(src, AGENTS_DIR / f"{name}.pt")
         write_text_atomic(AGENTS_DIR / f"{name}.json", json.dumps(side, indent=2) + "\n")
         size = (AGENTS_DIR / f"{name}.pt").stat().st_size
-        print(f"shipped {name}: return {ev.mean:.1f} +- {ev.std:.1f}, {size / 1024:.0f} KB")
+        print(f"shipped {name}: seed {res['seed']}, natural {res['natural']:.1f}, "
+              f"{size / 1024:.0f} KB")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    p.add_argument("--envs", nargs="+", default=["CartPole-v1"], choices=list(ENVS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--steps", type=int, default=None, help="override the per-env step budget")
-    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per column")
+    p.add_argument("--episodes", type=int, default=EPISODES,
+                   help="evaluation episodes per column")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default="runs/robust_dqn")
+    p.add_argument("--out", default="runs/robust_dqn_ft")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="copy one CartPole agent per method to certrl/agents/ (with sidecars)")
@@ -330,9 +488,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     if not args.render_only:
+        bases = [{"env": e, "seed": s, "root": str(out), "steps": ENVS[e]["steps"]}
+                 for e in args.envs for s in args.seeds
+                 if not (base_dir(out, e, s) / "agent.pt").exists()]
+        print(f"phase 1: {len(bases)} vanilla bases to train", flush=True)
+        if bases:
+            run_pool(train_bases, [{**b, "dir": str(base_dir(out, b["env"], b["seed"]))}
+                                   for b in bases], args.workers, lambda: None)
         tasks = make_tasks(out, args.envs, args.seeds, args.methods,
-                           lambda env: args.steps or ENVS[env]["steps"], args.episodes)
-        run_pool(run_one, tasks, args.workers, lambda: render(out, args.envs))
+                           lambda env: ENVS[env]["steps"], args.episodes)
+        tasks = [{**t, "root": str(out)} for t in tasks]
+        run_pool(run_one, tasks, args.workers, lambda: None)  # render: once at the end
     render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
     return 0
 
