@@ -15,6 +15,7 @@ episodes, and several processes may share one file.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -26,15 +27,76 @@ import torch
 
 from certrl.agent import Agent
 from certrl.envs import make_env
-from certrl.identity import agent_identity
+from certrl.identity import agent_identity, compute_identity
+from certrl.obs_stats import reference_std
 from certrl.records import EpisodeRow, UnitLog, agent_fields, read_results, reset_file
 from certrl.rollout import EpisodeEnd, Step, acting, play
+from certrl.threat import SPACE_RAW, parse_scale
 
 # episodes per evaluate / attack / certify run unless --episodes says otherwise: RADIAL-DQN
 # and CAR-DQN report 20 episodes (SA-DQN 50)
 DEFAULT_EPISODES = 20
 
 Attack = Callable[[torch.Tensor], torch.Tensor]
+
+# --eps-scale of evaluate / attack / certify / demo: the per-dimension eps scale to run under
+EPS_SCALE_WORDS = ("agent", "none", "ref")
+EPS_SCALE_HELP = ("per-dimension eps scale of the threat model: agent (default: the agent's "
+                  "own), none (the plain ball, raw eps), ref (the reference code's "
+                  "observation std: SA-DQN / CAR-DQN CARTPOLE_STD, ACROBOT_STD) or "
+                  "comma-separated factors, one per input element. It is part of the "
+                  "agent identity: pass the same value to evaluate, attack and certify")
+
+
+def parse_eps_scale(text: str) -> str | tuple[float, ...]:
+    """An --eps-scale value: one of ``EPS_SCALE_WORDS`` or a tuple of positive factors."""
+    word = str(text).strip().lower()
+    if word in EPS_SCALE_WORDS:
+        return word
+    scale = parse_scale(text)
+    if scale is None:
+        raise ValueError(f"--eps-scale: give agent, none, ref or comma-separated factors; "
+                         f"got {text!r}")
+    return scale
+
+
+def eps_scale_arg(text: str) -> str | tuple[float, ...]:
+    """argparse type of --eps-scale (``parse_eps_scale``, errors as argparse errors)."""
+    try:
+        return parse_eps_scale(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def apply_eps_scale(agent: Agent, spec: str | tuple | None) -> Agent:
+    """Set ``agent``'s threat-model scale s from ``spec`` (see ``parse_eps_scale``; None or
+    "agent": unchanged) in place and return it: the threat set becomes
+    {x' : ||(x' - x) / s||_p <= eps}. ValueError when s does not have one entry per input
+    element, for "ref" on an agent whose eps is not in raw observation units, or for an
+    agent whose (cached) identity was already computed: call it right after loading."""
+    if spec is None or spec == "agent":
+        return agent
+    tm = agent.threat_model
+    if spec == "none":
+        scale = None
+    elif spec == "ref":
+        if tm.space != SPACE_RAW:
+            raise ValueError(f"--eps-scale ref: the reference std is in raw observation "
+                             f"units, but this agent's eps is in {tm.space}")
+        scale = reference_std(agent.env_id)
+    else:
+        scale = parse_scale(spec)
+    n = int(np.prod(agent.obs_shape))
+    if scale is not None and len(scale) != n:
+        raise ValueError(f"--eps-scale has {len(scale)} entries but {agent.env_id} inputs "
+                         f"have {n} elements (one factor per input element)")
+    agent.threat_model = tm.with_scale(scale)
+    if agent_identity(agent) != compute_identity(agent):  # identity cached before the change
+        agent.threat_model = tm
+        raise ValueError("apply_eps_scale: the agent's identity was already computed; "
+                         "apply the scale to a freshly loaded agent")
+    return agent
+
 
 
 @dataclass
@@ -84,8 +146,8 @@ class _FlipCounter:
             self.count += int(step.action[0] != self.agent.act(step.x, True)[0])
 
 
-def evaluate(agent: Agent, episodes: int = 10, seed: int = 0, attack: Attack | None = None,
-             deterministic: bool = True, max_steps: int | None = None,
+def evaluate(agent: Agent, episodes: int = DEFAULT_EPISODES, seed: int = 0,
+             attack: Attack | None = None, deterministic: bool = True, max_steps: int | None = None,
              on_episode: Callable[[int, float, int], None] | None = None,
              env_kwargs: dict | None = None, indices: list[int] | None = None) -> EvalResult:
     """Run ``episodes`` episodes (seeds seed..seed+N-1), or the episode ``indices`` given;

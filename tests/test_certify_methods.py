@@ -34,6 +34,7 @@ from certrl.threat import ThreatModel
 REF = Path(__file__).parent / "golden" / "certify_states_reference.json"
 EXPECTED = {  # name: (kind, latex, norms, level)
     "ibp": ("sound", "IBP", {math.inf, 2.0, 1.0}, "state"),
+    "ibp-ref": ("sound", "IBP-ref", {math.inf, 2.0, 1.0}, "state"),
     "crown-ibp": ("sound", "CROWN-IBP", {math.inf, 2.0, 1.0}, "state"),
     "crown": ("sound", "CROWN", {math.inf, 2.0, 1.0}, "state"),
     "alpha-crown": ("sound", r"$\alpha$-CROWN", {math.inf, 2.0, 1.0}, "state"),

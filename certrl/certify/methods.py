@@ -291,6 +291,32 @@ class IBP(BoundPropagation):
     name, label, latex = "ibp", "IBP", "IBP"
 
 
+class IBPReference(BoundPropagation):
+    """RADIAL-DQN's action certification (``eval_action_cert_rate``): a* is certified iff
+    LB Q_a* > max_{j != a*} UB Q_j with separate per-action IBP bounds, i.e. margin lower
+    bounds LB_a* - UB_j. Sound, and never tighter than ``ibp`` (which bounds each margin
+    Q_a* - Q_j through the network at once, as SA-DQN does)."""
+
+    name, label, latex = "ibp-ref", "IBP-ref", "IBP-ref"
+
+    def margins(self, net, ball, labels, options):
+        bound = net if isinstance(net, bounds.BoundNetwork) else bounds.bind(net, options.backend)
+        if isinstance(labels, bounds.MarginProblem):
+            problem = labels.check_center(ball.center)
+        else:
+            problem = bound.margin_problem(ball.center, labels)
+        with torch.no_grad():
+            lb, ub = bound.compute(ball, method="ibp")
+        lb, ub = lb.detach().double(), ub.detach().double()
+        own = problem.own.to(lb.device)
+        lb_label = lb.masked_select(own).reshape(-1, 1)
+        ml = lb_label - ub - problem.allowance.to(lb)
+        return ml.masked_fill(own, math.inf), {}
+
+    def output_bounds(self, net, ball, out64, options):
+        return METHODS["ibp"].output_bounds(net, ball, out64, options)
+
+
 class CrownIBP(BoundPropagation):
     name, label, latex = "crown-ibp", "CROWN-IBP", "CROWN-IBP"
 
@@ -461,7 +487,7 @@ class GreedyWorstCaseCrown(GreedyWorstCase):
 
 # ------------------------------------------------------------------ registry
 METHODS: dict[str, CertMethod] = {m.name: m for m in (
-    IBP(), CrownIBP(), Crown(), AlphaCrown(), Lipschitz(), Exact(), Smoothing(),
+    IBP(), IBPReference(), CrownIBP(), Crown(), AlphaCrown(), Lipschitz(), Exact(), Smoothing(),
     PolicySmoothing(), GreedyWorstCaseIBP(), GreedyWorstCaseCrown(),
     GreedyWorstCase())}
 

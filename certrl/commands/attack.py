@@ -17,12 +17,15 @@ from certrl.commands.common import (
 )
 from certrl.evaluate import (
     DEFAULT_EPISODES,
+    EPS_SCALE_HELP,
     EpisodeRun,
+    apply_eps_scale,
     episode_rng_seed,
+    eps_scale_arg,
     run_episodes,
     summarize_episodes,
 )
-from certrl.records import check_out
+from certrl.records import check_out, eps_space_words
 from certrl.threat import parse_norm
 
 
@@ -48,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
                    help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
+    p.add_argument("--eps-scale", type=eps_scale_arg, default="agent", metavar="SCALE",
+                   help=EPS_SCALE_HELP)
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="cut episodes after this many steps (rows say truncated: true)")
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--step-size must be > 0; got {args.step_size}")
     out = check_out(args.out or default_out("attack", args.checkpoint, args.attack), "attack",
                     args.force)
-    agent = load(args.checkpoint)
+    agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
     tm = agent.threat_model
     if args.norm is not None:
         d = tm.to_dict()
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     how = " (MAD objective)" if agent.action_space_kind == "continuous" else ""
     print(f"{agent.env_id} {agent.algo}/{agent.loss_name} seed {agent.seed}: {args.attack}{how} "
           f"(l_{norm if args.norm is None else args.norm}, {args.steps} steps, "
-          f"eps in {tm.space}), {args.episodes} episodes")
+          f"eps in {eps_space_words(tm)}), {args.episodes} episodes")
     for eps, s in summarize_episodes(rows).items():
         extra = (f", actions changed {100 * s['action_change_rate']:.1f}%"
                  if "action_change_rate" in s else "")

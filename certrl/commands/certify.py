@@ -19,7 +19,7 @@ from certrl.certify import (
     run_certify,
 )
 from certrl.commands.common import add_force, default_out, eps_arg, positive_int, set_threads
-from certrl.evaluate import DEFAULT_EPISODES
+from certrl.evaluate import DEFAULT_EPISODES, EPS_SCALE_HELP, apply_eps_scale, eps_scale_arg
 from certrl.records import check_out
 
 
@@ -54,6 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--obs", default=None, metavar="FILE.npy",
                    help="certify these raw observations (N, *obs_shape) instead of episodes")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
+    p.add_argument("--eps-scale", type=eps_scale_arg, default="agent", metavar="SCALE",
+                   help=EPS_SCALE_HELP)
     p.add_argument("--max-steps", type=positive_int, default=None, help="cut episodes")
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     for m in args.method:
         get_method(m)  # ValueError naming the known methods
     out = check_out(args.out or default_out("certify", args.checkpoint), "certify", args.force)
-    agent = load(args.checkpoint)
+    agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
     obs = None
     if args.obs is not None:
         try:

@@ -8,7 +8,8 @@ heuristic), attack with our PGD and the references' PGD (pgd-ref) at the same
 eps, and render the table. Writes OUT/certify.jsonl (certificates),
 OUT/gwc.jsonl (heuristics), OUT/attack.jsonl (PGD) and OUT/attack-pgd-ref.jsonl
 (all resumable; results made with other settings are refused unless --force)
-and OUT/table.{md,tex,csv}.
+and OUT/table.{md,tex,csv}. Every agent runs under one threat set (``--eps-scale``,
+default: the one per-dimension scale the agents carry), so they share columns.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from certrl.attacks import make_attack
 from certrl.certify import CertifySettings, RadiusConfig, SmoothingConfig, run_certify
 from certrl.certify.run import agent_id, check_request, completed_units
 from certrl.commands.common import add_force, eps_arg, positive_int, set_threads
-from certrl.evaluate import EpisodeRun, episode_log, episode_rng_seed, run_episodes
+from certrl.evaluate import (
+    EPS_SCALE_HELP,
+    EpisodeRun,
+    apply_eps_scale,
+    episode_log,
+    episode_rng_seed,
+    eps_scale_arg,
+    run_episodes,
+)
 from certrl.records import check_out
 from certrl.report import build_tables, load_rows, render
 
@@ -51,6 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--attacks", nargs="+", default=list(DEMO_ATTACKS),
                    choices=DEMO_ATTACKS, help="pgd (ours) and/or pgd-ref (the references')")
     p.add_argument("--episodes", type=positive_int, default=3)
+    p.add_argument("--eps-scale", type=_demo_scale_arg, default="common", metavar="SCALE",
+                   help="common (default: the one per-dimension scale the agents carry, "
+                        "applied to all so they share columns; none if none has one) or "
+                        "any certify --eps-scale value: " + EPS_SCALE_HELP)
     p.add_argument("--attack-steps", type=positive_int, default=10)
     p.add_argument("--sigma", type=float, default=0.1, help="smoothing noise std")
     p.add_argument("--n", type=positive_int, default=1000, help="smoothing samples")
@@ -87,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} is a file; --out of demo is a folder")
     paths = _paths(out, args)
     agents = [(name, load(name)) for name in names]  # bad names fail before any output
+    spec = common_scale([a for _, a in agents]) if args.eps_scale == "common" \
+        else args.eps_scale
+    agents = [(name, apply_eps_scale(agent, spec)) for name, agent in agents]
     for _, agent in agents:
         _preflight(agent, eps, episodes, max_steps, settings, paths, args)
     for k, (name, agent) in enumerate(agents):
@@ -109,6 +125,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"results: {', '.join(str(p) for p in paths.values() if p.exists())}; tables: "
           f"{out}/table.{{md,tex,csv}} ({time.perf_counter() - t_start:.0f} s)")
     return 0
+
+
+def _demo_scale_arg(text: str):
+    return "common" if str(text).strip().lower() == "common" else eps_scale_arg(text)
+
+
+def common_scale(agents) -> tuple[float, ...] | str:
+    """The one per-dimension eps scale among ``agents``' threat models ("none" when none
+    has one), so every agent runs under the same threat set; ValueError if they differ."""
+    scales = {a.threat_model.scale for a in agents} - {None}
+    if len(scales) > 1:
+        raise ValueError("the agents carry different per-dimension eps scales; pick one "
+                         "with --eps-scale (none, ref or comma-separated factors)")
+    return next(iter(scales)) if scales else "none"
 
 
 def _paths(out: Path, args) -> dict[str, Path]:

@@ -15,7 +15,15 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
-from certrl.evaluate import DEFAULT_EPISODES, EpisodeRun, run_episodes, summarize_episodes
+from certrl.evaluate import (
+    DEFAULT_EPISODES,
+    EPS_SCALE_HELP,
+    EpisodeRun,
+    apply_eps_scale,
+    eps_scale_arg,
+    run_episodes,
+    summarize_episodes,
+)
 from certrl.records import check_out
 
 
@@ -28,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
                    help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
+    p.add_argument("--eps-scale", type=eps_scale_arg, default="agent", metavar="SCALE",
+                   help=EPS_SCALE_HELP)
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="cut episodes after this many steps (rows say truncated: true)")
     p.add_argument("--stochastic", action="store_true", help="sample actions")
@@ -40,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = check_out(args.out or default_out("evaluate", args.checkpoint), "evaluate",
                     args.force)
-    agent = load(args.checkpoint)
+    agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
     run_ = EpisodeRun("evaluate", args.episodes, seed=args.seed, max_steps=args.max_steps,
                       deterministic=not args.stochastic,
                       norm=agent.threat_model.to_dict()["norm"])
