@@ -433,6 +433,14 @@ def test_cli_eps_scale_end_to_end(tmp_path):
     reference std in the caption, and ACR under the scale differs from the plain ball."""
     from certrl.cli import main
 
+    threads = torch.get_num_threads()  # the commands set it (--threads, default 1)
+    try:
+        _eps_scale_cli(main, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eps_scale_cli(main, tmp_path):
     files = [tmp_path / n for n in ("e.jsonl", "a.jsonl", "c.jsonl", "p.jsonl")]
     common = ["--episodes", "1", "--max-steps", "30", "--eps-scale", "ref"]
     assert main(["evaluate", SHIPPED, *common, "--out", str(files[0])]) == 0
