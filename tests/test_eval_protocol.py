@@ -456,3 +456,33 @@ def _eps_scale_cli(main, tmp_path):
     assert {c.group for c in scaled[0].columns} == {"natural", "attack", "acr", "radius"}
     radius = {f: read_rows(f)[-1]["mean_radius"] for f in files[2:]}
     assert radius[files[2]] != pytest.approx(radius[files[3]], rel=0.05)
+
+
+def test_demo_common_scale(capsys):
+    from types import SimpleNamespace
+
+    from certrl.commands.demo import common_scale
+
+    def fake(scale):
+        return SimpleNamespace(threat_model=ThreatModel(scale=scale))
+
+    assert common_scale([fake(None), fake(None)]) == "none"
+    assert common_scale([fake(None), fake(SCALE)]) == SCALE
+    assert common_scale([fake(SCALE), fake((1.0,) * 4)]) == SCALE
+    assert "different eps scales" in capsys.readouterr().err
+
+
+def test_demo_quick_with_eps_scale(tmp_path, cartpole):
+    from certrl.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--quick", "--agents", SHIPPED, "--eps-scale", "ref",
+                     "--methods", "ibp-ref", "--gwc", "gwc-ibp", "--attacks", "pgd-ref",
+                     "--no-progress", "--out", str(tmp_path / "d")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    md = (tmp_path / "d" / "table.md").read_text()
+    assert "eps scaled per input dimension by (0.732, 1.06, 0.122, 0.439)" in md
+    for head in ("ACR (IBP-ref)", "GWC (IBP, heuristic)", "PGD-ref"):
+        assert head in md

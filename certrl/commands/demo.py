@@ -33,7 +33,7 @@ from certrl.evaluate import (
     eps_scale_arg,
     run_episodes,
 )
-from certrl.records import check_out
+from certrl.records import check_out, scale_words
 from certrl.report import build_tables, load_rows, render
 
 DEMO_AGENTS = ("cartpole-dqn-vanilla", "cartpole-dqn-car")
@@ -61,8 +61,9 @@ def add_parser(sub) -> None:
                    choices=DEMO_ATTACKS, help="pgd (ours) and/or pgd-ref (the references')")
     p.add_argument("--episodes", type=positive_int, default=3)
     p.add_argument("--eps-scale", type=_demo_scale_arg, default="common", metavar="SCALE",
-                   help="common (default: the one per-dimension scale the agents carry, "
-                        "applied to all so they share columns; none if none has one) or "
+                   help="common (default: the per-dimension scale of the first agent "
+                        "that carries one, applied to all so they share columns; none if "
+                        "none has one) or "
                         "any certify --eps-scale value: " + EPS_SCALE_HELP)
     p.add_argument("--attack-steps", type=positive_int, default=10)
     p.add_argument("--sigma", type=float, default=0.1, help="smoothing noise std")
@@ -132,13 +133,16 @@ def _demo_scale_arg(text: str):
 
 
 def common_scale(agents) -> tuple[float, ...] | str:
-    """The one per-dimension eps scale among ``agents``' threat models ("none" when none
-    has one), so every agent runs under the same threat set; ValueError if they differ."""
-    scales = {a.threat_model.scale for a in agents} - {None}
-    if len(scales) > 1:
-        raise ValueError("the agents carry different per-dimension eps scales; pick one "
-                         "with --eps-scale (none, ref or comma-separated factors)")
-    return next(iter(scales)) if scales else "none"
+    """One per-dimension eps scale for all ``agents``, so they share table columns: the
+    scale of the first agent that carries one ("none" when none does). When the agents
+    carry different scales a note on stderr says which one is used."""
+    scales = [a.threat_model.scale for a in agents if a.threat_model.scale is not None]
+    if not scales:
+        return "none"
+    if len(set(scales)) > 1:
+        print(f"demo: the agents carry different eps scales; all run under "
+              f"{scale_words(scales[0])} (pick another with --eps-scale)", file=sys.stderr)
+    return scales[0]
 
 
 def _paths(out: Path, args) -> dict[str, Path]:
