@@ -4,6 +4,7 @@ thread, the shipped CartPole agent."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from certrl.agent import load, shipped_agents
 warnings.filterwarnings("ignore", module="auto_LiRPA")
 
 SHIPPED = "cartpole-dqn-vanilla"
+# The first shipped vanilla CartPole agent (before the 2026-12-05 re-ship), frozen for the
+# tests whose recorded numbers depend on one fixed set of weights.
+FROZEN = Path(__file__).parent / "data" / "cartpole-dqn-vanilla-v0.pt"
 has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
 
 
@@ -38,6 +42,13 @@ def cartpole():
     if SHIPPED not in shipped_agents():
         pytest.skip("no shipped agent")
     return load(SHIPPED)
+
+
+@pytest.fixture
+def frozen_cartpole():
+    """The frozen CartPole DQN agent (``FROZEN``): recorded numbers stay valid across
+    re-ships of the agents in ``certrl/agents``."""
+    return load(FROZEN)
 
 
 def make_mlp(seed: int = 0, act=nn.ReLU, din: int = 6, dout: int = 4, width: int = 16):

@@ -308,31 +308,44 @@ def test_set_accepts_old_exploration_names():
 
 
 def test_shipped_agents_configs_build_and_keep_their_run_group():
-    """The shipped checkpoints (old eps_* names, loss in the config) rebuild their
-    algorithm with the loss beside the config, take their weights back, and hash to the
-    group their stored config had."""
+    """The shipped checkpoints rebuild their algorithm from the stored config with the loss
+    beside it, take their weights back, and hash to their group: the group recorded at
+    training time (fine-tunes rebuilt from the shipped agent they were fine-tuned from),
+    or for legacy checkpoints the hash their stored config had."""
     import glob
     import hashlib
     import json
 
     import certrl
-    from certrl.algos.base import config_from_dict, run_group, split_config
+    from certrl.algos.base import config_from_dict, split_config
     from certrl.io import load_checkpoint
     from certrl.losses import loss_from_config
 
     paths = sorted(glob.glob("certrl/agents/*.pt"))
     assert paths
-    for p in paths:
-        data = load_checkpoint(p)
-        fields, loss = split_config(data["config"])
+    data = {p: load_checkpoint(p) for p in paths}
+    by_group = {(d.get("metadata") or {}).get("run_group"): p for p, d in data.items()}
+    for p, d in data.items():
+        meta = d.get("metadata") or {}
+        fields, loss = split_config(d["config"])
         cfg = config_from_dict(DQNConfig, fields)
-        algo = DQN(cfg, robust_loss=loss_from_config(loss))
-        algo.load_weights(data, p)
+        init = meta.get("init_agent")
+        init_path = by_group[init["run_group"]] if init else None  # KeyError: not shipped
+        algo = DQN(cfg, robust_loss=loss_from_config(loss), init_agent=init_path)
+        algo.load_weights(d, p)
         x = torch.randn(5, 4)
         torch.testing.assert_close(algo.agent_obj.forward(x), certrl.load(p).forward(x))
-        tm = algo.agent_obj.threat_model.to_dict()
-        old = {k: v for k, v in data["config"].items() if k != "seed"}
-        text = json.dumps({"algo": "dqn", "env_id": cfg.env_id, "config": old,
-                           "threat_model": tm}, sort_keys=True, separators=(",", ":"))
-        assert run_group("dqn", cfg, tm, loss) == hashlib.sha256(text.encode()).hexdigest()
-        assert algo.training_config()["robust_loss"] == loss
+        if "run_group" in meta:  # current format
+            assert algo.run_group == meta["run_group"], p
+        else:  # legacy format: the hash of the stored config itself
+            tm = algo.agent_obj.threat_model.to_dict()
+            old = {k: v for k, v in d["config"].items() if k != "seed"}
+            text = json.dumps({"algo": "dqn", "env_id": cfg.env_id, "config": old,
+                               "threat_model": tm}, sort_keys=True, separators=(",", ":"))
+            assert algo.run_group == hashlib.sha256(text.encode()).hexdigest()
+        built = algo.training_config()["robust_loss"]
+        if loss and loss["schedule"]["total_steps"] == 0:  # stored before setup() fixed it
+            assert built["schedule"].pop("total_steps") == cfg.total_steps
+            loss = {**loss, "schedule": {k: v for k, v in loss["schedule"].items()
+                                         if k != "total_steps"}}
+        assert built == loss

@@ -15,7 +15,7 @@ from certrl.cli import main
 from certrl.io import CheckpointError
 from certrl.losses import make_loss
 from certrl.nets import build_network
-from tests.conftest import SHIPPED, has_shipped
+from tests.conftest import FROZEN, SHIPPED, has_shipped
 
 pytestmark = has_shipped
 
@@ -160,8 +160,10 @@ def test_reward_scale_makes_constants_scale_free(loss):
 
 def test_car_loss_weights_depend_on_the_q_scale():
     """Why the scale matters: CAR's softmax (lambda 1) over Huber worst-case TD errors is
-    near uniform at reward_scale 0.01 (Q ~ 1) and concentrated at reward_scale 1 (Q ~ 87)."""
-    small, big = _scaled_run(0.01, 1.0, "car"), _scaled_run(1.0, 1.0, "car")
+    near uniform at reward_scale 0.01 (Q ~ 1) and concentrated at reward_scale 1 (Q ~ 87),
+    fine-tuning the frozen agent the effect was first measured on."""
+    small = _scaled_run(0.01, 1.0, "car", init=FROZEN)
+    big = _scaled_run(1.0, 1.0, "car", init=FROZEN)
     ws = max(small.update()["car_weight_max"] for _ in range(3))
     wb = max(big.update()["car_weight_max"] for _ in range(3))
     n = small.cfg.batch_size

@@ -62,7 +62,9 @@ def test_row_fields_identity_label_and_run_group():
     agent = certrl.load(SHIPPED)
     f = agent_fields(agent, SHIPPED)
     assert f["agent_id"] == agent_identity(agent) and f["agent_label"] == SHIPPED
-    assert f["run_group"] is None
+    assert f["run_group"] == agent.metadata["run_group"]  # recorded when it was trained
+    agent.metadata.pop("run_group")
+    assert agent_fields(agent, SHIPPED)["run_group"] is None
     agent.metadata["run_group"] = "abc"
     assert agent_fields(agent, SHIPPED)["run_group"] == "abc"
 

@@ -352,6 +352,7 @@ def real(tmp_path_factory) -> dict:
     copy = certrl.load("cartpole-dqn-sa")
     with torch.no_grad():
         next(copy.net.parameters()).add_(1e-3)
+    copy.metadata.pop("run_group", None)  # an edited copy: not a seed of the shipped run
     copy.save(d / "sa-copy.pt")
     for seed_copy in ("g1", "g2"):  # two more copies claiming one run group and seed
         g = certrl.load(d / "sa-copy.pt")
