@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -87,6 +88,11 @@ def add_parser(sub) -> None:
                    help="fraction of steps with eps = 0 (default 0.2)")
     r.add_argument("--ramp", type=float, default=None,
                    help="fraction of steps of the eps ramp (default 0.4)")
+    r.add_argument("--sigma", type=float, default=None,
+                   help="noise: std of the Gaussian observation noise N(0, sigma^2 I) in the "
+                        "network-input space (recorded as the agent's smoothing sigma)")
+    r.add_argument("--noise-next", action="store_true", default=None,
+                   help="noise (DQN): also put noise on s' in the TD target (default: clean)")
     r.add_argument("--sortnet-hidden", type=positive_int, default=64)
     r.add_argument("--sortnet-depth", type=positive_int, default=2)
     r.add_argument("--sortnet-scale", type=float, default=10.0,
@@ -126,6 +132,11 @@ def _robust_loss(args: argparse.Namespace, algo: str):
     params = {k: getattr(args, k) for k in ("kappa", "kappa_end", "lam", "reg", "c",
                                              "worst_weight", "kl_coef", "pgd_steps",
                                              "warmup", "ramp", "solver")}
+    noise = {"sigma": getattr(args, "sigma", None), "noise_next": getattr(args, "noise_next", None)}
+    if args.loss == "noise":
+        return _noise_loss(args, algo, params, noise)
+    if any(v is not None for v in noise.values()):
+        raise ValueError("--sigma and --noise-next belong to --loss noise")
     if args.loss == "vanilla":
         given = sorted(k for k, v in params.items() if v is not None)
         if given:
@@ -136,6 +147,29 @@ def _robust_loss(args: argparse.Namespace, algo: str):
     if not args.train_eps:
         raise ValueError(f"--loss {args.loss} needs --train-eps > 0 (the eps it trains for)")
     return make_loss(algo, args.loss, **params)
+
+
+def _noise_loss(args: argparse.Namespace, algo: str, params: dict, noise: dict):
+    """--loss noise: Gaussian noise augmentation at --sigma (no --train-eps needed)."""
+    sigma = noise["sigma"]
+    if sigma is None or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"--loss noise needs --sigma > 0 (the noise std); got {sigma}")
+    if noise["noise_next"] and algo != "dqn":
+        raise ValueError("--noise-next is a DQN option (the TD target's next state)")
+    extra = sorted(k for k, v in params.items() if v is not None
+                   and k not in ("warmup", "ramp"))
+    if extra:
+        raise ValueError(f"--loss noise takes --sigma, --noise-next, --warmup and --ramp "
+                         f"(got {extra})")
+    return make_loss(algo, "noise", sigma=sigma, noise_next=noise["noise_next"],
+                     warmup=params["warmup"], ramp=params["ramp"])
+
+
+def _record_sigma(algo) -> None:
+    """A noise-trained agent's metadata "smoothing_sigma": the sigma it trained at."""
+    rl = algo.robust_loss
+    if rl is not None and rl.name == "noise":
+        algo.agent_obj.metadata["smoothing_sigma"] = float(rl.cfg.sigma)
 
 
 def _overrides(cfg_cls, items: list[str]) -> dict:
@@ -356,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.init_from:
         raise ValueError("--init-from starts a new run; --resume continues one (drop one)")
     algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
+    _record_sigma(algo)
     if args.replay_cap_mb is not None:
         algo.max_replay_bytes = args.replay_cap_mb * 2**20
     _write_command(out, args, algo)

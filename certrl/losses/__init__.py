@@ -14,6 +14,7 @@ from typing import Any
 from certrl.losses.base import RobustLoss, TrainContext
 from certrl.losses.car import CARConfig, CARDQNLoss, CARPPOConfig, CARPPOLoss, soft_weights
 from certrl.losses.common import ScheduledLoss, SolverConfig, build_config
+from certrl.losses.noise import NoiseConfig, NoiseDQNLoss, NoisePPOLoss
 from certrl.losses.radial import RadialConfig, RadialDQNLoss, RadialPPOLoss
 from certrl.losses.sa import SAConfig, SADQNLoss, SAPPOConfig, SAPPOLoss
 from certrl.losses.schedule import EpsSchedule
@@ -22,8 +23,9 @@ from certrl.losses.wocar import WocarConfig, WocarDQNLoss, WocarPPOConfig, Wocar
 
 LOSSES: dict[str, dict[str, type[ScheduledLoss]]] = {
     "dqn": {"sa": SADQNLoss, "radial": RadialDQNLoss, "wocar": WocarDQNLoss, "car": CARDQNLoss,
-            "sortnet": SortNetLoss},
-    "ppo": {"sa": SAPPOLoss, "radial": RadialPPOLoss, "wocar": WocarPPOLoss, "car": CARPPOLoss},
+            "sortnet": SortNetLoss, "noise": NoiseDQNLoss},
+    "ppo": {"sa": SAPPOLoss, "radial": RadialPPOLoss, "wocar": WocarPPOLoss, "car": CARPPOLoss,
+            "noise": NoisePPOLoss},
 }
 # Fields added after checkpoints were shipped: the value that keeps an older stored config's
 # meaning when it lacks the field (RADIAL: linear kappa, full-Q bounds; WocaR: no bound
@@ -35,7 +37,7 @@ LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {
                   "attack_set_eps": 1e-3, "attack_set_fraction": 0.255, "worst_init": "q",
                   "worse_bound": True},
 }
-LOSS_NAMES = ("vanilla", "sa", "radial", "wocar", "car", "sortnet")
+LOSS_NAMES = ("vanilla", "sa", "radial", "wocar", "car", "sortnet", "noise")
 _SOLVER_KEYS = {"solver": "kind", "pgd_steps": "pgd_steps", "pgd_step_size": "pgd_step_size"}
 _SCHEDULE_KEYS = {"warmup", "ramp", "mid", "power"}
 
@@ -90,7 +92,8 @@ def loss_from_config(d: dict | None) -> RobustLoss | None:
 
 __all__ = [
     "CARConfig", "CARDQNLoss", "CARPPOConfig", "CARPPOLoss", "EpsSchedule", "LOSSES",
-    "LOSS_NAMES", "RadialConfig", "RadialDQNLoss", "RadialPPOLoss", "RobustLoss", "SAConfig",
+    "LOSS_NAMES", "NoiseConfig", "NoiseDQNLoss", "NoisePPOLoss", "RadialConfig",
+    "RadialDQNLoss", "RadialPPOLoss", "RobustLoss", "SAConfig",
     "SADQNLoss", "SAPPOConfig", "SAPPOLoss", "ScheduledLoss", "SolverConfig", "SortNetConfig",
     "SortNetLoss", "TrainContext", "WocarConfig", "WocarDQNLoss", "WocarPPOConfig", "WocarPPOLoss",
     "loss_from_config", "make_loss", "soft_weights", "sortnet_q_spec",
