@@ -25,6 +25,7 @@ from certrl.evaluate import (
     summarize_episodes,
 )
 from certrl.records import check_out
+from certrl.smoothed import DEFAULT_SAMPLES, DEFAULT_SIGMA, MODES, smoothed
 
 
 def add_parser(sub) -> None:
@@ -44,13 +45,40 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
     p.add_argument("--threads", type=int, default=1)
+    s = p.add_argument_group("smoothed agent (DQN; see docs/smoothing.md)")
+    s.add_argument("--smoothed", action="store_true",
+                   help="evaluate the smoothed agent: majority vote of the base agent over "
+                        "--samples noisy copies x + N(0, sigma^2 I) per step")
+    s.add_argument("--sigma", type=float, default=None,
+                   help="noise std (default: the agent's training sigma, else "
+                        f"{DEFAULT_SIGMA})")
+    s.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
+                   help=f"noise samples per step (default {DEFAULT_SAMPLES}, as S-DQN)")
+    s.add_argument("--smoothing-mode", choices=MODES, default="vote",
+                   help="vote (S-DQN / Cohen) or mean-q (CROP's smoothed Q, unclipped)")
+    s.add_argument("--noise-seed", type=int, default=0, help="seed of the smoothing noise")
+
+
+def smoothed_from_args(agent, args: argparse.Namespace):
+    """The agent itself, or with --smoothed its ``SmoothedAgent`` (smoothing flags
+    without --smoothed are an error)."""
+    if not args.smoothed:
+        if args.sigma is not None or args.samples != DEFAULT_SAMPLES or \
+                args.smoothing_mode != "vote" or args.noise_seed != 0:
+            raise ValueError("--sigma, --samples, --smoothing-mode and --noise-seed need "
+                             "--smoothed")
+        return agent
+    if args.stochastic:
+        raise ValueError("--smoothed evaluates the deterministic smoothed policy; drop "
+                         "--stochastic")
+    return smoothed(agent, args.sigma, args.samples, args.smoothing_mode, args.noise_seed)
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = check_out(args.out or default_out("evaluate", args.checkpoint), "evaluate",
                     args.force)
-    agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
+    agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint), args.eps_scale), args)
     run_ = EpisodeRun("evaluate", args.episodes, seed=args.seed, max_steps=args.max_steps,
                       deterministic=not args.stochastic,
                       norm=agent.threat_model.to_dict()["norm"])
@@ -58,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
                         lambda eps: {"eps": 0.0, "attack": "none", "attack_steps": 0},
                         fresh=args.force)
     s = summarize_episodes(rows)[0.0]
-    print(f"{agent.env_id} {agent.algo}/{agent.loss_name} seed {agent.seed}: natural return "
+    what = "" if not args.smoothed else (
+        f" smoothed ({agent.smoothing.mode}, sigma {agent.smoothing.sigma:g}, "
+        f"{agent.smoothing.samples} samples)")
+    print(f"{agent.env_id} {agent.algo}/{agent.loss_name} seed {agent.seed}{what}: natural return "
           f"{fmt(s['mean'])} +- {fmt(s['std'])} over {s['episodes']} episodes"
           f"{truncation_note(s)}")
     print(f"results: {out}")
