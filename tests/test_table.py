@@ -158,7 +158,7 @@ def test_latex_structure(tmp_path):
         for line in body.strip().splitlines()[1:]:
             assert line.count("&") == len(ncol) - 1
             assert line.count("$") % 2 == 0
-    assert r"\mathbf{" in tex and "_" not in tex.replace(r"\_", "").replace(r"\ell_", "")
+    assert r"\textbf{" in tex and "_" not in tex.replace(r"\_", "").replace(r"\ell_", "")
     if shutil.which("pdflatex"):
         doc = tmp_path / "t.tex"
         doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"

@@ -256,7 +256,7 @@ def test_truncated_episodes_are_excluded_and_marked():
     assert "| n/a †3 | 6.0 ± 1.0 †1 | 0.500 ± 0.100 ‡1 |" in md
     assert "cut short by --max-steps" in md
     tex = render([t], "latex")
-    assert r"$\mathrm{n/a}^{\dagger 3}$" in tex and r"^{\ddagger 1}$" in tex
+    assert r"n/a$^{\dagger 3}$" in tex and r"^{\ddagger 1}$" in tex
     lines = list(csv.DictReader(io.StringIO(render([t], "csv"))))
     assert [x["n_truncated"] for x in lines] == ["3", "1", "1"]
     assert lines[0]["text"] == "n/a †3" and lines[0]["mean"] == ""

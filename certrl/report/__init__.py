@@ -2,7 +2,11 @@
 
     rows = load_rows(["certify.jsonl", "attack.jsonl"])
     tables = build_tables(rows)
-    print(render(tables, "md"))
+    tables = select(tables, Layout(methods=("ibp", "crown"), eps=(0.01,)))
+    print(render(tables, "latex", Style(float_env="table*", resize=True)))
+
+The benchmarks build the same model from per-seed values (``value_table``): one
+aggregation (IQM + percentile bootstrap over seeds) and one renderer for every table.
 """
 
 from __future__ import annotations
@@ -11,8 +15,19 @@ import os
 
 from certrl.records import read_rows
 from certrl.report.grouping import GroupSpec, parse_group
-from certrl.report.model import AgentRow, Cell, Column, Table, bootstrap_ci, build_tables
-from certrl.report.render import FORMATS, render, to_csv, to_latex, to_markdown
+from certrl.report.layout import AXES, KINDS, Layout, select, transpose
+from certrl.report.model import (
+    AgentRow,
+    Cell,
+    Column,
+    Table,
+    bootstrap_ci,
+    build_tables,
+    iqm,
+    mark_best,
+    value_table,
+)
+from certrl.report.render import FLOATS, FORMATS, Style, render, to_csv, to_latex, to_markdown
 
 
 def load_rows(paths: list[str | os.PathLike]) -> list[dict]:
@@ -26,6 +41,7 @@ def load_rows(paths: list[str | os.PathLike]) -> list[dict]:
     return rows
 
 
-__all__ = ["AgentRow", "Cell", "Column", "FORMATS", "GroupSpec", "Table", "bootstrap_ci",
-           "build_tables", "load_rows", "parse_group", "render", "to_csv", "to_latex",
-           "to_markdown"]
+__all__ = ["AXES", "AgentRow", "Cell", "Column", "FLOATS", "FORMATS", "GroupSpec", "KINDS",
+           "Layout", "Style", "Table", "bootstrap_ci", "build_tables", "iqm", "load_rows",
+           "mark_best", "parse_group", "render", "select", "to_csv", "to_latex", "to_markdown",
+           "transpose", "value_table"]

@@ -11,8 +11,14 @@ space), in the papers' order:
   nominal return of certify's episodes);
 * <ATTACK> l_p @eps: attacked return (attack rows), e.g. PGD l_inf @0.01;
 * ACR per certification method: certified fraction of the episode's steps;
+* Mean radius per method: mean over the episode's states of the certified radius;
+* Deviation per method (continuous actions, e.g. PPO): mean over the episode's
+  states of the certified bound on max_k |a_k(x') - a_k(x)| (lower is better);
 * GWC (heuristic, never a certificate) and PS (policy-smoothing certified
   expected return, probabilistic) when present.
+
+``value_table`` builds the same model from per-seed values (the benchmarks' tables), so
+every table of the project goes through one aggregation and one renderer.
 
 Aggregation is uniform within a table row: an agent row shows mean +- std
 (ddof 0) over its episodes; a group row shows the IQM (``trim_mean(., 0.25)``)
@@ -54,7 +60,9 @@ from certrl.report.grouping import (
 )
 
 METHOD_ORDER = method_names()  # column order: the registry's (certrl.certify.methods)
-GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "radius": 3, "gwc": 4, "ps": 5}
+GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "radius": 3, "deviation": 4, "gwc": 5,
+               "ps": 6, "metric": 7}
+METHOD_GROUPS = ("acr", "radius", "deviation", "gwc", "ps")  # columns named by a method
 NORM_ORDER = {"inf": 0, "2": 1, "1": 2}
 RETURN_GROUPS = ("natural", "attack", "gwc")  # truncated episodes excluded here
 N_BOOT = 2000
@@ -80,8 +88,10 @@ def method_kind(name: str) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: kind (natural / attack / acr / radius / gwc / ps), name, eps,
-    norm, space (the radius column has no eps: the radius search does not depend on it)."""
+    """One table column: kind (natural / attack / acr / radius / deviation / gwc / ps, or
+    metric for a benchmark's own value), name, eps, norm, space (the radius column has no
+    eps: the radius search does not depend on it). ``title`` / ``digits`` / ``better``
+    override the header, the decimals and which way is best ("higher", "lower", "none")."""
 
     group: str
     name: str  # attack name or method ("" for natural)
@@ -89,6 +99,9 @@ class Column:
     norm: str | None = None  # "inf", "2", "1" (None for natural)
     eps_space: str | None = None
     variant: str = ""  # settings that change the numbers: "10 steps", "stochastic", a hash
+    title: str = ""
+    digits: int | None = None
+    better: str | None = None
 
     def sort_key(self) -> tuple:
         m = METHOD_ORDER.index(self.name) if self.name in METHOD_ORDER else len(METHOD_ORDER)
@@ -104,6 +117,19 @@ class Column:
     @property
     def is_fraction(self) -> bool:
         return self.group == "acr"
+
+    @property
+    def decimals(self) -> int:
+        """Decimals shown: 3 for fractions, 4 for radii and deviations, 1 for returns."""
+        if self.digits is not None:
+            return self.digits
+        return 3 if self.is_fraction else 4 if self.group in ("radius", "deviation") else 1
+
+    @property
+    def direction(self) -> int:
+        """+1 if higher is better, -1 if lower (deviation bounds), 0 if no best is marked."""
+        b = self.better or ("lower" if self.group == "deviation" else "higher")
+        return {"higher": 1, "lower": -1}.get(b, 0)
 
     @property
     def is_radius(self) -> bool:
@@ -151,8 +177,9 @@ class AgentRow:
     cells: dict[Column, Cell] = field(default_factory=dict)
     label: str = ""
     kind: str = "agent"  # "agent": mean +- std over episodes; "group": IQM over seeds
-    source: str = "agent"  # "agent", "legacy", "run_group" or "group"
+    source: str = "agent"  # "agent", "legacy", "run_group", "group" or "values"
     members: list[Identity] = field(default_factory=list)
+    part: str = ""  # transposed tables: the eps (repr) or method of this sub-row
 
     @property
     def seeds(self) -> list[int]:
@@ -173,6 +200,8 @@ class Table:
     rows: list[AgentRow]
     kinds: dict[str, str]  # method -> certificate kind
     details: dict[str, str]  # method -> settings in words (smoothing n, alpha, sigma ...)
+    title: str | None = None  # a given caption (replaces the generated one)
+    part_axis: str | None = None  # "eps" or "method" when rows are split by it
 
     @property
     def norms(self) -> list[str]:
@@ -188,6 +217,10 @@ class Table:
         return f" [{c.variant or 'default'}]" if n > 1 else ""
 
     def caption(self) -> str:
+        """The given title, else what the table shows in words (threat model, methods,
+        aggregation)."""
+        if self.title is not None:
+            return self.title
         parts = [f"Verification results on {self.env_id} (env version {self.env_version})"]
         if self.norms or self.spaces:
             parts.append(self._threat_words())
@@ -197,6 +230,9 @@ class Table:
         if any(c.group == "radius" for c in self.columns):
             parts.append("mean radius = mean over the visited states of the largest eps at "
                          "which the greedy action was verified (radius search per method)")
+        if any(c.group == "deviation" for c in self.columns):
+            parts.append("deviation = mean over the visited states of the certified bound on "
+                         "the largest change of any action dimension (lower is better)")
         if any(c.group == "attack" for c in self.columns):
             parts.append("attacked returns per attack, norm and eps")
         if any(c.group == "attack" and c.name == "pgd-ref" for c in self.columns):
@@ -291,11 +327,17 @@ def _certify_columns(r: CertifyRow) -> list[tuple[Column, float]]:
         return []
     if isinstance(r, GwcRow):
         return [(Column("gwc", m, float(r.eps), norm, space, var), float(r.gwc_return))]
-    if not isinstance(r, CertEpisodeRow) or r.certified_fraction is None:
+    if not isinstance(r, CertEpisodeRow):
         return []
-    out = [(Column("acr", m, float(r.eps), norm, space, var), float(r.certified_fraction))]
+    out = []
+    if r.certified_fraction is not None:
+        out.append((Column("acr", m, float(r.eps), norm, space, var),
+                    float(r.certified_fraction)))
     if r.mean_radius is not None:
         out.append((Column("radius", m, None, norm, space, var), float(r.mean_radius)))
+    if r.mean_max_deviation is not None:
+        out.append((Column("deviation", m, float(r.eps), norm, space, var),
+                    float(r.mean_max_deviation)))
     return out
 
 
@@ -338,8 +380,10 @@ def _truncated(r: Row) -> bool:
 
 
 # ----------------------------------------------------------------- statistics
-def _iqm(v: np.ndarray) -> float:
-    return float(trim_mean(v, 0.25))
+def iqm(values) -> float:
+    """Interquartile mean: the mean of the middle 50% (``trim_mean(., 0.25)``: int(0.25 n)
+    values cut at each end)."""
+    return float(trim_mean(np.asarray(values, dtype=np.float64), 0.25))
 
 
 def _iqm_rows(M: np.ndarray) -> np.ndarray:
@@ -382,7 +426,9 @@ class _Collected:
 
     def add(self, r: AgentKey) -> None:
         cols = _columns_of(r)
-        if not cols:
+        nominal = (isinstance(r, CertEpisodeRow) and r.record == "episode"
+                   and r.return_ is not None)
+        if not cols and not nominal:
             return
         ident = identity_of(r)
         prev = self.identities.get(ident.key)
@@ -393,8 +439,8 @@ class _Collected:
                  trunc)
         self.env_version.setdefault(ident.env_id, str(r.get("env_version", "")))
         if isinstance(r, CertifyRow):
-            self._method_info(ident.env_id, cols[0][0].name, r)
-        if isinstance(r, CertEpisodeRow) and r.return_ is not None:
+            self._method_info(ident.env_id, str(r.method), r)
+        if nominal:
             _put(self.nominal.setdefault(ident.key, {}), ep, float(r.return_), trunc)
 
     def _method_info(self, env: str, method: str, r: CertifyRow) -> None:
@@ -439,7 +485,7 @@ def _cell(column: Column, per_member: dict[Identity, Episodes], n_group: int,
         cell.center, cell.spread = float(v.mean()), float(v.std())
     else:
         means = np.array([np.mean(per_seed[s]) for s in sorted(per_seed)])
-        cell.center = _iqm(means)
+        cell.center = iqm(means)
         cell.ci = bootstrap_ci(means)
     return cell
 
@@ -457,17 +503,23 @@ def _table_row(spec: RowSpec, data: _Collected) -> AgentRow:
     return row
 
 
-def _mark_best(rows: list[AgentRow], columns: list[Column]) -> None:
-    """Bold the best cell per column among rows of the same kind (comparable cells)."""
+def mark_best(rows: list[AgentRow], columns: list[Column]) -> None:
+    """Bold the best cell per column (highest, or lowest for a deviation bound) among rows
+    of the same kind and sub-row (comparable cells); columns with ``better="none"`` never."""
     for c in columns:
-        for kind in ("agent", "group"):
+        if not c.direction:
+            continue
+        for key in dict.fromkeys((r.kind, r.part) for r in rows):
             cells = [r.cells[c] for r in rows
-                     if r.kind == kind and c in r.cells and not r.cells[c].empty]
+                     if (r.kind, r.part) == key and c in r.cells and not r.cells[c].empty]
+            for x in cells:
+                x.best = False
             if len(cells) < 2:
                 continue
-            best = max(x.center for x in cells)
+            best = max(c.direction * x.center for x in cells)
             for x in cells:
-                x.best = math.isclose(x.center, best, rel_tol=1e-12, abs_tol=1e-12)
+                x.best = math.isclose(c.direction * x.center, best, rel_tol=1e-12,
+                                      abs_tol=1e-12)
 
 
 def _collect(rows: list[Row | dict]) -> _Collected:
@@ -496,7 +548,40 @@ def build_tables(rows: list[Row | dict], groups: list[GroupSpec] = (),
         agent_rows = [_table_row(s, data) for s in specs if s.members[0].env_id == env]
         agent_rows.sort(key=lambda r: (r.algo, r.loss, r.kind, r.label))
         columns = sorted({c for r in agent_rows for c in r.cells}, key=Column.sort_key)
-        _mark_best(agent_rows, columns)
+        mark_best(agent_rows, columns)
         tables.append(Table(env, data.env_version.get(env, ""), columns, agent_rows,
                             data.kinds.get(env, {}), data.details.get(env, {})))
     return tables
+
+
+# ----------------------------------------------------------------- benchmark values
+SeedValues = dict[int, "float | None"]  # seed -> value (None: not applicable)
+
+
+def value_table(env_id: str, columns: list[Column], rows: list[tuple[str, dict]],
+                title: str, env_version: str = "") -> Table:
+    """A table of seed groups from per-seed values (the benchmarks' result.json files).
+
+    ``rows``: (label, {column: {seed: value or None}}). Each cell is the IQM of its
+    seeds' values with the 95% percentile bootstrap CI over seeds (the same statistics
+    as ``build_tables``); a cell where some seed has no value is n/a. Best per column
+    as ``mark_best``.
+    """
+    out = []
+    for label, values in rows:
+        seeds = sorted({s for v in values.values() for s in v})
+        members = [Identity(f"values:{label}:{s}", env_id, "", "", s, (label,), None, True)
+                   for s in seeds]
+        row = AgentRow(env_id, "", "", label=label, kind="group", source="values",
+                       members=members)
+        for c in columns:
+            per_seed = values.get(c, {})
+            if not per_seed or any(v is None for v in per_seed.values()):
+                row.cells[c] = Cell(per_seed={}, n_group=len(seeds))
+                continue
+            per_member = {i: {(0, 0): (float(per_seed[i.seed]), False)}
+                          for i in members if i.seed in per_seed}
+            row.cells[c] = _cell(c, per_member, len(seeds), "group")
+        out.append(row)
+    mark_best(out, columns)
+    return Table(env_id, env_version, list(columns), out, {}, {}, title=title)

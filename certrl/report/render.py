@@ -1,4 +1,11 @@
-"""Render verification tables as Markdown, LaTeX (booktabs) or CSV."""
+"""Render verification tables as Markdown, LaTeX (booktabs) or CSV.
+
+``Style`` says how a paper wants the LaTeX: the float (``table``, ``table*`` or none),
+caption, label, ``\\resizebox`` to the line width, the font size and the row header.
+LaTeX cells are compact: ``485.0\\,{\\scriptsize[480,490]}`` (IQM and its CI rounded
+outwards to one decimal less) or ``20.5\\,{\\scriptsize$\\pm$0.5}``; Markdown keeps the
+full ``mean ± std`` / ``IQM [lo, hi]`` text and CSV the full precision of every number.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,31 @@ import csv
 import io
 import math
 import re
+from dataclasses import dataclass
 
 from certrl.report.model import METHOD_ORDER, AgentRow, Cell, Column, Table, method_label
 
 FORMATS = ("md", "latex", "csv")
+FLOATS = ("table", "table*", "none")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How tables are laid out on the page (Markdown uses ``caption``, ``row_header`` and
+    ``md_caption``; the rest is LaTeX)."""
+
+    float_env: str = "table"  # "table", "table*" (both columns) or "none" (bare tabular)
+    caption: str | None = None  # replaces the generated caption (LaTeX source as given)
+    label: str | None = None  # \\label (suffixed with the env when there are several tables)
+    resize: bool = False  # \\resizebox{\\linewidth}{!}{tabular} (needs graphicx)
+    font: str = r"\small"
+    placement: str = "t"
+    row_header: str = "Agent"
+    md_caption: bool = True  # Markdown: the "**Table i.** caption" line
+
+    def __post_init__(self) -> None:
+        if self.float_env not in FLOATS:
+            raise ValueError(f"unknown float {self.float_env!r}; use one of {', '.join(FLOATS)}")
 
 
 def fmt_eps(eps: float) -> str:
@@ -29,19 +57,31 @@ ATTACK_LABELS = {"pgd-ref": "PGD-ref"}  # the references' PGD (10 x 0.1 eps, no 
 
 def header(c: Column) -> tuple[str, str]:
     """(group title, eps sub-header) of a column; the norm is added by each renderer."""
+    e = "" if c.eps is None else fmt_eps(c.eps)
+    if c.title:
+        return c.title, e
     if c.group == "natural":
         return "Natural", ""
+    what = f" ({method_label(c.name)})" if c.name else ""  # no name: methods are sub-rows
     if c.group == "radius":
-        return f"Mean radius ({method_label(c.name)})", ""
-    e = fmt_eps(c.eps)
+        return f"Mean radius{what}", e
+    if c.group == "deviation":
+        return f"Deviation{what}", e
     if c.group == "attack":
         return ATTACK_LABELS.get(c.name, c.name.upper()), e
     if c.group == "acr":
-        return f"ACR ({method_label(c.name)})", e
+        return f"ACR{what}", e
     if c.group == "gwc":
-        label = method_label(c.name)
+        label = method_label(c.name) if c.name else "GWC"
         return (label if "heuristic" in label else f"{label} (heuristic)"), e
     return "PS cert. return", e
+
+
+def part_text(t: Table, r: AgentRow, latex: bool = False) -> str:
+    """The sub-row label of a transposed table: the eps, or the method's label."""
+    if t.part_axis == "eps":
+        return fmt_eps(float(r.part))
+    return method_label(r.part, latex=latex) if latex else method_label(r.part)
 
 
 def _space_suffix(t: Table, c: Column) -> str:
@@ -62,7 +102,7 @@ def fmt_cell(cell: Cell | None, column: Column, pm: str = " ± ") -> str:
         return "–"
     if cell.empty:
         return "n/a"
-    d = 3 if column.is_fraction else 4 if column.is_radius else 1
+    d = column.decimals
     if cell.ci is not None:
         return f"{cell.center:.{d}f} [{cell.ci[0]:.{d}f}, {cell.ci[1]:.{d}f}]"
     if column.group == "ps" and cell.n_episodes == 1:
@@ -87,21 +127,46 @@ def cell_text(cell: Cell | None, column: Column, pm: str = " ± ") -> str:
 
 
 # -------------------------------------------------------------- markdown
-def to_markdown(tables: list[Table]) -> str:
+def _labels(t: Table, latex: bool) -> list[list[str]]:
+    """The label cells of each row: [agent] or, in a transposed table, [agent, part] with
+    the agent written on its first sub-row only."""
+    out, prev = [], None
+    for r in t.rows:
+        if not t.part_axis:
+            out.append([r.label])
+            continue
+        out.append(["" if r.label == prev else r.label, part_text(t, r, latex)])
+        prev = r.label
+    return out
+
+
+def _part_header(t: Table, latex: bool) -> list[str]:
+    if not t.part_axis:
+        return []
+    if t.part_axis == "eps":
+        return [r"$\epsilon$" if latex else "eps"]
+    return ["Method"]
+
+
+def to_markdown(tables: list[Table], style: Style | None = None) -> str:
+    style = style or Style()
     out = []
     for i, t in enumerate(tables, 1):
         heads = [md_header(t, c) for c in t.columns]
-        out.append(f"**Table {i}.** {t.caption().replace('+-', '±')}\n")
-        out.append("| Agent | " + " | ".join(heads) + " |")
-        out.append("|---|" + "|".join("---:" for _ in heads) + "|")
-        for r in t.rows:
+        lead = [style.row_header] + _part_header(t, False)
+        if style.md_caption:
+            caption = style.caption if style.caption is not None else t.caption()
+            out.append(f"**Table {i}.** {caption.replace('+-', '±')}\n")
+        out.append("| " + " | ".join(lead + heads) + " |")
+        out.append("|" + "---|" * len(lead) + "|".join("---:" for _ in heads) + "|")
+        for r, labels in zip(t.rows, _labels(t, False)):
             cells = []
             for c in t.columns:
                 cell = r.cells.get(c)
                 s = fmt_cell(cell, c)
                 s = f"**{s}**" if cell is not None and cell.best else s
                 cells.append(" ".join([s, *cell_marks(cell, c)]))
-            out.append(f"| {r.label} | " + " | ".join(cells) + " |")
+            out.append("| " + " | ".join(labels + cells) + " |")
         out.append("")
         if t.notes():
             out += ["Notes: " + "; ".join(t.notes()) + ".", ""]
@@ -134,11 +199,15 @@ def _tex_caption(t: Table) -> str:
 
 def _tex_group(c: Column) -> str:
     """The column's group title in LaTeX (a registered method by its LaTeX label)."""
-    if c.group == "acr" and c.name in METHOD_ORDER:
-        return f"ACR ({method_label(c.name, latex=True)})"
-    if c.group == "radius" and c.name in METHOD_ORDER:
-        return f"Mean radius ({method_label(c.name, latex=True)})"
+    if c.name in METHOD_ORDER and c.group in ("acr", "radius", "deviation") and not c.title:
+        return header(replace_name(c))[0] + f" ({method_label(c.name, latex=True)})"
     return tex_escape(header(c)[0])
+
+
+def replace_name(c: Column) -> Column:
+    """The column without its method (for its title alone)."""
+    return Column(c.group, "", c.eps, c.norm, c.eps_space, c.variant, c.title, c.digits,
+                  c.better)
 
 
 def _tex_title(t: Table, c: Column) -> str:
@@ -153,56 +222,105 @@ def _tex_marks(cell: Cell | None, column: Column) -> str:
         return ""
     tex = {"†": r"\dagger", "‡": r"\ddagger"}
     sup = [tex[m[0]] + " " + m[1:] if m[0] in tex else r"\mathrm{" + m + "}" for m in marks]
-    return "^{" + r",\,".join(sup) + "}"
+    return "$^{" + r",\,".join(sup) + "}$"
+
+
+def _round_out(lo: float, hi: float, d: int) -> tuple[str, str]:
+    """A CI rounded outwards to ``d`` decimals (the shown interval contains the true one)."""
+    k = 10.0 ** d
+    lo_r = math.floor(lo * k + 1e-9 * max(1.0, abs(lo * k))) / k
+    hi_r = math.ceil(hi * k - 1e-9 * max(1.0, abs(hi * k))) / k
+    return f"{lo_r:.{d}f}", f"{hi_r:.{d}f}"
+
+
+def tex_number(cell: Cell, column: Column) -> str:
+    r"""Compact LaTeX of a cell's numbers: 485.0\,{\scriptsize[480,490]} (IQM, CI rounded
+    outwards to one decimal less), 20.5\,{\scriptsize$\pm$0.5} (mean, std); bold centre
+    when best."""
+    d = column.decimals
+    center = f"{cell.center:.{d}f}"
+    center = r"\textbf{" + center + "}" if cell.best else center
+    if cell.ci is not None:
+        lo, hi = _round_out(cell.ci[0], cell.ci[1], max(d - 1, 0))
+        return center + r"\,{\scriptsize[" + lo + "," + hi + "]}"
+    if column.group == "ps" and cell.n_episodes == 1:
+        return center
+    return center + r"\,{\scriptsize$\pm$" + f"{cell.spread:.{d}f}" + "}"
 
 
 def _tex_cell(cell: Cell | None, column: Column) -> str:
     if cell is None:
         return "--"
-    s = fmt_cell(cell, column, pm=" \\pm ").replace(" [", r"\ [").replace(", ", r",\ ")
-    if cell.empty:
-        s = r"\mathrm{n/a}"
-    elif cell.best:
-        s = "\\mathbf{" + s + "}"
-    return f"${s}{_tex_marks(cell, column)}$"
+    s = "n/a" if cell.empty else tex_number(cell, column)
+    return s + _tex_marks(cell, column)
 
 
-def to_latex(tables: list[Table]) -> str:
-    out = ["% certrl verification tables; needs \\usepackage{booktabs}"]
+def _tex_label(t: Table, style: Style, several: bool) -> str:
+    env = "".join(ch if ch.isalnum() else "-" for ch in t.env_id.lower())
+    if style.label is None:
+        return "tab:verification-" + env
+    return f"{style.label}-{env}" if several else style.label
+
+
+def _tex_head(t: Table) -> list[str]:
+    """The two header lines (group titles with cmidrules, then eps) of a table."""
+    groups: list[tuple[str, int]] = []
+    subs = []
+    for c in t.columns:
+        g = _tex_title(t, c)
+        if groups and groups[-1][0] == g:
+            groups[-1] = (g, groups[-1][1] + 1)
+        else:
+            groups.append((g, 1))
+        subs.append(header(c)[1])
+    n_lead = 1 + bool(t.part_axis)
+    top, rules, col = [], [], n_lead + 1
+    for g, n in groups:
+        top.append(g if n == 1 else r"\multicolumn{" + str(n) + "}{c}{" + g + "}")
+        if any(subs[col - n_lead - 1: col - n_lead - 1 + n]):
+            rules.append(r"\cmidrule(lr){" + f"{col}-{col + n - 1}" + "}")
+        col += n
+    return [top, rules, subs]
+
+
+def _tex_tabular(t: Table, style: Style) -> list[str]:
+    top, rules, subs = _tex_head(t)
+    lead = [tex_escape(style.row_header)] + _part_header(t, True)
+    out = [r"\begin{tabular}{" + "l" * len(lead) + "c" * len(t.columns) + "}", r"\toprule",
+           " & ".join(lead + top) + r" \\"]
+    if any(subs):
+        eps_lead = [""] * (len(lead) - 1) + ["$\\epsilon$"]
+        out += [" ".join(rules), " & ".join(eps_lead + [tex_escape(s) for s in subs]) + r" \\"]
+    out.append(r"\midrule")
+    for r, labels in zip(t.rows, _labels(t, True)):
+        cells = [_tex_cell(r.cells.get(c), c) for c in t.columns]
+        lab = [tex_escape(labels[0])] + labels[1:]
+        out.append(" & ".join(lab + cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if style.resize:
+        out = [r"\resizebox{\linewidth}{!}{%"] + out + ["}"]
+    return out
+
+
+def to_latex(tables: list[Table], style: Style | None = None) -> str:
+    """Each table as a booktabs tabular in a ``table`` / ``table*`` float with caption and
+    label (or bare, ``float_env="none"``); notes below the tabular."""
+    style = style or Style()
+    pkgs = "booktabs" + (", graphicx" if style.resize else "")
+    out = [f"% certrl verification tables; needs \\usepackage{{{pkgs}}}"]
     for t in tables:
-        groups: list[tuple[str, int]] = []
-        subs = []
-        for c in t.columns:
-            g, s = _tex_title(t, c), header(c)[1]
-            if groups and groups[-1][0] == g:
-                groups[-1] = (g, groups[-1][1] + 1)
-            else:
-                groups.append((g, 1))
-            subs.append(s)
-        label = "tab:verification-" + "".join(ch if ch.isalnum() else "-"
-                                              for ch in t.env_id.lower())
-        out += [r"\begin{table}[t]", r"\centering", r"\small",
-                r"\caption{" + _tex_caption(t) + "}", r"\label{" + label + "}",
-                r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule"]
-        top, rules, col = ["Agent"], [], 2
-        for g, n in groups:
-            top.append(g if n == 1 else r"\multicolumn{" + str(n) + "}{c}{" + g + "}")
-            if any(subs[col - 2: col - 2 + n]):
-                rules.append(r"\cmidrule(lr){" + f"{col}-{col + n - 1}" + "}")
-            col += n
-        out.append(" & ".join(top) + r" \\")
-        if any(subs):
-            out.append(" ".join(rules))
-            out.append(" & ".join(["$\\epsilon$"] + [tex_escape(s) for s in subs]) + r" \\")
-        out.append(r"\midrule")
-        for r in t.rows:
-            cells = [_tex_cell(r.cells.get(c), c) for c in t.columns]
-            out.append(tex_escape(r.label) + " & " + " & ".join(cells) + r" \\")
-        out += [r"\bottomrule", r"\end{tabular}"]
+        caption = style.caption if style.caption is not None else _tex_words(t.caption())
+        body = _tex_tabular(t, style)
         if t.notes():
-            out.append(r"\par\smallskip{\footnotesize " + "; ".join(_tex_words(n)
-                                                                  for n in t.notes()) + ".}")
-        out += [r"\end{table}", ""]
+            body.append(r"\par\smallskip{\footnotesize " + "; ".join(
+                _tex_words(n) for n in t.notes()) + ".}")
+        if style.float_env == "none":
+            out += body + [""]
+            continue
+        out += [f"\\begin{{{style.float_env}}}[{style.placement}]", r"\centering", style.font,
+                r"\caption{" + caption + "}",
+                r"\label{" + _tex_label(t, style, len(tables) > 1) + "}"]
+        out += body + [f"\\end{{{style.float_env}}}", ""]
     return "\n".join(out)
 
 
@@ -210,11 +328,12 @@ def to_latex(tables: list[Table]) -> str:
 CSV_FIELDS = ("env_id", "env_version", "agent", "row_kind", "agent_ids", "seeds", "algo",
               "loss", "column", "group", "name", "norm", "eps_space", "eps", "variant",
               "certificate_kind", "n_seeds", "n_group", "n_episodes", "n_truncated", "mean",
-              "std", "iqm", "ci_low", "ci_high", "best", "text")
+              "std", "iqm", "ci_low", "ci_high", "values", "best", "text")
 
 
 def _num(x: float) -> str:
-    return "" if not math.isfinite(x) else f"{x:.6g}"
+    """Full precision (the shortest text that reads back as the same float)."""
+    return "" if not math.isfinite(x) else repr(float(x))
 
 
 def _csv_row(t: Table, r: AgentRow, c: Column, cell: Cell) -> dict:
@@ -234,6 +353,8 @@ def _csv_row(t: Table, r: AgentRow, c: Column, cell: Cell) -> dict:
         "iqm": "" if one else _num(cell.center),
         "ci_low": "" if one or cell.ci is None else _num(cell.ci[0]),
         "ci_high": "" if one or cell.ci is None else _num(cell.ci[1]),
+        "values": " ".join(_num(float(sum(v) / len(v))) for _, v in sorted(
+            cell.per_seed.items())) if not one else "",
         "best": int(cell.best), "text": cell_text(cell, c, pm=" +- "),
     }
 
@@ -251,12 +372,12 @@ def to_csv(tables: list[Table]) -> str:
     return buf.getvalue()
 
 
-def render(tables: list[Table], fmt: str) -> str:
-    """Render in ``fmt``: 'md', 'latex' or 'csv'."""
+def render(tables: list[Table], fmt: str, style: Style | None = None) -> str:
+    """Render in ``fmt``: 'md', 'latex' or 'csv' (``style``: Markdown / LaTeX layout)."""
     if fmt == "md":
-        return to_markdown(tables)
+        return to_markdown(tables, style)
     if fmt == "latex":
-        return to_latex(tables)
+        return to_latex(tables, style)
     if fmt == "csv":
         return to_csv(tables)
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
