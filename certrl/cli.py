@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 
 from certrl.commands import agents, attack, certify, demo, evaluate, plot, table, train
-from certrl.commands import audit
-from certrl.commands import export
 from certrl.io import CERTRL_VERSION, CheckpointError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
-            "certify": certify, "table": table, "demo": demo, "plot": plot,
-            "audit": audit, "export": export}
+            "certify": certify, "table": table, "demo": demo, "plot": plot}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
