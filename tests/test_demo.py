@@ -24,8 +24,10 @@ def test_demo_quick(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| Agent | Natural | PGD" in text and "ACR (CROWN)" in text and "@0.005" in text
     assert "ACR (smoothing)" in text and "probabilistic" in text
-    for name in ("certify.jsonl", "attack.jsonl", "table.md", "table.tex", "table.csv"):
+    for name in ("certify.jsonl", "attack.jsonl", "table.md", "table.tex", "table.csv",
+                 "certified-fraction.png"):
         assert (out / name).exists()
+    assert f"figure: {out / 'certified-fraction.png'}" in text
     rows = read_rows(out / "certify.jsonl")
     assert {r["method"] for r in rows} == {"ibp", "crown", "smoothing"}
     # re-running resumes: nothing recomputed, same certify rows

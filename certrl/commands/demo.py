@@ -7,9 +7,11 @@ at several eps, play the greedy worst case with IBP and CROWN bounds (GWC,
 heuristic), attack with our PGD and the references' PGD (pgd-ref) at the same
 eps, and render the table. Writes OUT/certify.jsonl (certificates),
 OUT/gwc.jsonl (heuristics), OUT/attack.jsonl (PGD) and OUT/attack-pgd-ref.jsonl
-(all resumable; results made with other settings are refused unless --force)
-and OUT/table.{md,tex,csv}. Every agent runs under one threat set (``--eps-scale``,
-default: the one per-dimension scale the agents carry), so they share columns.
+(all resumable; results made with other settings are refused unless --force),
+OUT/table.{md,tex,csv} and the figure OUT/certified-fraction.png (certified fraction
+of the visited states vs eps, from the per-state certified radii; ``certrl plot``).
+Every agent runs under one threat set (``--eps-scale``, default: the one per-dimension
+scale the agents carry), so they share columns.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from certrl.evaluate import (
 )
 from certrl.records import check_out, scale_words
 from certrl.report import build_tables, load_rows, render
+from certrl.report.figures import save_figure
 
 DEMO_AGENTS = ("cartpole-dqn-vanilla", "cartpole-dqn-car")
 DEMO_EPS = (0.005, 0.01, 0.02, 0.05)
@@ -118,14 +121,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{name}] {attack} attack ({args.attack_steps} steps)", file=sys.stderr)
             _attack(agent, name, eps, episodes, max_steps, args.attack_steps,
                     paths[attack], fresh, attack)
-    tables = build_tables(load_rows([p for p in paths.values() if p.exists()]))
+    rows = load_rows([p for p in paths.values() if p.exists()])
+    tables = build_tables(rows)
     md = render(tables, "md")
     for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
         (out / f"table.{ext}").write_text(md if fmt == "md" else render(tables, fmt))
     print(md)
     print(f"results: {', '.join(str(p) for p in paths.values() if p.exists())}; tables: "
-          f"{out}/table.{{md,tex,csv}} ({time.perf_counter() - t_start:.0f} s)")
+          f"{out}/table.{{md,tex,csv}}; figure: {_figure(rows, out)} "
+          f"({time.perf_counter() - t_start:.0f} s)")
     return 0
+
+
+def _figure(rows: list[dict], out: Path) -> str:
+    """Write OUT/certified-fraction.png (certrl plot --kind certified-fraction); its path,
+    or why there is none (e.g. no state-level method was run)."""
+    path = out / "certified-fraction.png"
+    try:
+        return str(save_figure(rows, "certified-fraction", path))
+    except ValueError as e:
+        return f"none ({e})"
 
 
 def _demo_scale_arg(text: str):
