@@ -11,7 +11,9 @@ For every certify unit of a per-state method that has state rows:
 
 These run on every row (they are cheap), so an edit of one state row or one
 summary is caught even when the random sample of re-certified rows misses it;
-a consistent edit of both is left to the re-certification.
+a consistent edit of both is left to the re-certification. Every state row of a
+unit that fails here is re-certified (whatever the sample), so the verdicts
+name the edited row.
 """
 
 from __future__ import annotations
@@ -52,28 +54,28 @@ def summary_of(states: list[StateRow]) -> dict:
     return out
 
 
-def unit_verdicts(located: list[Located]) -> tuple[list[Verdict], int]:
+def unit_verdicts(located: list[Located]) -> tuple[list[Verdict], set[tuple]]:
     """MISMATCH verdicts of units and state rows that contradict each other, and the
-    number of rows checked."""
+    keys (path, agent, episode, method, settings hash, eps) of the units concerned."""
     states: dict[tuple, list[Located]] = {}
     for x in located:
         if isinstance(x.row, StateRow):
             states.setdefault((x.path, *cert_key(x.row), as_float(x.row.eps)), []).append(x)
-    out, checked = [], 0
-    for xs in states.values():
+    out, bad = [], set()
+    for key, xs in states.items():
         for x in xs:
-            checked += 1
             probs = state_claims(x.row)
             if probs:
                 out.append(Verdict(MISMATCH, x.where, x.describe(), probs))
+                bad.add(key)
     tol = Tol(1e-9, 1e-9)
     for x in located:
         if not is_state_unit(x.row):
             continue
-        xs = states.get((x.path, *cert_key(x.row), as_float(x.row.eps)))
+        key = (x.path, *cert_key(x.row), as_float(x.row.eps))
+        xs = states.get(key)
         if not xs:
             continue
-        checked += 1
         want = summary_of([s.row for s in sorted(xs, key=lambda s: s.row.step or 0)])
         steps = sorted(s.row.step for s in xs if isinstance(s.row.step, int))
         probs = [] if steps == list(range(len(xs))) else [
@@ -83,4 +85,5 @@ def unit_verdicts(located: list[Located]) -> tuple[list[Verdict], int]:
         if probs:
             out.append(Verdict(MISMATCH, x.where, x.describe() + " (summary vs state rows)",
                                probs))
-    return out, checked
+            bad.add(key)
+    return out, bad

@@ -50,6 +50,7 @@ class AuditReport:
     replayed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     orphan_rows: int = 0  # rows of agents whose checkpoint does not match
+    suspect_units: set[tuple] = field(default_factory=set)  # units failing a cheap check
 
     @property
     def mismatches(self) -> int:
@@ -113,7 +114,7 @@ def cheap_checks(located, report: AuditReport, emit) -> None:
         if probs:
             report.verdicts.append(Verdict(MISMATCH, x.where, x.describe(), probs))
             emit(report.verdicts[-1].line())
-    bad, _ = unit_verdicts(located)
+    bad, report.suspect_units = unit_verdicts(located)
     for v in bad:
         report.verdicts.append(v)
         emit(v.line())
@@ -189,7 +190,12 @@ def audit(paths: list, options: AuditOptions | None = None,
     for why, n in sorted(plan.skipped.items()):
         emit(f"{SKIP:<8} {n} rows  {why}")
     rng = np.random.default_rng(options.seed)
-    todo = sample(plan.states, options.sample, rng) + sample(plan.episodes, options.sample, rng)
+    states = sample(plan.states, options.sample, rng)
+    chosen = {id(x) for x in states}
+    states += [x for x in plan.states  # every state of a unit that failed a cheap check
+               if state_key(x) in report.suspect_units and id(x) not in chosen]
+    todo = sorted(states, key=lambda x: (str(x.path), x.line)) \
+        + sample(plan.episodes, options.sample, rng)
     recert = Recertifier(report.agents, plan.units, certify_groups(located), state_key)
     run_replays(todo, report, recert, options.progress, emit)
     return report
