@@ -33,6 +33,7 @@ from bounds.lipschitz import (
     lipsdp_l2,
     margin_radius,
 )
+from bounds.onnx_io import from_onnx as from_onnx  # needs the onnx package when called
 from bounds.perturbation import LpBall, parse_norm
 from bounds.smoothing import certified_linf, linf_to_l2
 from bounds.spec import margin_spec
