@@ -155,7 +155,9 @@ def test_edited_radius_is_caught(honest, tmp_path, capsys, one_thread):
     d = copy_results(honest, tmp_path)
     line = tamper(d / "certify.jsonl", certified_state,
                   lambda r: r.update(radius=r["radius"] * 1.2))
-    rc, out = audit(capsys, d / "certify.jsonl", "--all")
+    # not sampled (--sample 0): the episode's mean radius no longer matches its state
+    # rows, so every state row of that unit is re-certified and the edited one is named
+    rc, out = audit(capsys, d / "certify.jsonl", "--sample", "0")
     assert rc == 1
     bad = [m for m in mismatch_lines(out) if f"certify.jsonl:{line} " in m]
     assert bad and "radius: recorded" in bad[0], out
