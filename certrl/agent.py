@@ -259,6 +259,28 @@ class Agent:
         return agent
 
     @classmethod
+    def from_sb3(cls, zip_path: str | os.PathLike, vecnormalize: str | os.PathLike | None = None,
+                 *, env_id: str, env_kwargs: dict | None = None) -> Agent:
+        """A Stable-Baselines3 DQN / PPO / A2C model (``model.save`` zip) as an agent with
+        the same actions and outputs; ``vecnormalize``: the ``VecNormalize.save`` file, whose
+        statistics (and ``clip_obs``) become the frozen observation normalization.
+        See ``certrl.importers.sb3`` and docs/byo-policy.md."""
+        from certrl.importers.sb3 import agent_from_sb3
+
+        return agent_from_sb3(zip_path, env_id, vecnormalize, env_kwargs)
+
+    @classmethod
+    def from_module(cls, net: nn.Module, env_id: str, preprocess="identity", kind: str = "q",
+                    **kw) -> Agent:
+        """A plain ``nn.Module`` mapping network input = preprocess(obs) to Q-values
+        (``kind="q"``) or logits / action mean (``kind="policy"``) as an agent; modules
+        outside certrl's network specs are bounded by auto_LiRPA. See
+        ``certrl.importers.module`` and docs/byo-policy.md."""
+        from certrl.importers.module import agent_from_module
+
+        return agent_from_module(net, env_id, preprocess, kind, **kw)
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> Agent:
         """Load an agent from a checkpoint file (``CheckpointError`` if bad)."""
         agent = cls.from_payload(load_checkpoint(path), source=repr(str(path)))

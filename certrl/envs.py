@@ -5,7 +5,11 @@
   frame_skip 4, noop_max 30), 4-frame stack -> uint8 obs (4, 84, 84); the agent
   divides by 255, so the network input (and eps) lives in [0, 1];
 - MuJoCo v5 (Hopper, Walker2d, HalfCheetah, Ant, InvertedPendulum, ...): raw obs;
-  the agent owns a ``RunningMeanStd`` that normalizes them and is frozen at save.
+  the agent owns a ``RunningMeanStd`` that normalizes them and is frozen at save;
+- any other registered gymnasium env with a Box observation space and a Discrete or
+  Box action space (e.g. LunarLander-v3, or a user env as ``my_module:MyEnv-v0``, which
+  gymnasium's ``make`` imports): generic defaults, the classic-control ones (raw obs,
+  eps in raw-observation units), with a one-time warning.
 
 Training envs (``make_env(..., episode_seeds=...)``) are wrapped in ``EpisodeSeeding``:
 every episode is reset from a seed derived from (run seed, env index, episode index),
@@ -16,6 +20,7 @@ state exactly by resetting from that seed and replaying the actions.
 from __future__ import annotations
 
 import math
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -40,19 +45,43 @@ def _register_ale() -> None:
 
 
 def env_family(env_id: str) -> str:
-    """'classic', 'atari' or 'mujoco'; ValueError for anything else."""
+    """'classic', 'atari' or 'mujoco' (the family that decides defaults).
+
+    A registered gymnasium id outside the three families (``module:EnvId`` ids import
+    ``module`` first) gets the generic defaults, those of 'classic', with a warning
+    (once per id); an id gymnasium does not know is a ValueError.
+    """
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env id must be a non-empty string; got {env_id!r}")
     if env_id.startswith("ALE/"):
         return "atari"
     if env_id in CLASSIC:
         return "classic"
-    if env_id.split("-")[0] in MUJOCO_PREFIXES:
+    if env_id.split(":")[-1].split("-")[0] in MUJOCO_PREFIXES:
         return "mujoco"
-    raise ValueError(
-        f"unknown or unsupported env {env_id!r}; use a classic-control env "
-        f"({', '.join(CLASSIC[:4])}), ALE/<Game>-v5 or a MuJoCo v5 env (e.g. Hopper-v5)"
-    )
+    check_registered(env_id)
+    if env_id not in _warned_generic:
+        _warned_generic.add(env_id)
+        warnings.warn(
+            f"env {env_id!r} is not one certrl was tuned for (classic control, ALE/<Game>-v5, "
+            "MuJoCo v5): using generic defaults (raw observations, eps in raw-observation "
+            "units, classic-control hyperparameters)", UserWarning, stacklevel=2)
+    return "classic"
+
+
+_warned_generic: set[str] = set()
+
+
+def check_registered(env_id: str) -> None:
+    """ValueError unless gymnasium knows ``env_id`` (a ``module:`` prefix is imported)."""
+    try:
+        gym.spec(env_id)
+    except (gym.error.Error, ModuleNotFoundError, ImportError) as e:
+        raise ValueError(
+            f"unknown or unsupported env {env_id!r}: {e}. Use a registered gymnasium id "
+            f"(e.g. {', '.join(CLASSIC[:2])}, ALE/Pong-v5, Hopper-v5, LunarLander-v3) or "
+            "'my_module:MyEnv-v0' for an env that my_module registers on import"
+        ) from None
 
 
 def env_version(env_id: str) -> str:
@@ -147,6 +176,9 @@ def make_env(env_id: str, seed: int = 0, episode_seeds: tuple[int, ...] | None =
             env = gym.make(env_id, **kw)
     except gym.error.Error as e:
         raise ValueError(f"cannot make env {env_id!r}: {e}") from e
+    except TypeError as e:  # e.g. an --env-kwargs key the env's constructor does not take
+        raise ValueError(f"cannot make env {env_id!r} with kwargs {kw}: {e}") from None
+    check_spaces(env, env_id)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.reset(seed=int(seed))
     env.action_space.seed(int(seed))
@@ -154,6 +186,22 @@ def make_env(env_id: str, seed: int = 0, episode_seeds: tuple[int, ...] | None =
     if episode_seeds is not None:
         env = EpisodeSeeding(env, episode_seeds)
     return env
+
+
+def check_spaces(env: gym.Env, env_id: str) -> None:
+    """ValueError (env closed) unless the observation space is a Box and the action
+    space a Discrete or a Box: the spaces certrl's networks and threat models handle."""
+    obs, act = env.observation_space, env.action_space
+    problem = None
+    if not isinstance(obs, gym.spaces.Box):
+        problem = f"observation space {obs} is not a Box"
+    elif not isinstance(act, (gym.spaces.Discrete, gym.spaces.Box)):
+        problem = f"action space {act} is neither Discrete nor Box"
+    if problem is not None:
+        env.close()
+        raise ValueError(f"env {env_id!r} is not supported: {problem} (certrl needs a Box "
+                         "observation space and a Discrete or Box action space; flatten "
+                         "dict observations with gymnasium.wrappers.FlattenObservation)")
 
 
 def make_vec_env(env_id: str, num_envs: int, seed: int = 0, episode_seeds: bool = False,
@@ -175,15 +223,22 @@ def make_vec_env(env_id: str, num_envs: int, seed: int = 0, episode_seeds: bool 
 class RunningMeanStd:
     """Running mean and variance of observations (parallel Welford/Chan update).
 
-    ``normalize(x) = (x - mean) / sqrt(var + eps)``; no clipping, so the map is
-    affine and folds into a ``bounds.Normalize`` layer. ``freeze()`` stops updates.
+    ``normalize(x) = (x - mean) / sqrt(var + eps)``; without ``clip`` (the default, and
+    what certrl's own training uses) the map is affine and folds into a
+    ``bounds.Normalize`` layer. ``clip = c`` (Stable-Baselines3 ``VecNormalize(clip_obs=c)``)
+    clamps the result to [-c, c]: the network input then lives in that box, which the
+    agent's threat model must carry as its domain (``lower=-c, upper=c``; clamping is a
+    projection onto the box, so a ball of the unclamped input maps into the ball of the
+    clamped one intersected with the box, in every l_p norm). ``freeze()`` stops updates.
     """
 
-    def __init__(self, shape: tuple[int, ...], epsilon: float = 1e-8):
+    def __init__(self, shape: tuple[int, ...], epsilon: float = 1e-8,
+                 clip: float | None = None):
         self.mean = np.zeros(shape, dtype=np.float64)
         self.var = np.ones(shape, dtype=np.float64)
         self.count = 1e-4
         self.epsilon = float(epsilon)
+        self.clip = _check_clip(clip)
         self.frozen = False
 
     def update(self, x: np.ndarray) -> None:
@@ -210,12 +265,20 @@ class RunningMeanStd:
         return np.sqrt(self.var + self.epsilon)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+        """(x - mean) / sqrt(var + eps), clamped to [-clip, clip] when ``clip`` is set."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std
+        if self.clip is not None:
+            z = np.clip(z, -self.clip, self.clip)
+        return z.astype(np.float32)
 
     def state_dict(self) -> dict:
-        """Plain dict (lists and floats) for checkpoints."""
-        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": float(self.count),
-                "epsilon": self.epsilon, "frozen": bool(self.frozen)}
+        """Plain dict (lists and floats) for checkpoints ("clip" only when set, so
+        checkpoints without it are unchanged)."""
+        d = {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": float(self.count),
+             "epsilon": self.epsilon, "frozen": bool(self.frozen)}
+        if self.clip is not None:
+            d["clip"] = self.clip
+        return d
 
     def load_state_dict(self, d: dict) -> None:
         mean = np.asarray(d["mean"], dtype=np.float64)
@@ -230,6 +293,7 @@ class RunningMeanStd:
         self.mean, self.var = mean, var
         self.count = float(d["count"])
         self.epsilon = float(d.get("epsilon", 1e-8))
+        self.clip = _check_clip(d.get("clip"))
         self.frozen = bool(d.get("frozen", False))
 
     @classmethod
@@ -237,6 +301,17 @@ class RunningMeanStd:
         rms = cls(tuple(np.asarray(d["mean"]).shape))
         rms.load_state_dict(d)
         return rms
+
+
+def _check_clip(clip) -> float | None:
+    """None or a finite clip bound > 0 as a float; ValueError otherwise."""
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (
+            math.isfinite(clip) and clip > 0):
+        raise ValueError(f"normalization clip must be a finite number > 0 or None; got "
+                         f"{clip!r}")
+    return float(clip)
 
 
 def action_space_info(space: gym.Space) -> dict:
