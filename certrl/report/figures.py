@@ -63,7 +63,7 @@ OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "
              "#000000")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-NORM_TEX = {"inf": r"$\ell_\infty$", "2": r"$\ell_2$", "1": r"$\ell_1$"}
+NORM_TEXT = {"inf": "ℓ∞", "2": "ℓ₂", "1": "ℓ₁"}  # plain text: searchable in the PDF
 ATTACK_NAMES = {"pgd": "PGD", "pgd-ref": "PGD-ref", "fgsm": "FGSM", "mad": "MAD",
                 "random": "random"}
 GRID = 401  # radius grid points of a certified-fraction curve
@@ -100,13 +100,13 @@ class Panel:
 
 # ----------------------------------------------------------------- labels
 def norm_text(norm: str | None) -> str:
-    """'inf' -> ℓ∞ (mathtext), '2' -> ℓ2; the norm is part of every series label."""
-    return NORM_TEX.get(norm or "", f"l_{norm}" if norm else "norm ?")
+    """'inf' -> ℓ∞, '2' -> ℓ₂; the norm is part of every series label."""
+    return NORM_TEXT.get(norm or "", f"ℓ{norm}" if norm else "norm ?")
 
 
 def method_text(name: str) -> str:
     """A certificate method as labelled in tables, with its kind: 'CROWN (sound)'."""
-    return f"{method_label(name, latex=True)} ({method_kind(name)})"
+    return f"{method_label(name).replace('alpha-', 'α-')} ({method_kind(name)})"
 
 
 def eps_label(norms: set, spaces: set) -> str:
@@ -350,7 +350,7 @@ def iqm_panels(tables: list[Table], eps: float | None) -> list[Panel]:
             if not rows:
                 continue
             title = f"{t.env_id}: {column_title(c)}{t.variant_suffix(c)}"
-            panel = Panel(textwrap.fill(title, 40), value_label(c),
+            panel = Panel(textwrap.fill(title, 40, break_on_hyphens=False), value_label(c),
                           "", yticklabels=[textwrap.fill(r.label, 34) for r in t.rows])
             for r in rows:
                 cell, i = r.cells[c], t.rows.index(r)
