@@ -1,6 +1,7 @@
 """The smoothed agent: majority vote of the base agent under the same seeded noise, mean-Q
 mode, determinism, attack surrogate, CLI; the policy-smoothing bound's monotonicity."""
 
+import copy
 import math
 
 import numpy as np
@@ -8,12 +9,23 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from bounds.smoothing import certify as smoothing_certify
 from certrl.attacks import make_attack
+from certrl.certify import CertifyOptions, SmoothingConfig
+from certrl.certify.state import certify_states
 from certrl.certify.trajectory import policy_smoothing_bound
 from certrl.cli import main
+from certrl.denoiser import (
+    Denoiser,
+    DenoiserConfig,
+    compose,
+    denoised_agent,
+    denoiser_loss,
+    train_denoiser,
+)
 from certrl.evaluate import evaluate
 from certrl.identity import agent_identity
-from certrl.smoothed import SmoothedAgent, seeded_noise, smoothed
+from certrl.smoothed import SmoothedAgent, agent_smoothing_sigma, seeded_noise, smoothed
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +138,71 @@ def test_policy_smoothing_bound_is_monotone_in_sigma_and_budget():
         prev = lev
     assert r["certified_return"] == pytest.approx(want, rel=1e-12)
     assert _ps(0.2, 0.0)["certified_return"] < r["smoothed_mean_return"]
+
+
+# ------------------------------------------------------------------ S-DQN denoiser
+def _random_denoiser(seed=0, hidden=(16, 8)):
+    torch.manual_seed(seed)
+    den = Denoiser(4, hidden)
+    for p in den.parameters():
+        p.data.normal_(0.0, 0.3)
+    return den
+
+
+def test_composition_is_q_of_the_denoiser_and_a_plain_q_mlp(frozen_cartpole):
+    den = _random_denoiser()
+    fused = compose(frozen_cartpole.nets["q"], den)
+    x = _states(200) * 4
+    want = frozen_cartpole.nets["q"](den(x))
+    assert torch.allclose(fused(x), want, rtol=1e-5, atol=1e-3)
+    assert fused.spec["type"] == "q" and fused.spec["body"]["hidden"] == [24, 16, 64, 64]
+    assert torch.allclose(fused.bounded_form()(x), want, rtol=1e-5, atol=1e-3)
+    assert torch.equal(Denoiser(4)(x), x)  # a fresh denoiser is the identity (zero last layer)
+
+
+def test_certify_certifies_the_composition(frozen_cartpole):
+    den = _random_denoiser(1, (8,))
+    cfg = DenoiserConfig(sigma=0.2, steps=1)
+    agent = denoised_agent(frozen_cartpole, den, cfg, "base-id")
+    assert agent.metadata["smoothing_sigma"] == 0.2 and agent_smoothing_sigma(agent) == 0.2
+    assert agent.loss_name == "vanilla+denoiser"
+    x = _states(6)
+    opts = CertifyOptions(smoothing=SmoothingConfig(sigma=0.2, n0=50, n=400, alpha=0.001),
+                          seed=3)
+    got = certify_states(agent.bounded_form(), x, 0.01, "smoothing", options=opts)[0]
+    q = frozen_cartpole.nets["q"]
+    with torch.no_grad():
+        ref = smoothing_certify(lambda z: q(den(z)), x, 0.2, 50, 400, 0.001, generator=3)
+        base = smoothing_certify(q, x, 0.2, 50, 400, 0.001, generator=3)
+    assert np.array_equal(got.action, ref.prediction.numpy())
+    assert np.allclose(got.extra["radius_l2"], ref.radius_l2.numpy())
+    assert (ref.radius_l2 > 0).any()
+    assert not np.array_equal(ref.counts.numpy(), base.counts.numpy())  # not the base's
+    # sound bound methods take the composition too (its bounded form is a plain MLP)
+    ibp = certify_states(agent.bounded_form(), x, 0.001, "ibp")[0]
+    assert ibp.action.tolist() == agent.forward(x).argmax(1).tolist()
+
+
+def test_denoiser_loss_and_a_short_training_run(frozen_cartpole):
+    den = Denoiser(4, (8,))
+    batch = {"obs": _states(5), "actions": torch.tensor([0, 1, 0, 1, 1]),
+             "rewards": torch.ones(5), "dones": torch.tensor([0.0, 0, 0, 1, 0]),
+             "next_obs": _states(5, 1)}
+    g = torch.Generator().manual_seed(0)
+    loss, logs = denoiser_loss(frozen_cartpole.nets["q"], den, batch, 0.1, 0.99, 1.0, g)
+    g = torch.Generator().manual_seed(0)
+    xn = batch["obs"] + 0.1 * torch.randn(batch["obs"].shape, generator=g)
+    q = frozen_cartpole.nets["q"]
+    y = 1.0 + 0.99 * (1 - batch["dones"]) * q(batch["next_obs"]).max(1).values
+    td = torch.nn.functional.smooth_l1_loss(q(xn).gather(1, batch["actions"][:, None])[:, 0], y)
+    rec = ((xn - batch["obs"]) ** 2).sum()  # identity denoiser: D(x + noise) = x + noise
+    assert loss.item() == pytest.approx((td + rec).item(), rel=1e-5)
+    assert logs["reconstruction"] == pytest.approx(rec.item(), rel=1e-5)
+    before = copy.deepcopy(frozen_cartpole.nets["q"].state_dict())
+    cfg = DenoiserConfig(sigma=0.1, steps=120, learning_starts=50, batch_size=16, hidden=(8,))
+    den2, rows = train_denoiser(frozen_cartpole, cfg, progress=False)
+    assert not torch.equal(den2(batch["obs"]), batch["obs"])  # it trained
+    after = frozen_cartpole.nets["q"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # Q stays frozen
+    with pytest.raises(ValueError, match="hidden layer"):
+        Denoiser(4, ())
