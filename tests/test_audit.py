@@ -220,6 +220,24 @@ def test_edited_certify_threat_model_is_caught(honest, tmp_path, capsys, one_thr
 
 
 # ------------------------------------------------------- finding checkpoints
+def test_agent_found_under_the_recorded_eps_scale(tmp_path, capsys, one_thread):
+    """Results made with --eps-scale ref hash the scaled threat model: audit finds the
+    agent under the scale the rows record, and checks that scale."""
+    f = tmp_path / "attack.jsonl"
+    assert main(["attack", SHIPPED, "--eps", "0.1", "--steps", "2", "--eps-scale", "ref",
+                 "--out", str(f), *COMMON, "--threads", "1"]) == 0
+    capsys.readouterr()
+    rc, out = audit(capsys, f, "--all")
+    assert rc == 0, out
+    assert "checkpoint hashes to the recorded agent_id under --eps-scale" in out
+    rows = rows_of(f)
+    rows[0]["threat_model"]["scale"] = [1.0, 1.0, 1.0, 1.0]
+    write_rows(f, rows)
+    rc, out = audit(capsys, f, "--sample", "0")
+    assert rc == 1
+    assert any("attack.jsonl:1 " in m and "threat_model" in m for m in mismatch_lines(out))
+
+
 def test_moved_checkpoint_needs_agent_override(honest, tmp_path, capsys, one_thread):
     moved = tmp_path / "moved.pt"
     shutil.copy(honest / "agent.pt", moved)

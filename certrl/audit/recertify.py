@@ -25,12 +25,12 @@ noise, same counts); returns, actions, flags and counts exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 
 import numpy as np
 
 from certrl.agent import Agent
-from certrl.certify.methods import ExactConfig, RadiusConfig, SmoothingConfig, get_method
+from certrl.certify.methods import SmoothingConfig, get_method
 from certrl.certify.run import (
     CertifySettings,
     certification_net,
@@ -59,31 +59,40 @@ class NotReplayable(Exception):
 def settings_from_row(method: str, st: dict | None) -> CertifySettings:
     """The ``CertifySettings`` a certify row's ``settings`` dict was made from.
 
+    Each recorded key sets the field of that name (a dict fills that field's config
+    dataclass: radius, exact, smoothing, ...; ``gwc_bounds`` is ``gwc_method``; policy
+    smoothing's ``smoothing`` holds sigma, alpha, episodes and return_min).
     ``NotReplayable`` when the dict is missing or holds settings this version does not
-    know (it is rebuilt and must give back exactly the recorded dict)."""
+    know: the rebuilt settings must give back exactly the recorded dict."""
     if not isinstance(st, dict):
         raise NotReplayable("the unit row has no settings")
     try:
-        s = CertifySettings(seed=int(st["seed"]), max_steps=st.get("max_steps"),
-                            backend=st.get("backend", "auto"),
-                            alpha_iterations=int(st.get("alpha_iterations", 20)),
-                            gwc_method=st.get("gwc_bounds", "ibp"))
-        if "radius" in st:
-            s.radius = RadiusConfig(**st["radius"])
-        if "exact" in st:
-            s.exact = ExactConfig(**st["exact"])
-        sm = st.get("smoothing")
-        if isinstance(sm, dict) and method == "policy-smoothing":
-            s.smoothing = SmoothingConfig(sigma=sm["sigma"], alpha=sm["alpha"])
-            s.ps_episodes, s.ps_return_min = int(sm["episodes"]), sm["return_min"]
-        elif isinstance(sm, dict):
-            s.smoothing = SmoothingConfig(**sm)
+        s = CertifySettings(seed=int(st["seed"]), max_steps=st.get("max_steps"))
+        for key, value in st.items():
+            _set_field(s, method, key, value)
         rebuilt = s.for_method(method)
     except (KeyError, TypeError, ValueError) as e:
         raise NotReplayable(f"settings {st} cannot be rebuilt ({e})") from None
     if json.dumps(clean(rebuilt), sort_keys=True) != json.dumps(clean(st), sort_keys=True):
         raise NotReplayable(f"settings {st} hold fields this version does not know")
     return s
+
+
+def _set_field(s: CertifySettings, method: str, key: str, value) -> None:
+    """Set one recorded setting on ``s`` (KeyError for a key ``s`` has no field for)."""
+    if key in ("seed", "max_steps"):
+        return
+    if key == "gwc_bounds":
+        s.gwc_method = value
+    elif key == "smoothing" and method == "policy-smoothing":
+        s.smoothing = SmoothingConfig(sigma=value["sigma"], alpha=value["alpha"])
+        s.ps_episodes, s.ps_return_min = int(value["episodes"]), value["return_min"]
+    elif not hasattr(s, key):
+        raise KeyError(key)
+    elif is_dataclass(getattr(s, key)) and isinstance(value, dict):
+        setattr(s, key, type(getattr(s, key))(**value))
+    else:
+        setattr(s, key, value)
 
 
 def unit_problems(row, aid: str) -> list[str]:

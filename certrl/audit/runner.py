@@ -63,7 +63,8 @@ class AuditReport:
     def summary(self) -> str:
         bad_agents = sum(e.agent is None for e in self.agents.values())
         skipped = sum(self.skipped.values())
-        text = (f"audit: {'PASS' if self.passed else 'FAIL'}: {len(self.agents)} agents "
+        n = len(self.agents)
+        text = (f"audit: {'PASS' if self.passed else 'FAIL'}: {n} agent{'s' * (n != 1)} "
                 f"({bad_agents} with another checkpoint), {self.rows} rows, "
                 f"{self.field_checked} field-checked, {self.replayed} re-run, "
                 f"{self.mismatches} mismatches, {skipped} not replayable")
