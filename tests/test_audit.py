@@ -26,12 +26,15 @@ COMMON = ["--episodes", "2", "--max-steps", "12"]
 
 @pytest.fixture(scope="module")
 def honest(tmp_path_factory):
-    """Results of a copy of the shipped agent: certify (crown, smoothing), attack, evaluate."""
+    """Results of a copy of the shipped agent: certify (crown, GWC, smoothing, policy
+    smoothing), attack, evaluate."""
     d = tmp_path_factory.mktemp("audit")
     ckpt = d / "agent.pt"
     shutil.copy(AGENTS_DIR / f"{SHIPPED}.pt", ckpt)
-    runs = [["certify", str(ckpt), "--eps", "0.005", "0.02", "--method", "crown",
+    runs = [["certify", str(ckpt), "--eps", "0.005", "0.02", "--method", "crown", "gwc-ibp",
              "--out", str(d / "certify.jsonl"), "--no-progress"],
+            ["certify", str(ckpt), "--eps", "0.01", "--method", "policy-smoothing",
+             "--ps-episodes", "4", "--out", str(d / "ps.jsonl"), "--no-progress"],
             ["certify", str(ckpt), "--eps", "0.01", "--method", "smoothing", "--n", "100",
              "--n0", "20", "--out", str(d / "smooth.jsonl"), "--no-progress"],
             ["attack", str(ckpt), "--eps", "0.05", "--steps", "3",
@@ -93,7 +96,9 @@ def test_honest_results_pass(honest, capsys, one_thread):
     assert "audit: PASS" in out.splitlines()[-1]
     assert "OK       agent #" in out
     for kind in ("certify state crown", "certify episode crown", "certify state smoothing",
-                 "certify episode smoothing", "attack episode pgd", "evaluate episode"):
+                 "certify episode smoothing", "certify episode gwc-ibp",
+                 "certify trajectory_bound policy-smoothing", "attack episode pgd",
+                 "evaluate episode"):
         assert any(line.startswith("OK") and kind in line for line in out.splitlines()), kind
     # every row of the results was checked, and every one was re-run (--all)
     total = sum(len(rows_of(p)) for p in files)
@@ -172,15 +177,18 @@ def test_edited_smoothing_state_is_caught(honest, tmp_path, capsys, one_thread):
     assert any(f"smooth.jsonl:{line} " in m and "pA_lower" in m for m in mismatch_lines(out))
 
 
-@pytest.mark.parametrize("name", ["attack.jsonl", "evaluate.jsonl", "certify.jsonl"])
-def test_edited_return_is_caught(honest, tmp_path, capsys, one_thread, name):
+@pytest.mark.parametrize("name,key,method", [
+    ("attack.jsonl", "return", None), ("evaluate.jsonl", "return", None),
+    ("certify.jsonl", "return", "crown"), ("certify.jsonl", "gwc_return", "gwc-ibp"),
+    ("ps.jsonl", "certified_return", "policy-smoothing")])
+def test_edited_return_is_caught(honest, tmp_path, capsys, one_thread, name, key, method):
     d = copy_results(honest, tmp_path)
-    line = tamper(d / name, lambda r: r.get("record") == "episode",
-                  lambda r: r.update({"return": r["return"] - 1.0}))
+    line = tamper(d / name, lambda r: r.get(key) is not None and r.get("method") == method,
+                  lambda r: r.update({key: r[key] - 1.0}))
     rc, out = audit(capsys, d / name, "--all")
     assert rc == 1
     bad = [m for m in mismatch_lines(out) if f"{name}:{line} " in m]
-    assert bad and "return: recorded" in bad[0], out
+    assert bad and f"{key}: recorded" in bad[0], out
 
 
 def test_swapped_weights_are_caught(honest, tmp_path, capsys, one_thread):

@@ -18,6 +18,7 @@ import numpy as np
 
 from certrl.agent import Agent
 from certrl.attacks import make_attack
+from certrl.certify.methods import get_method
 from certrl.certify.trajectory import (
     RETURN_MIN,
     episode_l2_budget,
@@ -87,12 +88,13 @@ def replay_episode(agent: Agent, row: EpisodeRow) -> list[str]:
 def replay_gwc(agent: Agent, row: GwcRow) -> list[str]:
     """Re-play a greedy-worst-case episode with its bound method; the fields that differ."""
     st = settings_from_row(row.method, row.settings)
-    res = gwc_rollout(agent, float(row.eps), row.gwc_bounds or st.gwc_method, seed=st.seed,
-                      max_steps=st.max_steps, indices=[int(row.episode)])[0]
+    how = get_method(row.method).bounds_for(st)
+    res = gwc_rollout(agent, float(row.eps), how, seed=st.seed, max_steps=st.max_steps,
+                      indices=[int(row.episode)])[0]
     fresh = {"gwc_return": res["return"], "steps": res["steps"], "length": res["steps"],
              "truncated": res["truncated"], "episode_seed": res["episode_seed"],
              "gwc_changed_fraction": res["gwc_changed_fraction"],
-             "gwc_bounds": st.gwc_method if row.method == "gwc" else row.gwc_bounds}
+             "gwc_bounds": how}
     return compare_fields(row.to_json(), fresh, {"gwc_changed_fraction": Tol(1e-12, 1e-12)})
 
 

@@ -76,5 +76,8 @@ def _note(x: Located) -> str:
             if r.get(k) is not None:
                 bits.append(f"{k} {short(r.get(k))}")
         return ", ".join(bits)
+    if r.get("certified_steps") is None and r.get("mean_max_deviation") is not None:
+        return (f"return {r.get('return')}, mean max deviation "
+                f"{short(r.get('mean_max_deviation'))} over {r.get('steps')} steps")
     return (f"return {r.get('return')}, certified steps {r.get('certified_steps')}/"
             f"{r.get('steps')}")
