@@ -39,6 +39,7 @@ class Plan:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, x: Located, why: str) -> None:
+        """Count ``x`` as not re-runnable for reason ``why``."""
         key = f"{row_kind(x.row)}: {why}"
         self.skipped[key] = self.skipped.get(key, 0) + 1
 

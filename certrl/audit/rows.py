@@ -37,6 +37,7 @@ class Located:
 
     @property
     def where(self) -> str:
+        """``path:line``."""
         return f"{self.path}:{self.line}"
 
     def describe(self) -> str:

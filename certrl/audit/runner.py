@@ -54,13 +54,16 @@ class AuditReport:
 
     @property
     def mismatches(self) -> int:
+        """Number of MISMATCH verdicts."""
         return sum(v.status == MISMATCH for v in self.verdicts)
 
     @property
     def passed(self) -> bool:
+        """True iff no verdict is a MISMATCH."""
         return self.mismatches == 0
 
     def summary(self) -> str:
+        """The one-line summary (PASS / FAIL and the counts)."""
         bad_agents = sum(e.agent is None for e in self.agents.values())
         skipped = sum(self.skipped.values())
         n = len(self.agents)

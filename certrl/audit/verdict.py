@@ -33,9 +33,11 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
+        """True for an OK verdict."""
         return self.status == OK
 
     def line(self) -> str:
+        """The verdict as one printed line."""
         text = f"{self.status:<8} {self.where}  {self.what}"
         return text + (": " + "; ".join(self.details) if self.details else "")
 
@@ -63,6 +65,7 @@ def as_float(v) -> float | None:
 
 
 def floats_agree(a: float, b: float, tol: Tol) -> bool:
+    """|a - b| <= atol + rtol |b|; equal infinities and two NaNs agree."""
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
     if math.isinf(a) or math.isinf(b):

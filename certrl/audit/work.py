@@ -34,6 +34,7 @@ class Recertifier:
         self.cache: dict[tuple, Recertified] = {}
 
     def job(self, unit: Located, eps_group: tuple[float, ...]) -> Recertified:
+        """The re-certification of ``unit``'s episode at ``eps_group`` (computed once)."""
         r = unit.row
         k = (r.agent_id, r.episode, r.method, r.settings_hash, eps_group)
         if k not in self.cache:
@@ -43,6 +44,7 @@ class Recertifier:
         return self.cache[k]
 
     def candidates(self, unit: Located) -> list[tuple[float, ...]]:
+        """Radius groups to try: the file's group of the unit, then its eps alone."""
         eps = (float(unit.row.eps),)
         return list(dict.fromkeys([self.groups.get(self.key(unit), eps), eps]))
 
@@ -62,9 +64,11 @@ class Recertifier:
         return first
 
     def state(self, x: Located) -> list[str] | str:
+        """Compare a state row with the re-certification of its unit."""
         return self.check(x, self.units[self.key(x)], state_problems)
 
     def episode(self, x: Located) -> list[str] | str:
+        """Compare a certify episode row with the re-certification of its unit."""
         return self.check(x, x, episode_problems)
 
 

@@ -27,6 +27,7 @@ usage error (unreadable file, no results, a checkpoint that cannot be loaded).""
 
 
 def add_parser(sub) -> None:
+    """Register ``certrl audit`` and its options."""
     p = sub.add_parser("audit", help="re-verify results files against their checkpoints",
                        description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +44,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the audit; 0 if every check passed, 1 on a mismatch."""
     if args.sample < 0:
         raise ValueError(f"--sample must be >= 0; got {args.sample}")
     set_threads(args.threads)
