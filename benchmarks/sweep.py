@@ -1,6 +1,9 @@
 """What the robust-training sweeps share: train-or-resume one run through the CLI, each
 run's result.json (read, written atomically through ``certrl.records``), a pool of runs,
-and the statistics of the tables (IQM, percentile-bootstrap CI over seeds)."""
+and the table plumbing. The statistics (IQM, percentile bootstrap over seeds) and the
+rendering are ``certrl.report``'s (``value_table``, ``to_markdown``, ``to_latex``,
+``to_csv``): the benchmarks have no renderer or statistics of their own; ``iqm`` and
+``bootstrap_ci`` are re-exported from there."""
 
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from certrl.records import read_rows, write_text_atomic
+from certrl.report import Column, Table, bootstrap_ci, iqm, to_csv
+
+__all__ = ["all_results", "bootstrap_ci", "iqm", "make_tasks", "metric_column", "read_result",
+           "run_pool", "run_task", "seed_values", "train_or_resume", "write_result",
+           "write_tables"]
 
 
 def train_or_resume(tdir: Path, argv: list[str]) -> dict:
@@ -102,28 +108,21 @@ def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
             after_each()
 
 
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean: mean of the middle 50% (scipy's trim_mean with 0.25)."""
-    from scipy.stats import trim_mean
+def seed_values(runs: list[dict], value: Callable[[dict, str], float | None],
+                key: str) -> dict[int, float | None]:
+    """seed -> ``value(run, key)`` over a method's runs (None: not applicable)."""
+    return {int(r["seed"]): value(r, key) for r in runs}
 
-    return float(trim_mean(np.asarray(x, dtype=float), 0.25))
+
+def metric_column(key: str, title: str, digits: int, best: bool = True) -> Column:
+    """A benchmark column (a result.json key) for ``certrl.report.value_table``."""
+    return Column("metric", key, None, title=title, digits=digits,
+                  better=None if best else "none")
 
 
-def bootstrap_ci(x, stat=iqm, n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) CI of ``stat`` over seeds (resampled with replacement).
-
-    The IQM is computed for all resamples at once (``trim_mean`` along axis 1, the same
-    value as ``iqm`` per resample); any other ``stat`` is called per resample."""
-    x = np.asarray(x, dtype=float)
-    rng = np.random.default_rng(seed)
-    if len(x) < 2:
-        return float(x[0]), float(x[0])
-    samples = x[rng.integers(0, len(x), (n_boot, len(x)))]
-    if stat is iqm:
-        from scipy.stats import trim_mean
-
-        stats = trim_mean(samples, 0.25, axis=1)
-    else:
-        stats = np.array([stat(s) for s in samples])
-    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+def write_tables(stem: Path, md: list[str], tex: list[str], tables: list[Table]) -> None:
+    """Write STEM.md, STEM.tex and STEM.csv (``certrl.report.to_csv``: one line per cell,
+    full precision, per-seed values) atomically."""
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(md) + "\n")
+    write_text_atomic(stem.with_suffix(".tex"), "\n".join(tex) + "\n")
+    write_text_atomic(stem.with_suffix(".csv"), to_csv(tables))

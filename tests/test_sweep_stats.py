@@ -1,4 +1,4 @@
-"""The statistics behind the benchmark tables (benchmarks/sweep.py)."""
+"""The benchmark tables: their statistics and rendering are certrl.report's (one library)."""
 
 import sys
 from pathlib import Path
@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import sweep  # noqa: E402
 from sweep import bootstrap_ci, iqm  # noqa: E402
+
+import certrl.report as report  # noqa: E402
+
+
+def test_benchmarks_use_certrl_report_statistics():
+    assert sweep.iqm is report.iqm and sweep.bootstrap_ci is report.bootstrap_ci
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -25,11 +32,53 @@ def test_bootstrap_ci_brackets_the_iqm_and_is_reproducible():
     assert bootstrap_ci([7.0, 7.0, 7.0]) == (7.0, 7.0)
 
 
-def test_vectorized_iqm_bootstrap_matches_the_per_resample_loop():
-    x = np.array([3.0, 9.0, 500.0, 480.0, 17.0])
-    assert bootstrap_ci(x) == pytest.approx(bootstrap_ci(x, stat=lambda s: iqm(s)))
-    # a different statistic goes through the loop and gives a different interval
-    assert bootstrap_ci(x, stat=np.max) != bootstrap_ci(x)
+def test_vectorized_iqm_bootstrap_matches_a_per_resample_loop():
+    x = np.array([3.0, 9.0, 500.0, 480.0, 17.0, 250.0, 60.0])
+    idx = np.random.default_rng(0).integers(0, x.size, size=(2000, x.size))  # same draws
+    stats = np.array([iqm(x[i]) for i in idx])
+    loop = (np.quantile(stats, 0.025), np.quantile(stats, 0.975))
+    assert bootstrap_ci(x) == pytest.approx(loop, rel=1e-12)
+    # another statistic (vectorized over resamples) gives another interval
+    assert bootstrap_ci(x, stat=lambda s: s.max(axis=1)) != bootstrap_ci(x)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("n", [5, 10])
+def test_iqm_and_bootstrap_agree_with_rliable(n):
+    """rliable (Agarwal et al. 2021): the same IQM (trim_mean 0.25) and, for one task, a
+    percentile bootstrap over runs; its resampling is arch's, so CIs agree up to Monte
+    Carlo error."""
+    rly = pytest.importorskip("rliable.library", reason="rliable not installed (optional)")
+    metrics = pytest.importorskip("rliable.metrics")
+    x = np.random.default_rng(n).normal(100.0, 30.0, n)
+    pt, ci = rly.get_interval_estimates(
+        {"a": x[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=5000,
+        random_state=np.random.RandomState(0))
+    assert iqm(x) == pytest.approx(float(pt["a"][0]), rel=1e-12)
+    ours = bootstrap_ci(x, n_boot=5000)
+    spread = x.max() - x.min()
+    assert ours == pytest.approx(tuple(ci["a"].ravel()), abs=0.05 * spread)
+
+
+def test_benchmark_tables_render_through_certrl_report():
+    from robust_dqn import columns, part_table
+
+    runs = [{"env": "CartPole-v1", "method": m, "seed": s, "natural": nat + s,
+             "selection": {"best_step": 1000 * s}, "train_wall_s": 10.0 + s}
+            for m, nat in (("vanilla", 400.0), ("sa", 450.0)) for s in (0, 1, 2)]
+    cols = columns("CartPole-v1")
+    t = part_table("CartPole-v1", "returns", cols["returns"], runs, "title")
+    md = report.to_markdown([t], report.Style(row_header="Method", md_caption=False))
+    assert "| Method | Natural |" in md
+    assert "| SA-DQN (CROWN-IBP), 3 seeds | **451.0 [450.0, 452.0]** |" in md
+    assert "| Vanilla DQN (base), 3 seeds | 401.0 [400.0, 402.0] | n/a |" in md
+    ck = part_table("CartPole-v1", "checkpoint", cols["checkpoint"], runs, "title")
+    text = report.to_markdown([ck], report.Style(md_caption=False))
+    assert "1000 [0, 2000]" in text and "**" not in text  # best step, train time: no best
+    tex = report.to_latex([t, ck], report.Style(label="tab:robust-dqn", float_env="table*"))
+    assert r"\label{tab:robust-dqn-cartpole-v1-returns}" in tex
+    assert r"\label{tab:robust-dqn-cartpole-v1-checkpoint}" in tex
+    assert r"\textbf{451.0}\,{\scriptsize[450,452]}" in tex and r"\begin{table*}" in tex
 
 
 def test_ship_rule_takes_the_median_natural_seed():

@@ -122,5 +122,5 @@ def _transpose_one(t: Table, axis: str) -> Table:
                 rows.append(AgentRow(r.env_id, r.algo, r.loss, cells, r.label, r.kind,
                                      r.source, r.members, part))
     mark_best(rows, columns)
-    return replace(t, columns=columns, rows=rows, title=t.caption(),
+    return replace(t, columns=columns, rows=rows, title=t.caption(), fixed_notes=t.notes(),
                    part_axis="eps" if axis == "eps" else "method")

@@ -202,6 +202,8 @@ class Table:
     details: dict[str, str]  # method -> settings in words (smoothing n, alpha, sigma ...)
     title: str | None = None  # a given caption (replaces the generated one)
     part_axis: str | None = None  # "eps" or "method" when rows are split by it
+    name: str = ""  # names the LaTeX label when several tables share an env (benchmarks)
+    fixed_notes: list[str] | None = None  # notes kept from before a transposition
 
     @property
     def norms(self) -> list[str]:
@@ -283,6 +285,8 @@ class Table:
 
     def notes(self) -> list[str]:
         """Footnotes for the marks that appear in this table."""
+        if self.fixed_notes is not None:
+            return list(self.fixed_notes)
         cells = [c for r in self.rows for c in r.cells.values()]
         cols = [(col, cell) for r in self.rows for col, cell in r.cells.items()]
         out = []
@@ -577,7 +581,7 @@ def value_table(env_id: str, columns: list[Column], rows: list[tuple[str, dict]]
         for c in columns:
             per_seed = values.get(c, {})
             if not per_seed or any(v is None for v in per_seed.values()):
-                row.cells[c] = Cell(per_seed={}, n_group=len(seeds))
+                row.cells[c] = Cell(per_seed={}, n_group=0)  # n/a: not applicable
                 continue
             per_member = {i: {(0, 0): (float(per_seed[i.seed]), False)}
                           for i in members if i.seed in per_seed}

@@ -256,10 +256,12 @@ def _tex_cell(cell: Cell | None, column: Column) -> str:
 
 
 def _tex_label(t: Table, style: Style, several: bool) -> str:
-    env = "".join(ch if ch.isalnum() else "-" for ch in t.env_id.lower())
+    """tab:verification-<env> by default; the given label, suffixed with -<env> (or the
+    table's name) when there are several tables."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in (t.name or t.env_id).lower())
     if style.label is None:
-        return "tab:verification-" + env
-    return f"{style.label}-{env}" if several else style.label
+        return "tab:verification-" + slug
+    return f"{style.label}-{slug}" if several else style.label
 
 
 def _tex_head(t: Table) -> list[str]:
