@@ -19,6 +19,7 @@ state exactly by resetting from that seed and replaying the actions.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 
@@ -75,8 +76,11 @@ _warned_generic: set[str] = set()
 def check_registered(env_id: str) -> None:
     """ValueError unless gymnasium knows ``env_id`` (a ``module:`` prefix is imported)."""
     try:
-        gym.spec(env_id)
-    except (gym.error.Error, ModuleNotFoundError, ImportError) as e:
+        module, sep, name = env_id.rpartition(":")
+        if sep:  # what gymnasium.make does with "module:EnvId"
+            importlib.import_module(module)
+        gym.spec(name)
+    except (gym.error.Error, ImportError) as e:
         raise ValueError(
             f"unknown or unsupported env {env_id!r}: {e}. Use a registered gymnasium id "
             f"(e.g. {', '.join(CLASSIC[:2])}, ALE/Pong-v5, Hopper-v5, LunarLander-v3) or "

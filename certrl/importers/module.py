@@ -39,8 +39,20 @@ _ACT_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh"}
 NATURE = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 
 
-class NotSavableError(AttributeError, ValueError):
+class NotSavableError(ValueError):
     """An imported module that has no certrl network spec, so no checkpoint form."""
+
+
+class UnsavableSpec(dict):
+    """The ``spec`` of an :class:`ExternalNet`: readable (agent identity hashes it), but
+    copying it for a checkpoint (``Agent.to_payload``) raises :class:`NotSavableError`, so
+    ``Agent.save`` writes nothing rather than a file no loader can rebuild."""
+
+    def __deepcopy__(self, memo):
+        raise NotSavableError(
+            f"the imported {self.get('module_class')} has no certrl network spec (its graph is "
+            "not an MLP / Nature-CNN chain), so the agent cannot be saved; certify it in "
+            "Python (backend 'auto' uses auto_LiRPA)")
 
 
 class ExternalNet(nn.Module):
@@ -53,12 +65,8 @@ class ExternalNet(nn.Module):
         if log_std is not None:
             self.log_std = nn.Parameter(torch.as_tensor(log_std, dtype=torch.float32))
 
-    @property
-    def spec(self) -> dict:
-        raise NotSavableError(
-            f"the imported {type(self.module).__name__} has no certrl network spec (its graph "
-            "is not an MLP / Nature-CNN chain), so the agent cannot be saved; certify it in "
-            "Python (backend 'auto' uses auto_LiRPA)")
+        name = type(module).__name__
+        self.spec = UnsavableSpec(type="external", module_class=name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -109,7 +117,8 @@ def _op(node: fx.Node, mods: dict):
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return "noop"
         return None
-    extra = node.args[1:] + tuple(node.kwargs.values())
+    extra = node.args[1:] + tuple(v for k, v in node.kwargs.items()
+                                  if not (k == "inplace" and v is False))
     if node.op == "call_function":
         if node.target in _ACT_FUNCS and not extra:
             return _ACT_FUNCS[node.target]
@@ -226,6 +235,12 @@ def agent_from_module(net: nn.Module, env_id: str, preprocess="identity", kind: 
     n_out = int(aspace["n"]) if discrete else int(np.prod(aspace["shape"]))
     ls = None if log_std is None else torch.as_tensor(log_std, dtype=torch.float32).reshape(-1)
     net = copy.deepcopy(net).float().eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros((2, *obs_shape)))
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"the module does not accept {env_id} observations of shape "
+                         f"{obs_shape} (after preprocessing): {str(e).splitlines()[0]}") from None
     converted = spec_net(net, obs_shape, spec_type, n_out, ls)
     acting = converted if converted is not None else ExternalNet(
         copy.deepcopy(net), None if discrete else (ls if ls is not None else torch.zeros(n_out)))
