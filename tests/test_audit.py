@@ -285,3 +285,28 @@ def test_given_observations_are_reported_not_replayable(tmp_path, capsys, one_th
     assert "NOT REPLAYABLE 3 rows  certify state: observations given with --obs" in out
     assert "certify batch: observations given with --obs" in out
     assert "4 not replayable" in out.splitlines()[-1]
+
+
+def test_removed_episode_is_reported_as_a_gap(honest, tmp_path, capsys, one_thread):
+    """Dropping episode 0 of the attack leaves a hole: a GAP line, a failure with --strict."""
+    d = copy_results(honest, tmp_path)
+    f = d / "attack.jsonl"
+    write_rows(f, [r for r in rows_of(f) if r["episode"] != 0])
+    rc, out = audit(capsys, f, "--sample", "0")
+    assert rc == 0
+    gaps = [line for line in out.splitlines() if line.startswith("GAP")]
+    assert len(gaps) == 1 and "attack pgd eps=0.05" in gaps[0] and "0 missing" in gaps[0]
+    assert "1 requests with missing episodes" in out.splitlines()[-1]
+    rc, out = audit(capsys, f, "--sample", "0", "--strict")
+    assert rc == 1 and "audit: FAIL" in out
+
+
+def test_strict_fails_on_rows_that_cannot_be_rerun(tmp_path, capsys, one_thread):
+    obs = tmp_path / "obs.npy"
+    np.save(obs, np.zeros((2, 4), dtype=np.float32))
+    out_f = tmp_path / "obs.jsonl"
+    assert main(["certify", SHIPPED, "--obs", str(obs), "--eps", "0.01", "--method", "ibp",
+                 "--out", str(out_f), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert audit(capsys, out_f)[0] == 0
+    assert audit(capsys, out_f, "--strict")[0] == 1

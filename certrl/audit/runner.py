@@ -20,6 +20,7 @@ from certrl.records import CertEpisodeRow, EpisodeRow, GwcRow, StateRow, UnitRow
 
 from .agents import AgentEntry, collect_agents, field_problems, match_overrides, resolve
 from .consistency import unit_verdicts
+from .gaps import episode_gaps
 from .plan import make_plan, sample, state_key
 from .recertify import NotReplayable, unit_problems
 from .replay import replay_episode, replay_gwc, replay_trajectory_bound, run_problems
@@ -31,12 +32,14 @@ from .work import Recertifier
 @dataclass
 class AuditOptions:
     """``sample``: rows re-run per kind (state rows; episode-level rows), None = all;
-    ``seed``: the sample's seed; ``agents``: ``--agent ID=PATH`` overrides."""
+    ``seed``: the sample's seed; ``agents``: ``--agent ID=PATH`` overrides; ``strict``:
+    rows that cannot be re-run and missing episodes fail the audit too."""
 
     sample: int | None = 20
     seed: int = 0
     agents: list[str] = field(default_factory=list)
     progress: bool = True
+    strict: bool = False  # rows not re-runnable and episode gaps fail the audit too
 
 
 @dataclass
@@ -51,6 +54,8 @@ class AuditReport:
     skipped: dict[str, int] = field(default_factory=dict)
     orphan_rows: int = 0  # rows of agents whose checkpoint does not match
     suspect_units: set[tuple] = field(default_factory=set)  # units failing a cheap check
+    gaps: int = 0  # requests with missing episodes
+    strict: bool = False
 
     @property
     def mismatches(self) -> int:
@@ -59,8 +64,9 @@ class AuditReport:
 
     @property
     def passed(self) -> bool:
-        """True iff no verdict is a MISMATCH."""
-        return self.mismatches == 0
+        """True iff no verdict is a MISMATCH (``strict``: and nothing skipped, no gap)."""
+        lenient = self.mismatches == 0
+        return lenient and not (self.strict and (self.gaps or sum(self.skipped.values())))
 
     def summary(self) -> str:
         """The one-line summary (PASS / FAIL and the counts)."""
@@ -71,6 +77,8 @@ class AuditReport:
                 f"({bad_agents} with another checkpoint), {self.rows} rows, "
                 f"{self.field_checked} field-checked, {self.replayed} re-run, "
                 f"{self.mismatches} mismatches, {skipped} not replayable")
+        if self.gaps:
+            text += f", {self.gaps} requests with missing episodes"
         if self.orphan_rows:
             text += f", {self.orphan_rows} rows of mismatched agents not checked"
         return text
@@ -183,11 +191,15 @@ def audit(paths: list, options: AuditOptions | None = None,
     if options.sample is not None and options.sample < 0:
         raise ValueError(f"--sample must be >= 0; got {options.sample}")
     located = load_located(paths)
-    report = AuditReport(rows=len(located))
+    report = AuditReport(rows=len(located), strict=options.strict)
     if not any(isinstance(x.row.get("agent_id"), str) for x in located):
         raise ValueError("no result rows with an agent_id in " + ", ".join(map(str, paths)))
     check_agents(located, options, report, emit)
     cheap_checks(located, report, emit)
+    gaps = episode_gaps(located)
+    for line in gaps:
+        emit(line)
+    report.gaps = len(gaps)
     known = {a for a, e in report.agents.items() if e.agent is not None}
     plan = make_plan(located, known)
     report.skipped = plan.skipped

@@ -21,9 +21,11 @@ re-certify a random sample of state rows with the recorded method, eps and setti
 re-run a random sample of episode rows (evaluate, attack, GWC, policy smoothing)
 and compare their returns exactly.
 
-Prints one verdict line per agent, per re-run row and per row failing a check, and
-a one-line summary. Exit status: 0 all checked rows reproduced, 1 a mismatch, 2 a
-usage error (unreadable file, no results, a checkpoint that cannot be loaded)."""
+Prints one verdict line per agent, per re-run row and per row failing a check, a
+line per kind of row that cannot be re-run and per request with missing episodes
+(GAP), and a one-line summary. Exit status: 0 all checked rows reproduced, 1 a
+mismatch (with --strict also a row that cannot be re-run, or a gap), 2 a usage
+error (unreadable file, no results, a checkpoint that cannot be loaded)."""
 
 
 def add_parser(sub) -> None:
@@ -39,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--agent", action="append", default=[], metavar="ID=PATH",
                    help="checkpoint of an agent (ID: >= 6 hex characters of its agent_id, "
                         "or its label) when the label no longer names it; repeatable")
+    p.add_argument("--strict", action="store_true",
+                   help="also fail on rows that cannot be re-run and on missing episodes")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=1)
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--sample must be >= 0; got {args.sample}")
     set_threads(args.threads)
     opts = AuditOptions(sample=None if args.all else args.sample, seed=args.seed,
-                        agents=list(args.agent), progress=not args.no_progress)
+                        agents=list(args.agent), progress=not args.no_progress,
+                        strict=args.strict)
     report = audit(args.results, opts)
     print(report.summary())
     return 0 if report.passed else 1
