@@ -310,3 +310,14 @@ def test_strict_fails_on_rows_that_cannot_be_rerun(tmp_path, capsys, one_thread)
     capsys.readouterr()
     assert audit(capsys, out_f)[0] == 0
     assert audit(capsys, out_f, "--strict")[0] == 1
+
+
+def test_evaluate_rows_under_custom_scale_are_matched(tmp_path, capsys, one_thread):
+    """Evaluate rows carry no threat_model: the scale is read back from eps_space."""
+    f = tmp_path / "evaluate.jsonl"
+    assert main(["evaluate", SHIPPED, "--eps-scale", "0.5,0.25,1,2", "--out", str(f),
+                 *COMMON, "--threads", "1"]) == 0
+    capsys.readouterr()
+    rc, out = audit(capsys, f, "--all")
+    assert rc == 0, out
+    assert "under --eps-scale (0.5, 0.25, 1.0, 2.0)" in out

@@ -6,7 +6,8 @@ preprocessing, observation statistics, action space, env and threat model:
 the command). Audit loads the label (or the path given with ``--agent
 ID=PATH``) and recomputes the identity; since the threat model is part of it,
 the agent is also tried under the per-dimension eps scales the rows record
-(``--eps-scale`` of the original commands). A checkpoint whose identity matches
+(``--eps-scale`` of the original commands: exactly in a ``threat_model``, to 3
+significant digits in ``eps_space``). A checkpoint whose identity matches
 under none of them is not the one the results were made with.
 
 ``field_problems`` then checks that every row's descriptive fields (env, algo,
@@ -17,6 +18,7 @@ are the ones of that agent: editing the threat model of a row is caught here.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from certrl.agent import Agent, load
@@ -75,11 +77,23 @@ def collect_agents(located: list[Located]) -> dict[str, AgentEntry]:
         if isinstance(label, str) and label not in e.labels:
             e.labels.append(label)
         tm = x.row.get("threat_model")
-        if isinstance(tm, dict):
-            s = tuple(tm["scale"]) if isinstance(tm.get("scale"), list) else None
+        found = [tuple(tm["scale"]) if isinstance(tm.get("scale"), list) else None] \
+            if isinstance(tm, dict) else []
+        found += scale_in_words(x.row.get("eps_space"))
+        for s in found:
             if s not in e.scales:
                 e.scales.append(s)
     return agents
+
+
+def scale_in_words(text) -> list[tuple[float, ...]]:
+    """The scale written in an ``eps_space`` ("..., eps scaled per input dimension by
+    (0.5, 1, ...)"; up to 8 entries at 3 significant digits), or [] if it has none."""
+    m = re.search(r"eps scaled per input dimension by \(([^()]*)\)$", str(text or ""))
+    try:
+        return [tuple(float(v) for v in m.group(1).split(","))] if m else []
+    except ValueError:  # "(12 entries in [...], sha1 ...)": not recoverable
+        return []
 
 
 def match_overrides(agents: dict[str, AgentEntry], overrides: list[str]) -> dict[str, str]:
