@@ -45,6 +45,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
     p.add_argument("--threads", type=int, default=1)
+    add_smoothing_flags(p)
+
+
+def add_smoothing_flags(p) -> None:
+    """--smoothed, --sigma, --samples, --smoothing-mode, --noise-seed (evaluate; attack may
+    add them too and wrap its agent with ``smoothed_from_args``)."""
     s = p.add_argument_group("smoothed agent (DQN; see docs/smoothing.md)")
     s.add_argument("--smoothed", action="store_true",
                    help="evaluate the smoothed agent: majority vote of the base agent over "
@@ -68,7 +74,7 @@ def smoothed_from_args(agent, args: argparse.Namespace):
             raise ValueError("--sigma, --samples, --smoothing-mode and --noise-seed need "
                              "--smoothed")
         return agent
-    if args.stochastic:
+    if getattr(args, "stochastic", False):
         raise ValueError("--smoothed evaluates the deterministic smoothed policy; drop "
                          "--stochastic")
     return smoothed(agent, args.sigma, args.samples, args.smoothing_mode, args.noise_seed)
