@@ -117,6 +117,9 @@ def test_cli_noise_records_sigma_and_resumes(tmp_path, capsys):
     assert agent.loss_name == "noise" and agent.metadata["smoothing_sigma"] == 0.25
     assert agent.config["robust_loss"]["sigma"] == 0.25
     assert "solver" not in agent.config["robust_loss"]
+    rebuilt = loss_from_config(agent.config["robust_loss"])  # what --resume trains with
+    z = rebuilt.noisy(torch.zeros(20000, 4), rebuilt.sigma_at(0))
+    assert z.std().item() == pytest.approx(0.25, rel=0.03)
     assert agent_smoothing_sigma(agent) == 0.25 and resolve_sigma(agent, None) == 0.25
     with pytest.warns(UserWarning, match="noise-trained at sigma 0.25"):
         assert resolve_sigma(agent, 0.1) == 0.1
