@@ -194,7 +194,13 @@ def _tex_words(s: str) -> str:
 
 
 def _tex_caption(t: Table) -> str:
-    return _tex_words(t.caption())
+    """The generated caption in LaTeX; registered methods by their LaTeX label."""
+    s = _tex_words(t.caption())
+    for m in METHOD_ORDER:
+        plain, tex = method_label(m), method_label(m, latex=True)
+        if plain != tex and "$" in tex:  # e.g. alpha-CROWN -> $\alpha$-CROWN
+            s = s.replace(tex_escape(plain) + " (", tex + " (")
+    return s
 
 
 def _tex_group(c: Column) -> str:
@@ -311,7 +317,7 @@ def to_latex(tables: list[Table], style: Style | None = None) -> str:
     pkgs = "booktabs" + (", graphicx" if style.resize else "")
     out = [f"% certrl verification tables; needs \\usepackage{{{pkgs}}}"]
     for t in tables:
-        caption = style.caption if style.caption is not None else _tex_words(t.caption())
+        caption = style.caption if style.caption is not None else _tex_caption(t)
         body = _tex_tabular(t, style)
         if t.notes():
             body.append(r"\par\smallskip{\footnotesize " + "; ".join(
