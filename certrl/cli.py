@@ -10,11 +10,22 @@ import os
 import sys
 from pathlib import Path
 
-from certrl.commands import agents, attack, certify, demo, evaluate, plot, table, train
+from certrl.commands import (
+    agents,
+    attack,
+    certify,
+    demo,
+    evaluate,
+    import_policy,
+    plot,
+    table,
+    train,
+)
 from certrl.io import CERTRL_VERSION, CheckpointError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
-            "certify": certify, "table": table, "demo": demo, "plot": plot}
+            "certify": certify, "table": table, "demo": demo, "plot": plot,
+            "import": import_policy}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
