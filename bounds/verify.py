@@ -9,7 +9,10 @@ steps from the domain centre, PGD) and bisects each remaining box along the
 input dimension with the largest |d objective / d x_j| * width_j. The answer
 is "verified" when no domain is left, "falsified" with a counterexample whose
 forward pass violates the property (checked before returning), and "unknown"
-when the time or domain budget runs out: never a guess.
+when the time or domain budget runs out, or when a point of the ball has an
+objective in (0, allowance]: no sound bound less the rounding allowance can
+ever be > 0 there, and no point below 0 was found (stats["reason"]). Never a
+guess.
 
 Soundness: a domain is verified only when CROWN's lower bound, less the
 rounding allowance of ``bounds.api.rounding_allowance`` (float32: 1e-5
@@ -37,8 +40,9 @@ __all__ = ["VerifyResult", "verify"]
 class VerifyResult:
     """status: "verified", "falsified" or "unknown". counterexample: (*in_shape) point of
     the ball with C f(x) - d violating the property (falsified only); value: the
-    objective there (min over rows for "all", max for "any"); lower: the proven lower
-    bound of the objective over the domains still open (+inf once verified)."""
+    objective there (min over rows for "all", max for "any"); lower: a proven lower
+    bound of the objective: over the domains still open ("unknown"), or over the whole
+    ball once verified (the smallest bound of the domains that closed, > 0)."""
 
     status: str
     counterexample: torch.Tensor | None = None
@@ -141,6 +145,7 @@ def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
     lo, hi = lo0.clone(), hi0.clone()
     stats = {"domains": 0, "rounds": 0}
     lows = torch.full((1,), float("-inf"), dtype=lo.dtype, device=lo.device)
+    proven = float("inf")  # min lower bound over the domains verified so far
     while lo.shape[0]:
         stats["time_s"] = time.perf_counter() - t0
         if stats["time_s"] > timeout_s or stats["domains"] > max_domains:
@@ -154,6 +159,8 @@ def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
         stats["domains"] += blo.shape[0]
         stats["rounds"] += 1
         open_ = lb <= 0
+        if not open_.all():
+            proven = min(proven, float(lb[~open_].min()))
         blo, bhi, lb = blo[open_], bhi[open_], lb[open_]
         if blo.shape[0] == 0:
             continue
@@ -162,8 +169,12 @@ def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
         if res is not None:
             res.stats["time_s"] = time.perf_counter() - t0
             return res
+        if (v <= allowance).any():  # 0 < f(x) <= allowance: no bound can ever close it
+            stats.update(time_s=time.perf_counter() - t0, reason="within rounding allowance")
+            return VerifyResult("unknown", lower=float(torch.cat([lows, lb]).min()),
+                                stats=stats)
         nlo, nhi = _split(net, C, d, mode, blo, bhi)
         lo, hi = torch.cat([lo, nlo]), torch.cat([hi, nhi])
         lows = torch.cat([lows, lb.repeat(2)])
     stats["time_s"] = time.perf_counter() - t0
-    return VerifyResult("verified", lower=float("inf"), stats=stats)
+    return VerifyResult("verified", lower=proven, stats=stats)

@@ -58,6 +58,8 @@ def test_verify_agrees_with_milp(chunk):
         if want == "falsified":
             _check_counterexample(net, ball, C, torch.zeros(2), res)
             assert res.value >= m - 1e-4  # no point goes below the exact minimum
+        else:  # the proven bound is positive and below the exact minimum
+            assert 0 < res.lower <= m + 1e-5, (seed, m, res.lower)
     assert seen["verified"] and seen["falsified"], seen
 
 
@@ -115,3 +117,15 @@ def test_bad_arguments():
         verify(net, bounds.LpBall(torch.zeros(1, 3), 0.1), torch.eye(3), mode="some")
     with pytest.raises(ValueError, match="rows"):
         verify(net, bounds.LpBall(torch.zeros(1, 3), 0.1), torch.eye(3), torch.zeros(2))
+
+
+def test_margin_inside_the_rounding_allowance_is_unknown_at_once():
+    """f_0 - f_1 = 1e-7 everywhere: true, but below float32's rounding allowance, so no
+    sound bound can prove it; verify says "unknown" (never "verified") without searching."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.copy_(torch.tensor([1e-7, 0.0]))
+    res = verify(net, bounds.LpBall(torch.zeros(1, 3), 0.1), torch.tensor([[1.0, -1.0]]))
+    assert res.status == "unknown" and res.stats["reason"] == "within rounding allowance"
+    assert res.stats["domains"] == 1

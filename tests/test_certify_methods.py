@@ -40,6 +40,7 @@ EXPECTED = {  # name: (kind, latex, norms, level)
     "alpha-crown": ("sound", r"$\alpha$-CROWN", {math.inf, 2.0, 1.0}, "state"),
     "lipschitz": ("sound", "Lipschitz", {math.inf}, "state"),
     "exact": ("sound", "MILP", {math.inf}, "state"),
+    "bab": ("exact", "BaB", {math.inf}, "state"),
     "smoothing": ("probabilistic", "RS", {math.inf, 2.0}, "state"),
     "policy-smoothing": ("probabilistic", "PS", {math.inf, 2.0}, "trajectory"),
     "gwc-ibp": ("heuristic", "GWC (IBP, heuristic)", {math.inf, 2.0, 1.0}, "trajectory"),

@@ -12,6 +12,7 @@ expected return, the S-DQN median bound, and GWC (a heuristic).
 
 from certrl.certify.methods import (
     METHODS,
+    BabConfig,
     CertifyOptions,
     CertMethod,
     get_method,
@@ -51,7 +52,7 @@ from certrl.certify.trajectory import (
 from certrl.records import append_rows_atomic, read_rows  # the shared reader / appender
 
 __all__ = [
-    "BOUND_METHODS", "KIND", "METHODS", "CertMethod", "CertifyOptions", "get_method",
+    "BOUND_METHODS", "BabConfig", "KIND", "METHODS", "CertMethod", "CertifyOptions", "get_method",
     "method_names", "STATE_METHODS", "TRAJ_METHODS", "CertifySettings", "Episode",
     "ExactConfig", "RadiusConfig", "SmoothingConfig", "StateCertificates", "all_methods",
     "append_rows_atomic", "certified_radius", "certify_states", "dkw_margin",

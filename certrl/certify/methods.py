@@ -69,6 +69,16 @@ class ExactConfig:
 
 
 @dataclass
+class BabConfig:
+    """Branch and bound (``bounds.verify``) settings: wall-time limit per state and
+    per query (s; past it the answer is "unknown", counted as not certified) and the
+    number of domains bounded per batched CROWN call."""
+
+    timeout_s: float = 10.0
+    batch: int = 512
+
+
+@dataclass
 class RadiusConfig:
     """Certified-radius search: bracket by doubling/halving from ``init``, then bisect.
 
@@ -103,6 +113,7 @@ class CertifyOptions:
     radius: RadiusConfig = field(default_factory=RadiusConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     exact: ExactConfig = field(default_factory=ExactConfig)
+    bab: BabConfig = field(default_factory=BabConfig)
     seed: torch.Generator | int | None = 0
     deviation_tol: float | None = None
     q_values: bool = True
@@ -402,6 +413,74 @@ class Exact(CertMethod):
         return METHODS["crown"].output_bounds(net, ball, out64, options)
 
 
+def ball_row(ball: bounds.LpBall, b: int) -> bounds.LpBall:
+    """State ``b``'s ball (batch 1) of a batched ball: per-state eps / domain rows are cut,
+    shared ones kept."""
+    n, dim = ball.batch_size, ball.center.dim()
+
+    def row(t):
+        return t[b:b + 1] if torch.is_tensor(t) and t.dim() == dim and t.shape[0] == n \
+            and n > 1 else t
+    return bounds.LpBall.trusted(ball.center[b:b + 1], row(ball.eps), ball.norm,
+                                 row(ball.lower), row(ball.upper))
+
+
+class BranchAndBound(CertMethod):
+    """Complete verification (``bounds.verify``: branch and bound with batched CROWN and
+    PGD) of the greedy action: Q_a*(x') - Q_j(x') > 0 for every j and every x' in the
+    l_inf ball. "verified" is exact up to the float32 rounding allowance; a timeout gives
+    "unknown" (not certified); "falsified" carries a counterexample checked by a forward
+    pass, so the certified radius is bracketed by [radius, radius_upper]."""
+
+    name, label, latex = "bab", "BaB", "BaB"
+    kind = "exact"
+    norms = frozenset({INF})
+    actions = frozenset({"discrete"})
+    output_note = "crown (per-output bounds)"
+
+    def check_net(self, net, in_shape, options) -> None:
+        bounds.bind(net, "native").compute(bounds.LpBall(torch.zeros(1, *in_shape), 0.0),
+                                           "ibp")  # the native engine parses it
+
+    def settings(self, options) -> dict:
+        return {**super().settings(options), "bab": asdict(options.bab)}
+
+    def prepare(self, net: nn.Module, options: CertifyOptions) -> bounds.BoundNetwork:
+        """The network bound once with the native engine (which ``verify`` uses)."""
+        return bounds.bind(net, backend="native")
+
+    def targets(self, net, x, labels, options):
+        """The states' :class:`bounds.MarginProblem`, built once."""
+        return BoundPropagation.targets(self, net, x, labels, options)
+
+    def margins(self, net, ball, labels, options):
+        """CROWN's margin bounds, then ``bounds.verify`` on each state CROWN leaves open:
+        verified -> every margin entry is raised to the proven lower bound of the minimum
+        margin (> 0); otherwise CROWN's entries stay (one of them <= 0)."""
+        ml, _ = METHODS["crown"].margins(net, ball, labels, options)
+        B, K = ml.shape
+        status = np.full(B, "verified", dtype=object)
+        upper = np.full(B, math.inf)  # objective at a counterexample (>= the exact min)
+        cex, domains = np.full(B, None, dtype=object), np.zeros(B, dtype=np.int64)
+        plain = net.net if isinstance(net, bounds.BoundNetwork) else net
+        for b in np.flatnonzero((ml <= 0).any(dim=1).cpu().numpy()):
+            lab = int(torch.isinf(ml[b]).nonzero()[0])
+            C = torch.eye(K, dtype=ball.center.dtype)[lab] - torch.eye(K, dtype=ball.center.dtype)
+            res = bounds.verify(plain, ball_row(ball, b), C[torch.arange(K) != lab],
+                                timeout_s=options.bab.timeout_s, batch=options.bab.batch)
+            status[b], domains[b] = res.status, res.stats.get("domains", 0)
+            if res.status == "verified":
+                ml[b] = torch.where(torch.isinf(ml[b]), ml[b], ml[b].clamp_min(res.lower))
+            elif res.status == "falsified":
+                upper[b], cex[b] = res.value, res.counterexample.flatten().tolist()
+        return ml, {"bab_status": status, "bab_domains": domains,
+                    "bab_counterexample_margin": upper, "counterexample": cex}
+
+    def output_bounds(self, net, ball, out64, options):
+        """CROWN bounds (the per-output part of a BaB row is not exact)."""
+        return METHODS["crown"].output_bounds(net, ball, out64, options)
+
+
 class Smoothing(CertMethod):
     """Randomized smoothing (Cohen et al.): a probabilistic certificate of the
     *smoothed* policy's argmax, for the l2 norm (l_inf by eps * sqrt(d))."""
@@ -487,7 +566,8 @@ class GreedyWorstCaseCrown(GreedyWorstCase):
 
 # ------------------------------------------------------------------ registry
 METHODS: dict[str, CertMethod] = {m.name: m for m in (
-    IBP(), IBPReference(), CrownIBP(), Crown(), AlphaCrown(), Lipschitz(), Exact(), Smoothing(),
+    IBP(), IBPReference(), CrownIBP(), Crown(), AlphaCrown(), Lipschitz(), Exact(),
+    BranchAndBound(), Smoothing(),
     PolicySmoothing(), GreedyWorstCaseIBP(), GreedyWorstCaseCrown(),
     GreedyWorstCase())}
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from certrl.agent import Agent
 from certrl.certify.methods import (
+    BabConfig,
     CertifyOptions,
     ExactConfig,
     RadiusConfig,
@@ -67,6 +68,7 @@ class CertifySettings:
     radius: RadiusConfig = field(default_factory=RadiusConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     exact: ExactConfig = field(default_factory=ExactConfig)
+    bab: BabConfig = field(default_factory=BabConfig)
     ps_episodes: int = 100  # smoothed episodes for policy smoothing / S-DQN
     ps_return_min: float | None = None
     gwc_method: str = "ibp"
@@ -81,7 +83,7 @@ class CertifySettings:
         """The state-certification options of these settings (smoothing noise ``seed``)."""
         return CertifyOptions(backend=self.backend, alpha_iterations=self.alpha_iterations,
                               radius=self.radius, smoothing=self.smoothing, exact=self.exact,
-                              seed=seed)
+                              bab=self.bab, seed=seed)
 
 
 # Fields written once per unit (episode row), not repeated on every state row.

@@ -131,8 +131,8 @@ class StateCertificates:
         }
         for k, v in self.extra.items():
             if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == self.batch_size:
-                if v.dtype == object:
-                    row[k] = pick(v, str)
+                if v.dtype == object:  # strings; None / lists (e.g. points) kept as is
+                    row[k] = v[b] if v[b] is None or isinstance(v[b], list) else str(v[b])
                 elif v.dtype == bool:
                     row[k] = pick(v, bool)
                 elif np.issubdtype(v.dtype, np.integer):
@@ -228,9 +228,13 @@ class RadiusVerifier:
     base: bounds.LpBall | None = None  # the validated radius-0 ball of every state
     targets: object = None  # ``method.targets``: labels, or per-state data built once
 
+    refuted: np.ndarray | None = None  # smallest radius with a counterexample (inf: none)
+    counterexamples: dict = field(default_factory=dict)  # state -> the point found there
+
     def __post_init__(self) -> None:
         self.base = self.threat.ball(self.x, torch.zeros(self.x.shape[0], dtype=self.x.dtype))
         self.targets = self.method.targets(self.net, self.x, self.labels, self.options)
+        self.refuted = np.full(self.x.shape[0], INF)
 
     def ball(self, idx: np.ndarray, eps: np.ndarray) -> bounds.LpBall:
         """The balls of states ``idx`` at radii ``eps``: the validated base ball's fields,
@@ -254,8 +258,20 @@ class RadiusVerifier:
         if idx.size == 0:
             return np.zeros(0, dtype=bool)
         ball = self.ball(idx, eps)
-        ml, _ = self.method.margins(self.net, ball, self.targets[idx], self.options)
+        ml, info = self.method.margins(self.net, ball, self.targets[idx], self.options)
+        self.note_counterexamples(idx, eps, info.get("counterexample"))
         return (ml > 0).all(dim=1).cpu().numpy()
+
+    def note_counterexamples(self, idx: np.ndarray, eps, points) -> None:
+        """Keep, per state, the smallest radius at which the method found a point of the
+        ball that changes the action (a complete method's falsified answer)."""
+        if points is None:
+            return
+        eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (len(idx),))
+        for i, p in enumerate(points):
+            if p is not None and eps[i] < self.refuted[idx[i]]:
+                self.refuted[idx[i]] = eps[i]
+                self.counterexamples[int(idx[i])] = p
 
 
 def _bracket(check, B: int, start: float, cfg: RadiusConfig):
@@ -390,12 +406,30 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
         t0 = time.perf_counter()
         r, capped = _radius(check, out.double(), results)
         dt = time.perf_counter() - t0
+        upper = _radius_upper(check, results)
         for res in results:
             res.radius = r.copy()
             res.extra["radius_capped"] = capped.copy()
+            if upper is not None:
+                res.extra["radius_upper"], res.extra["radius_counterexample"] = upper
             res.radius_time_s = dt
             res.time_s += dt / len(results)
     return results
+
+
+def _radius_upper(check: RadiusVerifier, results: list[StateCertificates]):
+    """(radius_upper (B,), counterexample per state) when the method refutes (a complete
+    method): the smallest radius where a point changing the action was found, at the
+    grid eps or during the search (inf and None where none was found); else None."""
+    if not any("counterexample" in res.extra for res in results):
+        return None
+    for res in results:
+        check.note_counterexamples(np.arange(check.x.shape[0]), res.eps,
+                                   res.extra.get("counterexample"))
+    points = np.empty(check.x.shape[0], dtype=object)
+    for b in range(len(points)):
+        points[b] = check.counterexamples.get(b)
+    return check.refuted.copy(), points
 
 
 def _discrete_at(check: RadiusVerifier, out64: torch.Tensor, e: float) -> StateCertificates:

@@ -10,6 +10,7 @@ import numpy as np
 from certrl.agent import load
 from certrl.certify import (
     METHODS,
+    BabConfig,
     CertifySettings,
     ExactConfig,
     RadiusConfig,
@@ -27,7 +28,7 @@ def methods_by_kind() -> str:
     """'ibp, ... (sound); smoothing, ... (probabilistic); gwc (heuristic, ...)', from
     the registry."""
     parts = []
-    for kind in ("sound", "probabilistic", "heuristic"):
+    for kind in ("sound", "exact", "probabilistic", "heuristic"):
         names = [n for n, m in METHODS.items() if m.kind == kind]
         note = ", not a certificate" if kind == "heuristic" else ""
         if names:
@@ -77,6 +78,9 @@ def add_parser(sub) -> None:
     p.add_argument("--milp-time-limit", type=float, default=30.0, help="seconds per MILP")
     p.add_argument("--max-relus", type=positive_int, default=200,
                    help="exact: largest network (ReLU neurons) accepted")
+    p.add_argument("--bab-timeout", type=float, default=10.0,
+                   help="bab: seconds per branch-and-bound query (past it: unknown, not "
+                        "certified)")
     p.add_argument("--no-state-rows", action="store_true",
                    help="write only per-episode rows (smaller files)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -93,6 +97,8 @@ def settings_from_args(args: argparse.Namespace) -> CertifySettings:
         raise ValueError(f"--radius-rtol must lie in (0, 1); got {args.radius_rtol}")
     if not (math.isfinite(args.milp_time_limit) and args.milp_time_limit > 0):
         raise ValueError("--milp-time-limit must be positive")
+    if not (math.isfinite(args.bab_timeout) and args.bab_timeout > 0):
+        raise ValueError(f"--bab-timeout must be positive; got {args.bab_timeout}")
     if args.return_min is not None and not math.isfinite(args.return_min):
         raise ValueError(f"--return-min must be a finite number; got {args.return_min}")
     return CertifySettings(
@@ -101,6 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> CertifySettings:
                             max_iter=args.radius_iters),
         smoothing=SmoothingConfig(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha),
         exact=ExactConfig(time_limit=args.milp_time_limit, max_relus=args.max_relus),
+        bab=BabConfig(timeout_s=args.bab_timeout),
         ps_episodes=args.ps_episodes, ps_return_min=args.return_min,
         state_rows=not args.no_state_rows)
 
