@@ -137,6 +137,14 @@ def test_ppo_certify_rows_give_natural_and_deviation_columns():
     assert b.cells[dev].best and not a.cells[dev].best  # lower is better
     md = render([t], "md")
     assert "Deviation (CROWN) l∞ @0.1" in md and "lower is better" in md
+    assert "Natural = return of certify's own (unattacked) rollouts;" in md
+    cut = ppo_rows()
+    for r in cut:
+        r["truncated"] = r["episode"] == 1
+    md = render(build_tables(cut), "md")
+    # the truncated episode is kept in the deviation cells, left out of Natural
+    assert "| **1000.0 ± 0.0** †1 | 0.0450 ± 0.0050 ‡1 | 0.0250 ± 0.0050 ‡1 |" in md
+    assert "their deviation cover only the steps played" in md
 
 
 def test_table_cli_layout_flags(tmp_path, capsys):

@@ -78,8 +78,9 @@ def add_parser(sub) -> None:
 def add_layout_args(p: argparse.ArgumentParser) -> None:
     """--columns / --methods / --attacks / --eps / --transpose and the LaTeX float flags."""
     g = p.add_argument_group("layout")
-    g.add_argument("--columns", nargs="+", choices=KINDS, default=[], metavar="KIND",
-                   help="column kinds to show, in this order: " + ", ".join(KINDS))
+    kinds = [k for k in KINDS if k != "metric"]  # metric: benchmark tables only
+    g.add_argument("--columns", nargs="+", choices=kinds, default=[], metavar="KIND",
+                   help="column kinds to show, in this order: " + ", ".join(kinds))
     g.add_argument("--methods", nargs="+", default=[], metavar="METHOD",
                    help="certificate methods to show (acr / radius / deviation / gwc / ps "
                         "columns), in this order")
@@ -92,7 +93,7 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                         "eps (method) under each agent (md and latex; csv is long anyway)")
     g.add_argument("--float", dest="float_env", choices=FLOATS, default="table",
                    help="LaTeX float: table (one column), table* (both columns of a "
-                        "two-column paper) or none (bare tabular)")
+                        "two-column paper; quote it in a shell) or none (bare tabular)")
     g.add_argument("--caption", default=None,
                    help="caption text (LaTeX source for --format latex), replacing the "
                         "generated one")

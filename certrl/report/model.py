@@ -65,6 +65,8 @@ GROUP_ORDER = {"natural": 0, "attack": 1, "acr": 2, "radius": 3, "deviation": 4,
 METHOD_GROUPS = ("acr", "radius", "deviation", "gwc", "ps")  # columns named by a method
 NORM_ORDER = {"inf": 0, "2": 1, "1": 2}
 RETURN_GROUPS = ("natural", "attack", "gwc")  # truncated episodes excluded here
+KEPT_WORDS = {"acr": "ACR", "radius": "mean radius", "deviation": "deviation", "ps": "PS",
+              "metric": "values"}
 N_BOOT = 2000
 
 
@@ -180,6 +182,7 @@ class AgentRow:
     source: str = "agent"  # "agent", "legacy", "run_group", "group" or "values"
     members: list[Identity] = field(default_factory=list)
     part: str = ""  # transposed tables: the eps (repr) or method of this sub-row
+    natural_from_certify: bool = False  # Natural = returns of certify's rollouts
 
     @property
     def seeds(self) -> list[int]:
@@ -226,6 +229,11 @@ class Table:
         parts = [f"Verification results on {self.env_id} (env version {self.env_version})"]
         if self.norms or self.spaces:
             parts.append(self._threat_words())
+        from_certify = [r.natural_from_certify for r in self.rows
+                        if any(c.group == "natural" for c in r.cells)]
+        if any(from_certify) and any(c.group == "natural" for c in self.columns):
+            parts.append("Natural = return of certify's own (unattacked) rollouts" +
+                         ("" if all(from_certify) else " for agents without evaluate rows"))
         meth = self._method_words()
         if meth:
             parts.append("ACR = certified steps / steps, certified by " + ", ".join(meth))
@@ -294,9 +302,13 @@ class Table:
             n = sum(cell.n_truncated for col, cell in cols if col.is_return)
             out.append(f"† k: k episodes cut short by --max-steps excluded from the cell "
                        f"({n} in all; n/a: no complete episode)")
-        if any(cell.n_truncated and not col.is_return for col, cell in cols):
-            out.append("‡ k: k episodes cut short by --max-steps are included; their ACR "
-                       "covers only the steps played")
+        kept = sorted({col.group for col, cell in cols if cell.n_truncated and not col.is_return},
+                      key=GROUP_ORDER.get)
+        if kept:
+            what = ("their ACR covers" if kept == ["acr"] else
+                    "their " + ", ".join(KEPT_WORDS.get(g, g) for g in kept) + " cover")
+            out.append("‡ k: k episodes cut short by --max-steps are included; "
+                       f"{what} only the steps played")
         if any(c.partial for c in cells):
             out.append("n=k/m: only k of the group's m seeds have results in this cell")
         if any(r.source == "legacy" for r in self.rows):
@@ -499,9 +511,12 @@ def _table_row(spec: RowSpec, data: _Collected) -> AgentRow:
     row = AgentRow(first.env_id, first.algo, first.loss, label=row_label(spec),
                    kind=spec.kind, source=spec.source, members=list(spec.members))
     per_col: dict[Column, dict[Identity, Episodes]] = {}
+    nat = Column("natural", "", None)
     for ident in spec.members:
         for column, eps in data.columns_of(ident).items():
             per_col.setdefault(column, {})[ident] = eps
+        if nat not in data.values.get(ident.key, {}) and ident.key in data.nominal:
+            row.natural_from_certify = True
     for column, per_member in per_col.items():
         row.cells[column] = _cell(column, per_member, len(spec.members), spec.kind)
     return row
