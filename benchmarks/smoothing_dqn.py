@@ -8,6 +8,8 @@ Per seed K (the robust-DQN table's runs, ``benchmarks/robust_dqn.py``, under --b
   * noise-S (S in SIGMAS): ``certrl train --init-from <vanilla base> --loss noise --sigma S
     --seed K`` (the robust-DQN fine-tuning protocol: FINETUNE_DEFAULTS, best checkpoint by
     natural return every 1000 steps), into OUT/CartPole-v1/noise-S/seedK/train;
+  * noise-scratch-0.1: the vanilla base's from-scratch protocol (50k steps, best checkpoint
+    by natural return every 5000 steps) with ``--loss noise --sigma 0.1``;
   * denoiser-S: S-DQN's denoiser trained in front of the frozen vanilla base
     (``certrl.denoiser.train_denoiser``, DenoiserConfig(sigma=S, seed=K)), the composition
     saved as OUT/CartPole-v1/denoiser-S/seedK/agent.pt.
@@ -67,7 +69,9 @@ SAMPLES, ATTACK_SAMPLES = 100, 20
 N0, N, ALPHA, M_CROP, PS_EPISODES = 100, 1000, 0.001, 1000, 100
 METHODS = {"vanilla": "Vanilla DQN (base)", "radial": "RADIAL-DQN (IBP)",
            **{f"noise-{s:g}": f"Noise-trained sigma {s:g}" for s in SIGMAS},
-           "denoiser-0.1": "S-DQN denoiser sigma 0.1 (vanilla base frozen)"}
+           "denoiser-0.1": "S-DQN denoiser sigma 0.1 (vanilla base frozen)",
+           "noise-scratch-0.1": "Noise-trained sigma 0.1, from scratch"}
+SCRATCH_STEPS = 50_000  # the vanilla base's from-scratch protocol (robust_dqn.py)
 WHERE = f"this CPU machine ({platform.machine()}, 2 shared cores, 1 torch thread)"
 
 
@@ -81,7 +85,22 @@ def agent_path(method: str, seed: int, bases: Path, out: Path) -> Path:
 
 
 def method_sigma(method: str) -> float | None:
-    return float(method.split("-", 1)[1]) if "-" in method and method != "radial" else None
+    """The sigma a noise / denoiser method trains at (None: vanilla, radial)."""
+    return float(method.rsplit("-", 1)[1]) if method.startswith(("noise", "denoiser")) \
+        else None
+
+
+def noise_argv(method: str, seed: int, base: Path, path: Path) -> list[str]:
+    """``certrl train`` arguments of a noise run: a fine-tune of the seed's vanilla base, or
+    (noise-scratch) the base's own from-scratch protocol with the noise loss."""
+    sigma = f"{method_sigma(method):g}"
+    if method.startswith("noise-scratch"):
+        start = ["--env", ENV, "--algo", "dqn", "--steps", str(SCRATCH_STEPS),
+                 "--eval-every", "5000", "--eval-episodes", "5"]
+    else:
+        start = ["--init-from", str(base)]
+    return ["train", *start, "--loss", "noise", "--sigma", sigma, "--seed", str(seed),
+            "--out", str(path)]
 
 
 def ensure_agent(method: str, seed: int, bases: Path, out: Path) -> tuple[Path, dict]:
@@ -92,8 +111,7 @@ def ensure_agent(method: str, seed: int, bases: Path, out: Path) -> tuple[Path, 
                                 f"--envs {ENV} --seeds {seed} first")
     sigma = method_sigma(method)
     if method.startswith("noise-"):
-        argv = ["train", "--init-from", str(base), "--loss", "noise", "--sigma", f"{sigma:g}",
-                "--seed", str(seed), "--out", str(path)]
+        argv = noise_argv(method, seed, base, path)
         summary = train_or_resume(path, argv)
         return path, {"command": "certrl " + " ".join(argv), "train_wall_s": summary["wall_s"],
                       "selection": summary.get("selection")}
@@ -300,14 +318,16 @@ def header() -> list[str]:
 def ship(out: Path) -> None:
     """Copy the selected noise agent to certrl/agents/cartpole-dqn-noise.{pt,json}.
 
-    Rule (fixed before reading the table): the sigma whose noise agents have the largest
-    IQM Cohen mean radius among the sigmas whose IQM smoothed natural return is >= 90% of
-    the vanilla base's smoothed return at that sigma; of its seeds the median by smoothed
-    natural return (ties: the higher seed first; lower middle for an even count)."""
+    Rule (fixed before reading the table): the noise method (sigma, fine-tune or scratch)
+    with the largest IQM Cohen mean radius among those whose IQM smoothed natural return is
+    >= 90% of the vanilla bases' smoothed return at that sigma; of its seeds the median by
+    smoothed natural return (ties: the higher seed first; lower middle for an even
+    count)."""
     rows = [json.loads(p.read_text()) for p in sorted((out / ENV).glob("*/seed*/result.json"))]
     best = None
-    for s in (f"{x:g}" for x in SIGMAS):
-        nr = [r for r in rows if r["method"] == f"noise-{s}"]
+    for m in (m for m in METHODS if m.startswith("noise")):
+        s = f"{method_sigma(m):g}"
+        nr = [r for r in rows if r["method"] == m]
         vr = [r for r in rows if r["method"] == "vanilla"]
         if not nr or not vr:
             continue
