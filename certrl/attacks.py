@@ -176,6 +176,32 @@ def pgd_maximize(obj: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return best.detach()
 
 
+def pgd_minimize_ref(obj: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     threat: ThreatModel, e: float, steps: int = 10,
+                     step_size: float | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """SA-PPO's attack loop (its critic, Robust Sarsa and RS+MAD attacks), minimizing the
+    per-sample objective ``obj`` (B,) over the ball B(x, e); detached.
+
+    alpha = e / steps unless ``step_size``; x_0 = x + alpha * u with u uniform in the unit
+    whitened l_inf box (l_2: in the unit whitened l_2 ball), projected;
+    x_{k+1} = Proj_{B(x, e) & domain}(x_k - alpha * dir(grad obj(x_k))) for k < steps, dir as
+    in ``pgd_maximize``; returns the last iterate x_steps (no best-iterate selection).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    alpha = e / steps if step_size is None else float(step_size)
+    x = x.detach()
+    s = _scale(threat, x)
+    x_adv = project(random_noise(x, threat, alpha, generator), x, threat, e)
+    for _ in range(steps):
+        xr = x_adv.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(obj(xr).sum(), xr)
+        with torch.no_grad():
+            x_adv = project(x_adv - alpha * _ascent_dir(g, threat.norm, s), x, threat, e)
+    return x_adv.detach()
+
+
 def pgd(model: Model, x: torch.Tensor, threat: ThreatModel, eps: float | None = None,
         steps: int = 10, step_size: float | None = None, random_start: bool = True,
         objective: str = "ce", labels: torch.Tensor | None = None,
