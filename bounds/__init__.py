@@ -38,6 +38,7 @@ from bounds.perturbation import LpBall, parse_norm
 from bounds.smoothing import certified_linf, linf_to_l2
 from bounds.spec import margin_spec
 from bounds.verify import VerifyResult, verify
+from bounds.vnnlib import VnnlibSpec, read_vnnlib, verify_vnnlib
 
 __all__ = [
     "exact",
@@ -71,5 +72,8 @@ __all__ = [
     "unsupported_layers",
     "VerifyResult",
     "verify",
+    "VnnlibSpec",
+    "read_vnnlib",
+    "verify_vnnlib",
 ]
 __version__ = "0.1.0"
