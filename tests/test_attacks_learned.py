@@ -61,10 +61,11 @@ def sign_env(monkeypatch):
         env.reset(seed=int(seed))
         return env
 
+    import certrl.adversaries.paad as pa
     import certrl.adversaries.rollouts as ro
     import certrl.adversaries.sarl as sa
     import certrl.rollout as rollout
-    for mod in (ro, sa, rollout):
+    for mod in (ro, sa, pa, rollout):
         monkeypatch.setattr(mod, "make_env", make)
     return make
 
@@ -122,7 +123,7 @@ def loud(net):
 
 @pytest.mark.parametrize("norm", [math.inf, 2.0])
 @pytest.mark.parametrize("clip", [False, True])
-@pytest.mark.parametrize("name", ["critic", "rs", "rs+mad", "sa-rl"])
+@pytest.mark.parametrize("name", ["critic", "rs", "rs+mad", "sa-rl", "pa-ad"])
 def test_attacks_stay_in_ball_and_domain(name, clip, norm):
     agent = ppo_victim(clip)
     tm = ThreatModel.from_dict({**agent.threat_model.to_dict(), "norm": "inf" if norm ==
@@ -132,6 +133,8 @@ def test_attacks_stay_in_ball_and_domain(name, clip, norm):
         net = loud(build_network(sarsa_spec(agent)))
     elif name == "sa-rl":
         net = loud(make_nets(3, 3)["policy"])
+    elif name == "pa-ad":
+        net = loud(make_nets(3, 1)["policy"])
     g = torch.Generator().manual_seed(1)
     for eps in (0.0, 0.05, 0.3, 2.0):
         x = torch.rand((64, 3), generator=g) * 2.4 - 1.2
@@ -148,6 +151,7 @@ def test_critic_on_dqn_stays_in_ball(frozen_cartpole):
         assert in_set(value_attack("critic", frozen_cartpole, tm, eps)(x), x, tm, eps)
 
 
+@pytest.mark.slow
 def test_rs_finds_the_known_optimal_perturbation(sign_env, tmp_path):
     """On SignEnv the best attack flips every |s| < eps: RS gets near 20 (1 - eps), far
     below uniform noise (about 20 (1 - eps / 4)). A short Sarsa fit (4 rounds of 1024
@@ -162,6 +166,19 @@ def test_rs_finds_the_known_optimal_perturbation(sign_env, tmp_path):
     assert rs < 20 * (1 - eps) + 1.5 and rs < rnd - 3, (rs, rnd)
 
 
+def test_rs_beats_random_on_sign_env_fast(sign_env, tmp_path):
+    """Fast variant of the RS test: one round of 1024 Sarsa steps already beats noise."""
+    agent, eps = sign_victim(), 0.5
+    tm = agent.threat_model.with_eps(eps)
+    _, q = obtain_rs(agent, "sign", SarsaConfig(budget=1024, steps_per_iter=1024, epochs=4,
+                                                lr=1e-3, gamma=0.9, explore=0.3),
+                     tmp_path / "rs.pt")
+    rs = mean_return(agent, lambda i: value_attack("rs", agent, tm, eps, 10, None, i, q), 20)
+    rnd = mean_return(agent, lambda i: make_attack("random", agent.forward, tm, eps, seed=i),
+                      20)
+    assert rs < rnd - 3, (rs, rnd)
+
+
 @pytest.mark.slow
 def test_sarl_finds_the_known_optimal_perturbation(sign_env, tmp_path):
     """SA-RL reaches the optimum of SignEnv (about 25 CPU s: 16 PPO rounds of 1024 steps)."""
@@ -174,22 +191,39 @@ def test_sarl_finds_the_known_optimal_perturbation(sign_env, tmp_path):
     assert sarl < 20 * (1 - eps) + 1.5 and sarl < rnd - 3, (sarl, rnd)
 
 
-def test_sarl_trains_saves_and_reloads(sign_env, tmp_path):
-    """Fast variant: a 1024-step adversary is saved with its victim and reloads to the same
-    deterministic perturbation, inside the ball (learning itself: the slow test above)."""
+@pytest.mark.slow
+def test_paad_beats_random_on_sign_env(sign_env, tmp_path):
+    """PA-AD's director (PPO, 4 rounds of 512 steps) with its actor clearly beats uniform
+    noise on SignEnv (measured 11.5 against the optimum 10 and noise 17.7: at this budget it
+    is near, not at, the optimum; the test does not claim more)."""
+    agent, eps = sign_victim(), 0.5
+    tm = agent.threat_model.with_eps(eps)
+    cfg = PPOLiteConfig(budget=2048, steps_per_iter=512, minibatches=4)
+    _, director = obtain_sarl(agent, "sign", tm, eps, cfg, path=tmp_path / "paad.pt",
+                              kind="pa-ad")
+    paad = mean_return(agent, lambda i: value_attack("pa-ad", agent, tm, eps, 10, None, i,
+                                                     director))
+    rnd = mean_return(agent, lambda i: make_attack("random", agent.forward, tm, eps, seed=i))
+    assert paad < rnd - 3, (paad, rnd)
+
+
+@pytest.mark.parametrize("kind", ["sa-rl", "pa-ad"])
+def test_policy_attackers_train_save_and_reload(sign_env, tmp_path, kind):
+    """Fast variant: a 1024-step adversary / director is saved with its victim and reloads
+    to the same deterministic perturbation, inside the ball (learning: the slow tests)."""
     agent, eps = sign_victim(), 0.5
     tm = agent.threat_model.with_eps(eps)
     cfg = PPOLiteConfig(budget=1024, steps_per_iter=512, minibatches=4, epochs=2)
-    path = tmp_path / "sarl.pt"
-    p1, pol1 = obtain_sarl(agent, "sign", tm, eps, cfg, path=path)
-    p2, pol2 = obtain_sarl(agent, "sign", tm, eps, cfg, path=path)
+    path = tmp_path / "adv.pt"
+    p1, pol1 = obtain_sarl(agent, "sign", tm, eps, cfg, path=path, kind=kind)
+    p2, pol2 = obtain_sarl(agent, "sign", tm, eps, cfg, path=path, kind=kind)
     assert p1["attacker_id"] == p2["attacker_id"] and p1["settings"]["budget"] == 1024
     x = torch.linspace(-1, 1, 41)[:, None]
-    a1 = value_attack("sa-rl", agent, tm, eps, attacker=pol1)(x)
-    assert torch.equal(a1, value_attack("sa-rl", agent, tm, eps, attacker=pol2)(x))
+    a1 = value_attack(kind, agent, tm, eps, 10, None, 0, pol1)(x)
+    assert torch.equal(a1, value_attack(kind, agent, tm, eps, 10, None, 0, pol2)(x))
     assert in_set(a1, x, tm, eps)
     with pytest.raises(CheckpointError, match="threat model"):
-        obtain_sarl(agent, "sign", tm, 0.25, cfg, path=path)
+        obtain_sarl(agent, "sign", tm, 0.25, cfg, path=path, kind=kind)
 
 
 def test_attacker_checkpoint_is_tied_to_its_victim(tmp_path, frozen_cartpole):

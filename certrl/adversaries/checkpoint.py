@@ -3,11 +3,11 @@
 One torch file (written atomically, read with ``weights_only=True``)::
 
     {"format": "certrl-attacker", "format_version": 1,
-     "kind": "rs" | "sa-rl",           # Robust Sarsa Q-network / SA-RL adversary policy
+     "kind": "rs" | "sa-rl" | "pa-ad", # Robust Sarsa Q-network / SA-RL adversary / PA-AD director
      "victim_id": sha256 identity of the victim agent (certrl.identity),
      "victim_label": path or shipped name the victim was given as (a label),
      "env_id": ..., "settings": {...},  # every training setting, the budget and seed included
-     "threat_model": {...} | None,      # SA-RL: the ball it was trained for
+     "threat_model": {...} | None,      # SA-RL, PA-AD: the ball it was trained for
      "nets": {name: {"spec": ..., "state_dict": ...}},
      "info": {...},                     # training summary (returns, losses, CPU seconds)
      "versions": {...}}
@@ -33,7 +33,7 @@ from certrl.nets import build_network
 
 FORMAT = "certrl-attacker"
 FORMAT_VERSION = 1
-KINDS = ("rs", "sa-rl")
+KINDS = ("rs", "sa-rl", "pa-ad")
 
 
 def attacker_id(payload: dict) -> str:

@@ -5,7 +5,8 @@
   from a random start in the eps / steps box, last iterate);
 * ``rs`` / ``rs+mad``: the same loop on the Robust Sarsa objective
   (``sarsa.rs_objective``, ratio 0 / ``ratio``);
-* ``sa-rl``: the learned adversary's deterministic perturbation (``sarl.sarl_attack``).
+* ``sa-rl``: the learned adversary's deterministic perturbation (``sarl.sarl_attack``);
+* ``pa-ad``: the learned director's direction realized by the actor (``paad.paad_attack``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from certrl.adversaries.paad import paad_attack
 from certrl.adversaries.sarl import sarl_attack
 from certrl.adversaries.sarsa import rs_objective
 from certrl.adversaries.victim import critic_objective
@@ -22,7 +24,7 @@ from certrl.agent import Agent
 from certrl.attacks import pgd_minimize_ref
 from certrl.threat import ThreatModel
 
-VALUE_ATTACKS = ("critic", "rs", "rs+mad", "sa-rl")
+VALUE_ATTACKS = ("critic", "rs", "rs+mad", "sa-rl", "pa-ad")
 RS_MAD_RATIO = 0.5  # SA-PPO's configs: attack_sarsa_action_ratio 0.5 (its scan: 1e-6 .. 3e-2)
 
 
@@ -30,7 +32,8 @@ def value_attack(name: str, agent: Agent, threat: ThreatModel, eps: float, steps
                  step_size: float | None = None, seed: int = 0, attacker: nn.Module | None = None,
                  ratio: float = RS_MAD_RATIO) -> Callable[[torch.Tensor], torch.Tensor]:
     """The attack ``name`` (one of ``VALUE_ATTACKS``) at radius ``eps`` of ``threat``;
-    ``attacker``: the Sarsa Q-network (rs, rs+mad) or the adversary policy (sa-rl)."""
+    ``attacker``: the Sarsa Q-network (rs, rs+mad), the adversary policy (sa-rl) or the
+    director (pa-ad)."""
     if name not in VALUE_ATTACKS:
         raise ValueError(f"unknown attack {name!r}; use one of {', '.join(VALUE_ATTACKS)}")
     if name != "critic" and attacker is None:
@@ -38,6 +41,8 @@ def value_attack(name: str, agent: Agent, threat: ThreatModel, eps: float, steps
     tm = threat.with_eps(eps)
     if name == "sa-rl":
         return sarl_attack(attacker, tm, eps)
+    if name == "pa-ad":
+        return paad_attack(attacker, agent, tm, eps, steps, seed)
     gen = torch.Generator().manual_seed(int(seed))
 
     def attack(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from certrl.adversaries.checkpoint import load_attacker, save_attacker
+from certrl.adversaries.paad import DirectorEnv
 from certrl.adversaries.ppo_lite import PPOLiteConfig, train_ppo
 from certrl.adversaries.sarl import AdversaryEnv
 from certrl.adversaries.sarsa import SarsaConfig, train_sarsa
@@ -67,25 +68,31 @@ def obtain_rs(agent: Agent, label: str, cfg: SarsaConfig, path: str | os.PathLik
 
 def obtain_sarl(agent: Agent, label: str, threat: ThreatModel, eps: float, cfg: PPOLiteConfig,
                 deterministic: bool = True, path: str | os.PathLike | None = None,
-                progress=None) -> tuple[dict, nn.Module]:
-    """(payload, adversary policy) of the SA-RL attacker for ``agent`` at radius ``eps`` of
+                progress=None, kind: str = "sa-rl", steps: int = 10) -> tuple[dict, nn.Module]:
+    """(payload, policy) of the SA-RL adversary (``kind`` "sa-rl") or the PA-AD director
+    (``kind`` "pa-ad", whose actor takes ``steps``) for ``agent`` at radius ``eps`` of
     ``threat``: loaded from ``path`` when there, else trained by PPO and saved there."""
     d = flat_input_dim(agent)
     tm = threat.with_eps(eps).to_dict()
     settings = {**cfg.to_dict(), "victim_deterministic": bool(deterministic)}
+    if kind == "pa-ad":
+        settings["actor_steps"] = int(steps)
     path = Path(path) if path is not None else default_path(
-        agent, "sa-rl", {**settings, "threat_model": tm})
+        agent, kind, {**settings, "threat_model": tm})
     aid = agent_identity(agent)
     if not path.exists():
-        env = AdversaryEnv(agent, threat.with_eps(eps), eps, cfg.seed, deterministic)
+        if kind == "pa-ad":
+            env = DirectorEnv(agent, threat.with_eps(eps), eps, cfg.seed, deterministic, steps)
+        else:
+            env = AdversaryEnv(agent, threat.with_eps(eps), eps, cfg.seed, deterministic)
         t0 = time.process_time()
         try:
-            nets, info = train_ppo(env, d, d, cfg, progress)
+            nets, info = train_ppo(env, d, env.action_space.shape[0], cfg, progress)
         finally:
             env.close()
         info["train_cpu_s"] = time.process_time() - t0
-        save_attacker(path, "sa-rl", aid, label, agent.env_id, settings, nets, info, tm)
-    payload, nets = load_attacker(path, "sa-rl", aid)
+        save_attacker(path, kind, aid, label, agent.env_id, settings, nets, info, tm)
+    payload, nets = load_attacker(path, kind, aid)
     _check_settings(payload, settings, path)
     if payload.get("threat_model") != tm:
         raise CheckpointError(f"attacker {str(path)!r} was trained for the threat model "

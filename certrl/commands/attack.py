@@ -41,7 +41,10 @@ from certrl.records import check_out, eps_space_words
 from certrl.threat import parse_norm
 
 ALL_ATTACKS = ATTACKS + VALUE_ATTACKS + ("worst",)
+# PA-AD's MuJoCo command: --adv-ppo-lr-adam 3e-5 --adv-val-lr 3e-5 --adv-clip-eps 0.4
+PPO_DEFAULTS = {"sa-rl": {}, "pa-ad": {"lr": 3e-5, "value_lr": 3e-5, "clip": 0.4}}
 OBJECTIVES = {"critic": "value", "rs": "sarsa-q", "sa-rl": "adversary-policy",
+              "pa-ad": "director+fgsm",
               "worst": "worst"}
 
 
@@ -57,14 +60,15 @@ class AttackRun(EpisodeRun):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("attack", help="attacked return (pgd, pgd-ref, fgsm, mad, random, "
-                                      "critic, rs, rs+mad, sa-rl, worst)",
+                                      "critic, rs, rs+mad, sa-rl, pa-ad, worst)",
                        description="Attack an agent's observations at each step and report "
                                    "returns. eps is measured in the agent's threat-model space "
                                    "(network input: [0,1] pixels for Atari, normalized obs "
                                    "for MuJoCo). pgd: random start, best iterate (ours); "
                                    "pgd-ref: the references' PGD (10 steps of 0.1 eps, no "
                                    "random start); critic, rs, rs+mad: SA-PPO's attacks; "
-                                   "sa-rl: a learned adversary policy (trained on first use, "
+                                   "sa-rl: a learned adversary policy, pa-ad: a learned "
+                                   "director with an FGSM actor (trained on first use, "
                                    "saved under runs/attackers); worst: several attacks, the "
                                    "lowest return per episode. Writes one JSON line per "
                                    "episode; re-running with the same --out runs only the "
@@ -98,7 +102,7 @@ def add_learned_args(p: argparse.ArgumentParser) -> None:
     """Flags of the learned attacks and of ``worst``."""
     p.add_argument("--budget", type=positive_int, default=None,
                    help="training env steps of a learned attacker (default: the reference's, "
-                        "rs 61440 = 30 x 2048, sa-rl 999424 = 488 x 2048)")
+                        "rs 61440 = 30 x 2048, sa-rl and pa-ad 999424 = 488 x 2048)")
     p.add_argument("--attacker", default=None,
                    help="attacker checkpoint to load (or train into, if absent); default "
                         "runs/attackers/<agent id>-<kind>-<settings hash>.pt")
@@ -126,10 +130,11 @@ def check_args(args: argparse.Namespace, kind: str) -> list[str]:
     names = ([args.attack] if args.attack != "worst"
              else list(args.worst_of or WORST_DEFAULT[kind]))
     learned = [n for n in names if n in LEARNED]
-    if args.attacker is not None and (len({("rs" if n != "sa-rl" else n) for n in learned}) > 1
-                                      or ("sa-rl" in learned and len(args.eps) > 1)):
+    kinds = {"rs" if n == "rs+mad" else n for n in learned}
+    if args.attacker is not None and (len(kinds) > 1 or (kinds & {"sa-rl", "pa-ad"} and
+                                                         len(args.eps) > 1)):
         raise ValueError("--attacker names one attacker: give one learned attack kind (and "
-                         "one eps for sa-rl), or leave --attacker out")
+                         "one eps for sa-rl / pa-ad), or leave --attacker out")
     return names
 
 
@@ -187,7 +192,7 @@ class Context:
 
     def make_run(self, name: str, eps: tuple, extra: tuple = ()) -> AttackRun:
         a = self.args
-        steps = 1 if name in ("fgsm", "random", "sa-rl") else a.steps
+        steps = 1 if name in ("fgsm", "random", "sa-rl") else a.steps  # pa-ad: actor noise box
         return AttackRun("attack", a.episodes, eps, name, self.norm, a.seed, a.max_steps, True,
                          steps, a.step_size, self.objective(name), extra)
 
@@ -205,7 +210,7 @@ class Context:
 
     def run_attack(self, name: str, fresh: bool) -> list:
         """Run (or resume) attack ``name`` at every eps; its episode rows."""
-        if name == "sa-rl":
+        if name in ("sa-rl", "pa-ad"):
             rows = []
             for eps in self.args.eps:
                 rows += self.run_learned(name, (eps,), fresh)
@@ -222,10 +227,11 @@ class Context:
 
         a = self.args
         bar = TrainBar(name, self.progress)
-        if name == "sa-rl":
-            cfg = PPOLiteConfig(seed=a.attacker_seed, **({"budget": a.budget} if a.budget else {}))
+        if name in ("sa-rl", "pa-ad"):
+            cfg = PPOLiteConfig(seed=a.attacker_seed, **PPO_DEFAULTS[name],
+                                **({"budget": a.budget} if a.budget else {}))
             payload, net = obtain_sarl(self.agent, self.label, self.tm, eps[0], cfg, True,
-                                       a.attacker, bar.total(cfg.iterations))
+                                       a.attacker, bar.total(cfg.iterations), name, a.steps)
         else:
             cfg = SarsaConfig(seed=a.attacker_seed, sarsa_eps=a.rs_eps, sarsa_reg=a.rs_reg,
                               **({"budget": a.budget} if a.budget else {}))
