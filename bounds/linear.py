@@ -183,11 +183,15 @@ def _intermediate_crown(
     ball: LpBall,
     act_bounds: dict[int, Interval],
     rows: torch.Tensor | None = None,
+    alphas: dict[int, torch.Tensor] | None = None,
 ) -> Interval:
     """Bounds of the output of ``prefix`` by CROWN, chunked over neurons.
 
     With ``rows`` (flat neuron indices) only those neurons are bounded and
     (B, len(rows)) tensors are returned; otherwise the full output shape.
+    ``alphas``: ReLU layer index -> lower slopes (B, 1 or 2 n, *shape), shared by every
+    row or one per row of [I; -I] over this output's n neurons (alpha-CROWN on
+    intermediate layers; not used on the windowed convolution path).
     """
     out_shape = prefix[-1].out_shape
     n = math.prod(out_shape)
@@ -213,7 +217,12 @@ def _intermediate_crown(
         eye[torch.arange(sel.numel()), sel] = 1.0
         eye = eye.reshape(1, sel.numel(), *out_shape)
         A = torch.cat([eye, -eye], dim=1)
-        val = _concretize_rows(prefix, ball, A, act_bounds)
+        sub = None
+        if alphas:
+            both = torch.cat([sel, sel + n])
+            sub = {j: a if a.shape[1] == 1 else a[:, both]
+                   for j, a in alphas.items() if j < len(prefix)}
+        val = _concretize_rows(prefix, ball, A, act_bounds, sub or None)
         r = sel.numel()
         lows.append(val[:, :r])
         ups.append(-val[:, r:])
@@ -258,11 +267,14 @@ def _slopes_differ(bounds_: dict[int, Interval]) -> bool:
     return False
 
 
-def _crown_two_slopes(prefix, ball, bounds_, rows=None) -> Interval:
+def _crown_two_slopes(prefix, ball, bounds_, rows=None, alphas=None) -> Interval:
     """``_intermediate_crown`` with the ReLU lower slopes read on the reference bounds
     and on the intersected bounds; the elementwise tighter of the two (both sound).
     The slope heuristic is not monotone in the bounds, so either choice alone can
-    lose to the other (and to auto_LiRPA's) on some neurons."""
+    lose to the other (and to auto_LiRPA's) on some neurons. With ``alphas`` the lower
+    slopes are those alphas (one pass)."""
+    if alphas:
+        return _intermediate_crown(prefix, ball, bounds_, rows, alphas)
     a = _intermediate_crown(prefix, ball, bounds_, rows)
     if not _TWO_SLOPES or not _slopes_differ(bounds_):
         return a
@@ -270,7 +282,7 @@ def _crown_two_slopes(prefix, ball, bounds_, rows=None) -> Interval:
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
 
 
-def _refine_unstable(prefix, ball, bounds_, step: Interval) -> PreBounds:
+def _refine_unstable(prefix, ball, bounds_, step: Interval, alphas=None) -> PreBounds:
     """CROWN bounds for the neurons unstable under ``step`` in some batch element (a ReLU
     is exact on stable neurons whatever their bounds), intersected with ``step``. The
     un-intersected CROWN bounds are kept as the lower-slope reference (``PreBounds``)."""
@@ -280,9 +292,9 @@ def _refine_unstable(prefix, ball, bounds_, step: Interval) -> PreBounds:
     if idx.numel() == 0:
         return PreBounds(lo_i, up_i)
     if idx.numel() == unstable.numel():
-        raw = _crown_two_slopes(prefix, ball, bounds_)
+        raw = _crown_two_slopes(prefix, ball, bounds_, alphas=alphas)
         return PreBounds(*_intersect(raw, step), raw if _SLOPE_FROM_RAW else None)
-    lo_c, up_c = _crown_two_slopes(prefix, ball, bounds_, idx)
+    lo_c, up_c = _crown_two_slopes(prefix, ball, bounds_, idx, alphas)
     B = lo_i.shape[0]
     lo_f, up_f = lo_i.reshape(B, -1), up_i.reshape(B, -1)
     lo = lo_f.index_copy(1, idx, torch.maximum(lo_c, lo_f[:, idx]))
@@ -308,6 +320,15 @@ def activation_bounds(
     this interval leaves unstable (ReLU), or on all of them (Tanh).
     """
     folded, rest = fold_input(layers, ball)
+    return folded, rest, bound_activations(rest, folded, intermediate)
+
+
+def bound_activations(rest: list[Layer], folded: LpBall, intermediate: str,
+                      alphas: dict[int, torch.Tensor] | None = None) -> dict[int, Interval]:
+    """``activation_bounds`` on already folded layers. ``alphas[k]`` (for the CROWN pass
+    bounding the input of activation layer k: ReLU layer index j < k -> lower slopes in
+    [0, 1], see ``_intermediate_crown``) replace the default slopes (every alpha gives
+    sound bounds)."""
     bounds_: dict[int, Interval] = {}
     prev: Interval | None = None
     for k, layer in enumerate(rest):
@@ -315,13 +336,15 @@ def activation_bounds(
             if k == 0:
                 prev = folded.box()
             elif intermediate != "ibp" and not _is_exact_by_ibp(rest[:k]):
+                a_k = alphas.get(k) if alphas else None
                 if layer.rule.exact_when_stable:
-                    prev = _refine_unstable(rest[:k], folded, bounds_, prev)
+                    prev = _refine_unstable(rest[:k], folded, bounds_, prev, a_k)
                 else:
-                    prev = _intersect(_intermediate_crown(rest[:k], folded, bounds_), prev)
+                    prev = _intersect(_intermediate_crown(rest[:k], folded, bounds_, None,
+                                                          a_k), prev)
             bounds_[k] = prev
         prev = _step(layer, prev, folded)
-    return folded, rest, bounds_
+    return bounds_
 
 
 def _spec_rows(C: torch.Tensor | None, out_shape, ref: torch.Tensor) -> torch.Tensor:
@@ -389,6 +412,57 @@ def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, 
     return best
 
 
+def _all_layers_pay(rest: list[Layer]) -> bool:
+    """Intermediate slopes are optimized on fully connected nets with a ReLU whose input
+    bounds come from CROWN (a ReLU after the first one); convolution stacks keep CROWN's
+    intermediate bounds (their windowed intermediate pass takes no slopes)."""
+    relus = [k for k, layer in enumerate(rest) if layer.kind == "relu"]
+    return len(relus) > 1 and all(layer.kind != "conv" for layer in rest)
+
+
+def _rows(best: torch.Tensor, m: int, upper: bool):
+    return best[:, :m], (-best[:, m:] if upper else None)
+
+
+def _optimize_all_alphas(rest, fb, A, act, alphas, best, iterations, lr, patience=5):
+    """alpha-CROWN on every layer: Adam on the final rows' slopes ``alphas`` (per row)
+    and, for each intermediate layer bounded by CROWN, on the slopes of the ReLUs before
+    it (one per bounded neuron and side: rows of [I; -I]), the intermediate bounds
+    recomputed from them at each step. Every iterate's bounds are sound, so the
+    elementwise best over all iterates (from CROWN's ``best``) is returned; stops early
+    after ``patience`` steps without a gain above 1e-6 relative."""
+    relus = [k for k, layer in enumerate(rest) if layer.kind == "relu" and k in act]
+    inner = {}
+    for k in relus[1:]:  # the bounds of ReLU k's input, from the ReLUs j before it
+        n = math.prod(act[k][0].shape[1:])
+        inner[k] = {j: relu_relaxation(*act[j])[2].unsqueeze(1)
+                    .expand(-1, 2 * n, *act[j][0].shape[1:]).clone() for j in relus if j < k}
+
+    params = [a.requires_grad_(True) for a in (*alphas.values(),
+                                               *(a for d in inner.values() for a in d.values()))]
+    opt = torch.optim.Adam(params, lr=lr)
+    stale = 0
+    with torch.enable_grad():
+        for it in range(iterations + 1):
+            val = _concretize_rows(rest, fb, A, bound_activations(rest, fb, "crown", inner),
+                                   alphas)
+            gain = float((val.detach() - best).clamp_min(0).sum())
+            best = torch.maximum(best, val.detach())
+            stale = 0 if gain > 1e-6 * (1.0 + float(best.abs().sum())) else stale + 1
+            if it == iterations or stale >= patience:
+                break
+            opt.zero_grad()
+            # autograd.grad (not backward) so the network's .grad stays untouched
+            grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
+            for a, g in zip(params, grads):
+                a.grad = torch.zeros_like(a) if g is None else g
+            opt.step()
+            with torch.no_grad():
+                for a in params:
+                    a.clamp_(0, 1)
+    return best
+
+
 def alpha_crown(
     layers: list[Layer],
     ball: LpBall,
@@ -397,12 +471,15 @@ def alpha_crown(
     lr: float = 0.25,
     upper: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """alpha-CROWN: optimize ReLU lower slopes of the final backward pass.
+    """alpha-CROWN: optimize ReLU lower slopes.
 
-    Pre-activation bounds come from CROWN. The slopes alpha in [0, 1] (one per
-    output row and neuron) are optimized by Adam on sum(lb) - sum(ub); the
-    elementwise best bound over all iterations, including CROWN's start, is
-    returned, hence never looser than CROWN. Every alpha gives a sound bound.
+    The slopes alpha in [0, 1] of the final backward pass (one per output row and
+    neuron) are optimized by Adam on sum(lb) - sum(ub). Without autograd (certification)
+    on fully connected nets, the slopes of the intermediate layers are optimized too
+    (one per neuron, shared by the rows; ``_optimize_all_alphas``); otherwise (training,
+    convolution stacks) the pre-activation bounds are CROWN's. The elementwise best bound
+    over all iterations, including CROWN's start, is returned, hence never looser than
+    CROWN. Every alpha gives a sound bound.
     """
     folded, rest, act = activation_bounds(layers, ball, "crown")
     B = ball.batch_size
@@ -423,6 +500,9 @@ def alpha_crown(
     with torch.no_grad():
         best = _concretize_rows(rest, fb, A, act_d)
     best_alphas = {k: a.clone() for k, a in alphas.items()}
+    if alphas and iterations > 0 and not torch.is_grad_enabled() and _all_layers_pay(rest):
+        return _rows(_optimize_all_alphas(rest, fb, A, act_d, alphas, best, iterations, lr),
+                     m, upper)
     if alphas and iterations > 0:
         best = _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, lr)
     if torch.is_grad_enabled():
