@@ -186,6 +186,11 @@ class BoundNetwork:
         return MarginProblem(center, C, own, rounding_allowance(center_out))
 
     # ------------------------------------------------------------------ cached checks
+    @property
+    def resolved_backend(self) -> str:
+        """The backend that bounds this network: "native" or "lirpa" ("auto" resolved)."""
+        return self._resolve()[0]
+
     def _resolve(self) -> tuple[str, list[str], list[nn.Module] | None]:
         """The backend to use ("native" or "lirpa") and, for "auto" falling back to
         auto_LiRPA, the layers the native engine lacks (cached per module list)."""

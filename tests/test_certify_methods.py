@@ -169,3 +169,17 @@ def test_certified_radius_matches_direct_bounds_calls():
         ball = bounds.LpBall(x[b:b + 1], float(r[b]) * 1.03, norm=2.0)
         ml = bounds.margin_lower(net, ball, labels[b:b + 1], method="crown", backend="native")
         assert not (ml > 0).all()
+
+
+def test_rows_record_the_backend_that_ran():
+    """backend "auto" resolves per network; the certificate says which engine bounded it."""
+    from certrl.certify import certify_states
+
+    x = torch.randn(3, 4)
+    native = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    leaky = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(), nn.Linear(8, 3)).eval()
+    for net, want in ((native, "native"), (leaky, "lirpa")):
+        for method in ("crown", "ibp-ref"):
+            res = certify_states(net, x, 0.01, method, options=CertifyOptions(radius=False))[0]
+            assert res.extra["bound_backend"] == want
+            assert res.state_row(0)["bound_backend"] == want

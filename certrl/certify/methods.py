@@ -288,7 +288,7 @@ class BoundPropagation(CertMethod):
         with torch.no_grad():
             ml = bound.margin_lower(ball, labels, method=self.name,
                                     alpha_iterations=options.alpha_iterations)
-        return ml.detach().double(), {}
+        return ml.detach().double(), {"bound_backend": bound.resolved_backend}
 
     def output_bounds(self, net, ball, out64, options):
         bound = net if isinstance(net, bounds.BoundNetwork) else bounds.bind(net, options.backend)
@@ -322,7 +322,7 @@ class IBPReference(BoundPropagation):
         own = problem.own.to(lb.device)
         lb_label = lb.masked_select(own).reshape(-1, 1)
         ml = lb_label - ub - problem.allowance.to(lb)
-        return ml.masked_fill(own, math.inf), {}
+        return ml.masked_fill(own, math.inf), {"bound_backend": bound.resolved_backend}
 
     def output_bounds(self, net, ball, out64, options):
         return METHODS["ibp"].output_bounds(net, ball, out64, options)
