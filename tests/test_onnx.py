@@ -224,3 +224,24 @@ def test_cli_export_onnx(frozen_cartpole, tmp_path, keep_threads):
     bad = tmp_path / "sortnet.onnx"
     assert main(["export", "onnx", "cartpole-dqn-sortnet", "--out", str(bad)]) == 2
     assert not bad.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_nature_cnn_dueling_export_maps_back_onto_a_cnn_spec(tmp_path):
+    """A Nature dueling Q-network (its bounded form: CNN, stacked streams, folded head)
+    exported and read back fits the cnn spec with fc = 2 x 512 and computes the same Q."""
+    from certrl.onnx_agent import copy_weights, network_spec
+
+    torch.manual_seed(0)
+    q = build_network({"type": "q", "n_out": 6, "dueling": True, "stream_hidden": 512,
+                       "body": {"kind": "cnn", "in_shape": [4, 84, 84], "fc": 0}})
+    path = tmp_path / "cnn.onnx"
+    torch.onnx.export(q.bounded_form(), (torch.zeros(1, 4, 84, 84),), str(path), dynamo=False,
+                      input_names=["X"], output_names=["Y"], opset_version=13)
+    layers = list(from_onnx(path))
+    spec = network_spec(layers, (4, 84, 84), {"kind": "discrete", "n": 6}, "q", None, 0.0)
+    assert spec["body"] == {"kind": "cnn", "in_shape": [4, 84, 84], "fc": 1024}
+    back = build_network(spec)
+    copy_weights(layers, back)
+    x = torch.rand(3, 4, 84, 84)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), q(x), atol=1e-5, rtol=1e-5)
