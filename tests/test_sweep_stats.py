@@ -107,3 +107,21 @@ def test_fine_tunes_start_from_their_own_seeds_vanilla_base():
         else:
             assert "--init-from" not in argv and "--eval-every" in argv
         assert ("--train-eps" in argv) == (m not in ("vanilla", "vanilla-ft"))
+
+
+def test_robust_ppo_tables_render_through_certrl_report(tmp_path, monkeypatch):
+    import robust_ppo
+
+    monkeypatch.setattr(robust_ppo, "RESULTS", tmp_path)
+    runs = [{"env": "InvertedPendulum-v5", "method": m, "seed": s, "natural": 1000.0,
+             "mad": mad + 10 * s, "random": 1000.0, "train_wall_s": 20.0 + s,
+             "train_steps": 50000} for m, mad in (("vanilla", 170.0), ("sa", 990.0))
+            for s in range(3)]
+    robust_ppo.render_rows(runs)
+    md = (tmp_path / "robust_ppo.md").read_text()
+    assert "| SA-PPO (IBP), 3 seeds | **1000.0 [1000.0, 1000.0]** | **1000.0 [990.0, 1010.0]**" \
+        in md
+    tex = (tmp_path / "robust_ppo.tex").read_text()
+    assert r"\label{tab:robust-ppo}" in tex and r"\textbf{1000.0}\,{\scriptsize[990,1010]}" in tex
+    lines = (tmp_path / "robust_ppo.csv").read_text().splitlines()
+    assert lines[0].startswith("env_id,") and len(lines) == 1 + 2 * 4
