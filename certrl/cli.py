@@ -13,6 +13,7 @@ from pathlib import Path
 from certrl.commands import (
     agents,
     attack,
+    audit,
     certify,
     demo,
     evaluate,
@@ -25,7 +26,7 @@ from certrl.io import CERTRL_VERSION, CheckpointError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
             "certify": certify, "table": table, "demo": demo, "plot": plot,
-            "import": import_policy}
+            "import": import_policy, "audit": audit}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
