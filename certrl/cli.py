@@ -17,6 +17,7 @@ from certrl.commands import (
     certify,
     demo,
     evaluate,
+    export,
     import_policy,
     plot,
     table,
@@ -26,6 +27,7 @@ from certrl.io import CERTRL_VERSION, CheckpointError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
             "certify": certify, "table": table, "demo": demo, "plot": plot,
+            "export": export,
             "import": import_policy, "audit": audit}
 
 
