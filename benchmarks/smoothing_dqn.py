@@ -318,31 +318,45 @@ def header() -> list[str]:
 def ship(out: Path) -> None:
     """Copy the selected noise agent to certrl/agents/cartpole-dqn-noise.{pt,json}.
 
-    Rule (fixed before reading the table): the noise method (sigma, fine-tune or scratch)
-    with the largest IQM Cohen mean radius among those whose IQM smoothed natural return is
-    >= 90% of the vanilla bases' smoothed return at that sigma; of its seeds the median by
-    smoothed natural return (ties: the higher seed first; lower middle for an even
-    count)."""
+    Rule: the noise method (sigma, fine-tune or scratch) with the largest IQM Cohen mean
+    radius among those meeting the issue's done-when (IQM smoothed natural return >= 90% of
+    the vanilla bases' at that sigma, IQM Cohen mean radius >= 2x theirs), counting only
+    runs whose kept checkpoint is a trained one (not the init weights of a fine-tune); of
+    its seeds the median by smoothed natural return (ties: the higher seed first; lower
+    middle for an even count). The done-when and init-weights conditions were added after
+    the first table was read (without them the rule picked a fine-tune whose kept
+    checkpoint is the vanilla base itself)."""
     rows = [json.loads(p.read_text()) for p in sorted((out / ENV).glob("*/seed*/result.json"))]
     best = None
     for m in (m for m in METHODS if m.startswith("noise")):
         s = f"{method_sigma(m):g}"
-        nr = [r for r in rows if r["method"] == m]
+        nr = [r for r in rows if r["method"] == m and trained(r)]
         vr = [r for r in rows if r["method"] == "vanilla"]
         if not nr or not vr:
             continue
-        keep = iqm([value(r, "smoothed_natural", s) for r in nr]) >= \
-            0.9 * iqm([value(r, "smoothed_natural", s) for r in vr])
         score = iqm([value(r, "cohen_radius", s) for r in nr])
+        keep = iqm([value(r, "smoothed_natural", s) for r in nr]) >= \
+            0.9 * iqm([value(r, "smoothed_natural", s) for r in vr]) and \
+            score >= 2 * iqm([value(r, "cohen_radius", s) for r in vr])
         if keep and (best is None or score > best[0]):
             best = (score, s, nr)
     if best is None:
-        print("no noise agent keeps 90% of vanilla's smoothed return: nothing shipped")
+        print("no trained noise agent meets the done-when (90% return, 2x radius): nothing shipped")
         return
     _, s, nr = best
     ranked = sorted(nr, key=lambda r: (value(r, "smoothed_natural", s), r["seed"]))
     pick = ranked[(len(ranked) - 1) // 2]
     write_sidecar(pick, s, nr)
+
+
+def trained(r: dict) -> bool:
+    """False for a fine-tune whose kept checkpoint is from before its first update (at or
+    below FINETUNE learning_starts: the init weights, not a noise-trained network)."""
+    from certrl.algos.dqn import FINETUNE_DEFAULTS
+
+    sel = r.get("selection") or {}
+    start = FINETUNE_DEFAULTS["classic"]["learning_starts"]
+    return not (r["method"].startswith("noise-0") and sel.get("best_step", start + 1) <= start)
 
 
 def write_sidecar(pick: dict, s: str, runs: list[dict]) -> None:
