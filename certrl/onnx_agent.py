@@ -37,6 +37,16 @@ OPSET = 13
 
 
 # ------------------------------------------------------------------ export
+def refuse_clipped(agent: Agent) -> None:
+    """ValueError when the agent clips its normalized observations (SB3 VecNormalize
+    ``clip_obs``): an affine raw-input network would drop the clip."""
+    clip = getattr(agent.obs_rms, "clip", None)
+    if clip is not None:
+        raise ValueError(f"this agent clips its normalized observations to +-{clip} "
+                         "(VecNormalize clip_obs), which a raw-observation ONNX network "
+                         "cannot express without dropping it; export with --input network")
+
+
 def input_layers(agent: Agent) -> list[nn.Module]:
     """The agent's preprocessing as layers: raw observation -> network input (affine).
 
@@ -49,6 +59,7 @@ def input_layers(agent: Agent) -> list[nn.Module]:
         return [Normalize(0.0, float(pre.get("scale", 255.0)))]
     if kind == "normalize":
         rms = agent.obs_rms
+        refuse_clipped(agent)
         return [Normalize(torch.as_tensor(rms.mean, dtype=torch.float32),
                           torch.as_tensor(rms.std, dtype=torch.float32))]
     raise ValueError(f"preprocessing {kind!r} cannot be folded into an ONNX network; "

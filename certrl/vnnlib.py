@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from certrl.onnx_agent import refuse_clipped
+
 
 def number(v: float) -> str:
     """A float in positional notation that parses back to the same float64."""
@@ -170,6 +172,7 @@ def input_box(agent, x, eps, input: str = "raw") -> tuple[np.ndarray, np.ndarray
     if agent.preprocessing["kind"] == "pixels":
         m, s = 0.0, float(agent.preprocessing.get("scale", 255.0))
     elif agent.preprocessing["kind"] == "normalize":
+        refuse_clipped(agent)
         m, s = agent.obs_rms.mean, agent.obs_rms.std
     else:
         raise ValueError(f"preprocessing {agent.preprocessing['kind']!r} cannot be inverted; "

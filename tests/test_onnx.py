@@ -245,3 +245,19 @@ def test_nature_cnn_dueling_export_maps_back_onto_a_cnn_spec(tmp_path):
     x = torch.rand(3, 4, 84, 84)
     with torch.no_grad():
         torch.testing.assert_close(back(x), q(x), atol=1e-5, rtol=1e-5)
+
+
+def test_clipped_normalization_is_refused_not_dropped(tmp_path):
+    """VecNormalize clip_obs: a raw-input ONNX / VNN-LIB box cannot express the clip."""
+    from certrl.onnx_agent import export_onnx
+    from certrl.vnnlib import input_box
+
+    agent = normalize_agent()
+    agent.obs_rms.clip = 1.5
+    with pytest.raises(ValueError, match="clip"):
+        export_onnx(agent, tmp_path / "a.onnx")
+    assert not (tmp_path / "a.onnx").exists()
+    with pytest.raises(ValueError, match="clip"):
+        input_box(agent, torch.zeros(1, 4), 0.01)
+    export_onnx(agent, tmp_path / "b.onnx", input="network")  # the network input is fine
+    assert (tmp_path / "b.onnx").exists()
