@@ -1,8 +1,9 @@
 """certrl attack: returns under an observation attack at one or several eps (resumable).
 
 Gradient attacks (pgd, pgd-ref, fgsm, mad, random), value attacks (critic) and learned
-attacks (rs, rs+mad: Robust Sarsa; sa-rl: the SA-RL optimal adversary), or ``worst``:
-several of them and, per episode seed, the lowest return.
+attacks (rs, rs+mad: Robust Sarsa; sa-rl: the SA-RL optimal adversary; pa-ad: PA-AD), or
+``worst``: several of them and, per episode seed, the lowest return. Learned attackers are
+trained on first use (``certrl.adversaries.learned``) and their rows name them.
 """
 
 from __future__ import annotations
