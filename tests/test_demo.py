@@ -30,6 +30,9 @@ def test_demo_quick(tmp_path, capsys):
     assert f"figure: {out / 'certified-fraction.png'}" in text
     rows = read_rows(out / "certify.jsonl")
     assert {r["method"] for r in rows} == {"ibp", "crown", "smoothing"}
+    results = [str(p) for p in sorted(out.glob("*.jsonl"))]
+    for kind in ("certified-fraction", "acr", "iqm"):  # quick attacks are cut at 60 steps
+        assert main(["plot", *results, "--kind", kind, "--out", str(out / f"{kind}.pdf")]) == 0
     # re-running resumes: nothing recomputed, same certify rows
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert len(read_rows(out / "certify.jsonl")) == len(rows)

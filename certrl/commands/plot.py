@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from certrl.commands.common import eps_arg
+from certrl.commands.common import eps_arg, positive_int
 from certrl.commands.table import check_table_out
 from certrl.report import load_rows, parse_group
 from certrl.report.figures import KINDS, figure_format, save_figure
@@ -18,7 +18,7 @@ Kinds:
                       state rows) is >= eps, vs eps (curve), and the fraction
                       certified at each eps certify was run with (markers)
   acr                 ACR (certified steps / steps) vs eps, per method
-  attack              episode return under each attack vs eps; natural return dotted
+  attack              episode return under each attack vs eps; natural return as a black level
   iqm                 per table column at one eps (--eps, default the largest): seed
                       groups as IQM of per-seed means with 95% bootstrap CI over seeds,
                       single agents as their mean over episodes (no CI)
@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--eps-max", type=eps_arg, default=None,
                    help="certified-fraction: right end of the eps axis (default: the "
                         "largest eps certified)")
+    p.add_argument("--dpi", type=positive_int, default=150,
+                   help="PNG resolution (default 150; a PDF is vector)")
     p.add_argument("--group", action="append", default=[], metavar="LABEL=MEMBER,...",
                    type=_group_arg, help="declare a seed group, as in certrl table")
     p.add_argument("--by-agent", action="store_true",
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     figure_format(args.out)
     out = check_table_out(args.out, args.force)
     rows = load_rows(args.results)
-    path = save_figure(rows, args.kind, out, groups=args.group, by_agent=args.by_agent,
-                       eps=args.eps, eps_max=args.eps_max)
+    path = save_figure(rows, args.kind, out, dpi=args.dpi, groups=args.group,
+                       by_agent=args.by_agent, eps=args.eps, eps_max=args.eps_max)
     print(f"figure: {path}")
     return 0

@@ -9,7 +9,7 @@ Kinds (``KINDS``):
   at each recorded eps (the grid the command was run with);
 * ``acr``: ACR (certified steps / steps, the tables' ACR columns) vs eps;
 * ``attack``: return under each attack vs eps (the tables' attack columns), the natural
-  return as a dotted line;
+  return as a thin black level;
 * ``iqm``: one panel per table column at one eps (rliable style): a seed group shows the
   IQM of its per-seed means with the 95% percentile-bootstrap CI over seeds, an agent
   its mean over episodes (no CI).
@@ -61,6 +61,7 @@ FIG_FORMATS = ("png", "pdf")
 # Okabe & Ito (2008) colour-blind-safe palette (black last: used for natural returns)
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
              "#000000")
+ROW_COLOURS = tuple(c for c in OKABE_ITO if c != "#F0E442")  # yellow is faint as a point
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 NORM_TEXT = {"inf": "ℓ∞", "2": "ℓ₂", "1": "ℓ₁"}  # plain text: searchable in the PDF
@@ -83,7 +84,7 @@ class Series:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     marks: tuple[np.ndarray, np.ndarray] | None = None  # points drawn without a line
-    dotted: bool = False  # a reference level (natural return)
+    dotted: bool = False  # a reference level (natural return), drawn as a thin black line
 
 
 @dataclass
@@ -238,6 +239,7 @@ def certified_fraction_panels(rows: list, groups=(), by_agent: bool = False,
             s = fraction_series(spec, by_series[k], grid, label, k[1])
             if s is not None:
                 panel.series.append(s)
+        panel.series.sort(key=lambda s: (s.row, method_rank(s.method)))  # as the tables
         panels.append(panel)
     return panels
 
@@ -408,7 +410,7 @@ def styles(panels: list[Panel]) -> tuple[dict, dict]:
                      key=method_rank)
     colours = {m: OKABE_ITO[i % (len(OKABE_ITO) - 1)] for i, m in enumerate(methods)}
     colours["~natural"] = OKABE_ITO[-1]
-    rows = list(dict.fromkeys(s.row for p in panels for s in p.series))
+    rows = sorted({s.row for p in panels for s in p.series})  # same style in every figure
     lines = {r: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
              for i, r in enumerate(rows)}
     return colours, lines
@@ -437,8 +439,9 @@ def draw_curves(panels: list[Panel]):
 
 def draw_series(ax, s: Series, colour: str, linestyle: str, marker: str) -> None:
     """One series: its line, its CI band (seed groups), its marks, or a dotted level."""
-    if s.dotted:
-        ax.axhline(s.y[0], color=colour, linestyle=":", linewidth=1.2, label=s.label)
+    if s.dotted:  # a level in black, in the row's line style
+        ax.axhline(s.y[0], color=colour, linestyle=linestyle, linewidth=0.9, alpha=0.8,
+                   label=s.label)
         return
     dense = len(s.x) > 50
     ax.plot(s.x, s.y, color=colour, linestyle=linestyle, marker=None if dense else marker,
@@ -463,7 +466,7 @@ def draw_intervals(panels: list[Panel]):
     for k, p in enumerate(panels):
         ax = fig.add_subplot(nline, ncol, k + 1)
         for s in p.series:
-            c = OKABE_ITO[int(s.y[0]) % len(OKABE_ITO)]
+            c = ROW_COLOURS[int(s.y[0]) % len(ROW_COLOURS)]
             if s.lo is not None:
                 ax.errorbar(s.x, s.y, xerr=[s.x - s.lo, s.hi - s.x], fmt="o", color=c,
                             capsize=3, markersize=5)
@@ -523,9 +526,9 @@ def make_figure(rows: list, kind: str, groups: list[GroupSpec] = (), by_agent: b
         return draw_intervals(panels) if kind == "iqm" else draw_curves(panels)
 
 
-def figure_bytes(fig, fmt: str) -> bytes:
-    """The figure encoded as ``fmt`` (png / pdf) with no date or software metadata, so
-    the same rows give the same bytes."""
+def figure_bytes(fig, fmt: str, dpi: int = 150) -> bytes:
+    """The figure encoded as ``fmt`` (png / pdf; ``dpi`` sets the PNG resolution) with no
+    date or software metadata, so the same rows give the same bytes."""
     import matplotlib
 
     if fmt not in FIG_FORMATS:
@@ -534,7 +537,7 @@ def figure_bytes(fig, fmt: str) -> bytes:
         else {"Software": None}
     buf = io.BytesIO()
     with matplotlib.rc_context(RC):
-        fig.savefig(buf, format=fmt, metadata=meta, dpi=150, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, metadata=meta, dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -557,9 +560,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def save_figure(rows: list, kind: str, out: str | os.PathLike, **options) -> Path:
+def save_figure(rows: list, kind: str, out: str | os.PathLike, dpi: int = 150,
+                **options) -> Path:
     """Render ``kind`` from ``rows`` (``make_figure`` options) and write it to ``out``
     (format from its extension) atomically; nothing is written on any error."""
     fmt = figure_format(out)
-    data = figure_bytes(make_figure(rows, kind, **options), fmt)
+    data = figure_bytes(make_figure(rows, kind, **options), fmt, dpi)
     return write_bytes_atomic(out, data)
