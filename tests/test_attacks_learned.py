@@ -316,3 +316,27 @@ def test_rs_beats_pgd_on_cartpole(frozen_cartpole, tmp_path):
     """8192-step Sarsa model, 10 full episodes (measured: RS 42.1, PGD 456.4)."""
     rs, pgd = _rs_vs_pgd(frozen_cartpole, 8192, 10, None, tmp_path)
     assert np.mean(rs) <= np.mean(pgd), (rs, pgd)
+
+
+def test_learned_attacks_run_on_a_continuous_victim(tmp_path):
+    """Continuous PPO victim (Pendulum): Sarsa on [x, action], RS / RS+MAD / critic and a
+    short PA-AD director run end to end inside the ball."""
+    agent = ppo_victim(False)
+    _, q = obtain_rs(agent, "pend", SarsaConfig(budget=512, steps_per_iter=256, epochs=2,
+                                                minibatches=4), tmp_path / "rs.pt")
+    tm = agent.threat_model.with_eps(0.1)
+    _, director = obtain_sarl(agent, "pend", tm, 0.1, PPOLiteConfig(
+        budget=256, steps_per_iter=256, epochs=1, minibatches=2), path=tmp_path / "pa.pt",
+        kind="pa-ad")
+    seen = []
+    for name, net in (("critic", None), ("rs", q), ("rs+mad", q), ("pa-ad", director)):
+        atk = value_attack(name, agent, tm, 0.1, 5, None, 0, net)
+
+        def check(x, atk=atk):
+            x_adv = atk(x)
+            seen.append(in_set(x_adv, x, tm, 0.1))
+            return x_adv
+
+        res = evaluate(agent, 1, 0, check, max_steps=10)
+        assert res.lengths == [10]
+    assert seen and all(seen)
