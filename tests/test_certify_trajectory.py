@@ -47,12 +47,28 @@ def test_policy_smoothing_bound_hand_computed():
 def test_sdqn_median_bound_hand_computed():
     R = np.arange(1.0, 101.0)  # returns 1..100
     alpha, sigma, eps, H = 0.1, 1.0, 0.01, 100
-    q = 0.5 - math.sqrt(math.log(1 / alpha) / 200)
-    p = _norm.cdf(_norm.ppf(q) - eps * math.sqrt(H) / sigma)
+    p = _norm.cdf(-eps * math.sqrt(H) / sigma) - math.sqrt(math.log(1 / alpha) / 200)
     res = sdqn_median_bound(R, eps, H, sigma, alpha)
     assert res["quantile"] == pytest.approx(p)
     assert res["median_return_bound"] == float(math.ceil(p * 100))
     assert sdqn_median_bound(R, 100.0, H, sigma, alpha)["median_return_bound"] == -math.inf
+    # the shifted level below the DKW margin certifies nothing (not the smallest return)
+    tiny = sdqn_median_bound(R, 0.2, H, sigma, alpha)
+    assert tiny["quantile"] < 0 and tiny["median_return_bound"] == -math.inf
+    # never above the median of the clean returns
+    assert sdqn_median_bound(R, 0.0, H, sigma, alpha)["median_return_bound"] <= 50.5
+
+
+def test_sdqn_median_bound_holds_on_a_simulated_attack():
+    """Sanity by simulation: returns R = 1[x + sigma z > t] style, the attacker shifts the
+    noise mean by the whole budget; the bound never exceeds the attacked median."""
+    rng = np.random.default_rng(0)
+    sigma, H, alpha = 1.0, 1, 0.01
+    for eps in (0.0, 0.1, 0.3, 0.6):
+        clean = rng.normal(0.0, sigma, 4000)  # return = the noisy observation itself
+        bound = sdqn_median_bound(clean, eps, H, sigma, alpha)["median_return_bound"]
+        attacked = rng.normal(-eps, sigma, 200_000)  # worst shift of the mean
+        assert bound <= np.median(attacked) + 1e-9, (eps, bound, np.median(attacked))
     assert dkw_margin(200, 0.1) == pytest.approx(math.sqrt(math.log(10) / 400))
 
 
@@ -228,3 +244,13 @@ def test_episode_l2_budget_with_scale_holds_every_sampled_attack(norm):
         episode_l2_budget(eps, 3, H, norm))
     with pytest.raises(ValueError, match="scale"):
         episode_l2_budget(eps, 4, H, norm, scale)
+
+
+def test_sdqn_median_bound_is_not_the_smallest_return_under_a_large_budget():
+    """Clean returns 500 w.p. 0.98 and 0 w.p. 0.02: 20 samples often show only 500s. A
+    budget of s = 2.5 noise units lets an attacker move P(R = 0) up to
+    Phi(PhiInv(0.02) + 2.5) = 0.67 > 1/2, so the attacked median can be 0 and no bound
+    above 0 is valid (the DKW term exceeds Phi(-2.5)); the old formula said 500."""
+    res = sdqn_median_bound(np.full(20, 500.0), 2.5, 1, 1.0, 0.1)
+    assert _norm.cdf(_norm.ppf(0.02) + 2.5) > 0.5
+    assert res["median_return_bound"] == -math.inf

@@ -181,22 +181,24 @@ def policy_smoothing_bound(returns, budget: float, sigma: float, alpha: float,
 
 def sdqn_median_bound(returns, eps_l2: float, horizon: int, sigma: float,
                       alpha: float) -> dict:
-    """S-DQN lower bound of the median attacked return (probabilistic).
+    """Lower bound of the median attacked return (probabilistic; S-DQN / CROP style).
 
-    p = Phi(PhiInv(1/2 - sqrt(ln(1/alpha) / (2N))) - eps_l2 sqrt(H) / sigma); the bound
-    is the empirical p-quantile of the N clean smoothed returns (the
-    ceil(pN)-th smallest); -inf when p <= 0 or the DKW term leaves nothing.
+    With s = eps_l2 sqrt(H) / sigma the attacker's total l2 budget in noise units, the
+    Gaussian-shift lemma (Kumar et al.) gives F_adv(v) <= Phi(PhiInv(F(v)) + s) for the
+    CDF F of the clean smoothed return, and the one-sided DKW inequality
+    F <= F_N + delta, delta = sqrt(ln(1/alpha) / (2N)), with probability 1 - alpha. So
+    P_adv(R < v) <= 1/2 whenever F_N(v-) <= p = Phi(-s) - delta, and the bound is the
+    k-th smallest return with k = ceil(pN) (F_N(R_(k)-) <= (k-1)/N < p); -inf when
+    p <= 0. (S-DQN applies the DKW term inside Phi, p = Phi(PhiInv(1/2 - delta) - s),
+    which is larger than Phi(-s) - delta for s > 0 and not a valid bound: certrl's
+    deviation, docs/smoothing.md.)
     """
     R = np.sort(np.asarray(returns, dtype=np.float64))
     N = R.size
     if N == 0:
         raise ValueError("need at least one smoothed return")
-    q = 0.5 - dkw_margin(N, alpha)
-    if q <= 0:
-        p = 0.0
-    else:
-        p = float(_norm.cdf(_norm.ppf(q) - eps_l2 * math.sqrt(horizon) / sigma))
-    k = math.ceil(p * N)
+    p = float(_norm.cdf(-eps_l2 * math.sqrt(horizon) / sigma)) - dkw_margin(N, alpha)
+    k = math.ceil(p * N) if p > 0 else 0
     value = float(R[k - 1]) if k >= 1 else -math.inf
     return {"median_return_bound": value, "quantile": p, "n": int(N), "alpha": float(alpha),
             "sigma": float(sigma), "eps_l2": float(eps_l2), "horizon": int(horizon),
