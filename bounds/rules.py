@@ -87,7 +87,10 @@ def tanh_relaxation(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...
     chord = (tu - tl) / torch.where(wide, width, torch.ones_like(width))
     deriv = 1 - torch.tanh((l + u) / 2) ** 2
     s = torch.where(wide, chord, deriv).clamp(1e-20, 1.0)
-    xs = torch.acosh((1 / s.sqrt()).clamp_min(1.0))
+    # the stationary points +-xs of g(x) = tanh(x) - s x; detached: g'(xs) = 0, so the
+    # bounds' gradient does not depend on them, and acosh' is infinite at s = 1 (narrow
+    # boxes near 0), which made CROWN's gradient NaN
+    xs = torch.acosh((1 / s.sqrt()).clamp_min(1.0)).detach()
     g_l = tl - s * l
     g_u = tu - s * u
     lo_b = torch.minimum(g_l, g_u)
