@@ -206,3 +206,29 @@ def test_denoiser_loss_and_a_short_training_run(frozen_cartpole):
     assert all(torch.equal(before[k], after[k]) for k in before)  # Q stays frozen
     with pytest.raises(ValueError, match="hidden layer"):
         Denoiser(4, ())
+
+
+def test_certify_smoothing_defaults_to_the_agents_training_sigma(tmp_path, capsys):
+    """certrl certify --method smoothing: sigma is the noise-trained agent's own unless
+    given; another sigma gives a warning."""
+    import json
+
+    import certrl
+    from certrl.cli import main
+
+    agent = certrl.load("cartpole-dqn-vanilla")
+    agent.metadata["smoothing_sigma"] = 0.3
+    agent.save(tmp_path / "noisy.pt")
+    base = ["certify", str(tmp_path / "noisy.pt"), "--method", "smoothing", "--eps", "0.01",
+            "--episodes", "1", "--max-steps", "2", "--n0", "10", "--n", "20",
+            "--no-progress"]
+
+    def sigmas(path):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return {r["settings"]["smoothing"]["sigma"] for r in rows if r.get("settings")}
+
+    assert main([*base, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert sigmas(tmp_path / "a.jsonl") == {0.3}
+    with pytest.warns(UserWarning, match="noise-trained at sigma 0.3"):
+        assert main([*base, "--sigma", "0.1", "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert sigmas(tmp_path / "b.jsonl") == {0.1}

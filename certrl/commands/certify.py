@@ -22,6 +22,7 @@ from certrl.certify import (
 from certrl.commands.common import add_force, default_out, eps_arg, positive_int, set_threads
 from certrl.evaluate import DEFAULT_EPISODES, EPS_SCALE_HELP, apply_eps_scale, eps_scale_arg
 from certrl.records import check_out
+from certrl.smoothed import resolve_sigma
 
 
 def methods_by_kind() -> str:
@@ -66,7 +67,9 @@ def add_parser(sub) -> None:
                    help="bisection stops when (hi - lo) <= rtol * hi")
     p.add_argument("--radius-iters", type=positive_int, default=12,
                    help="max bisection steps after bracketing")
-    p.add_argument("--sigma", type=float, default=0.1, help="smoothing noise std")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="smoothing noise std (default: the agent's training sigma if it was "
+                        "noise-trained, else 0.1; a warning when another is given)")
     p.add_argument("--n0", type=positive_int, default=100, help="smoothing selection samples")
     p.add_argument("--n", type=positive_int, default=1000, help="smoothing estimation samples")
     p.add_argument("--alpha", type=float, default=0.001,
@@ -89,7 +92,7 @@ def add_parser(sub) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> CertifySettings:
     """Validated settings (ValueError on bad numbers)."""
-    if not (math.isfinite(args.sigma) and args.sigma > 0):
+    if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma > 0):
         raise ValueError(f"--sigma must be positive; got {args.sigma}")
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must lie in (0, 1); got {args.alpha}")
@@ -105,7 +108,8 @@ def settings_from_args(args: argparse.Namespace) -> CertifySettings:
         seed=args.seed, max_steps=args.max_steps, backend=args.backend,
         radius=RadiusConfig(enabled=not args.no_radius, rtol=args.radius_rtol,
                             max_iter=args.radius_iters),
-        smoothing=SmoothingConfig(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha),
+        smoothing=SmoothingConfig(sigma=0.1 if args.sigma is None else args.sigma, n0=args.n0,
+                                  n=args.n, alpha=args.alpha),
         exact=ExactConfig(time_limit=args.milp_time_limit, max_relus=args.max_relus),
         bab=BabConfig(timeout_s=args.bab_timeout),
         ps_episodes=args.ps_episodes, ps_return_min=args.return_min,
@@ -139,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         get_method(m)  # ValueError naming the known methods
     out = check_out(args.out or default_out("certify", args.checkpoint), "certify", args.force)
     agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
+    if any(get_method(m).kind == "probabilistic" for m in args.method):
+        args.sigma = resolve_sigma(agent, args.sigma)  # the agent's training sigma by default
+        settings = settings_from_args(args)
     obs = None
     if args.obs is not None:
         try:
