@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import warnings
 
@@ -122,6 +123,10 @@ class SmoothedAgent(Agent):
         m = int(samples if attack_samples is None else attack_samples)
         net = SmoothedQ(base.nets["q"], float(sigma), int(samples), m, mode, int(seed))
         meta = {**copy.deepcopy(base.metadata), "smoothed": dict(net.spec, base=None)}
+        if meta.get("run_group"):  # its own group: never one row with the base agent's seeds
+            text = json.dumps({"base": meta["run_group"], "smoothed": meta["smoothed"]},
+                              sort_keys=True, default=str)
+            meta["run_group"] = hashlib.sha256(text.encode()).hexdigest()
         super().__init__({"q": net}, env_id=base.env_id, algo=base.algo,
                          obs_shape=base.obs_shape, action_space=base.action_space,
                          preprocessing=base.preprocessing, threat_model=base.threat_model,

@@ -232,3 +232,38 @@ def test_certify_smoothing_defaults_to_the_agents_training_sigma(tmp_path, capsy
     with pytest.warns(UserWarning, match="noise-trained at sigma 0.3"):
         assert main([*base, "--sigma", "0.1", "--out", str(tmp_path / "b.jsonl")]) == 0
     assert sigmas(tmp_path / "b.jsonl") == {0.1}
+
+
+def test_attack_the_smoothed_agent_through_the_cli(tmp_path, capsys):
+    """certrl attack --smoothed: rows name the smoothed agent (its own identity), learned
+    attacks and smoothing flags without --smoothed are refused with nothing written."""
+    import json
+
+    import certrl
+    from certrl.cli import main
+    from certrl.identity import agent_identity
+
+    base = ["attack", "cartpole-dqn-vanilla", "--attack", "pgd", "--eps", "0.01",
+            "--episodes", "1", "--max-steps", "3", "--no-progress"]
+    out = tmp_path / "a.jsonl"
+    assert main([*base, "--smoothed", "--samples", "4", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(r["agent_id"] != agent_identity(certrl.load("cartpole-dqn-vanilla"))
+                        for r in rows)
+    capsys.readouterr()
+    assert main([*base, "--sigma", "0.2", "--out", str(tmp_path / "b.jsonl")]) == 2
+    bad = [*base[:3], "critic", *base[4:], "--smoothed", "--out", str(tmp_path / "c.jsonl")]
+    assert main(bad) == 2
+    assert "gradient attacks" in capsys.readouterr().err
+    assert not (tmp_path / "b.jsonl").exists() and not (tmp_path / "c.jsonl").exists()
+
+
+def test_smoothed_agent_has_its_own_run_group():
+    import certrl
+    from certrl.smoothed import SmoothedAgent
+
+    base = certrl.load("cartpole-dqn-vanilla")
+    a, b = SmoothedAgent(base, 0.1), SmoothedAgent(base, 0.2)
+    groups = {base.metadata["run_group"], a.metadata["run_group"], b.metadata["run_group"]}
+    assert len(groups) == 3
+    assert SmoothedAgent(base, 0.1).metadata["run_group"] == a.metadata["run_group"]

@@ -26,6 +26,7 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
+from certrl.commands.evaluate import add_smoothing_flags, smoothed_from_args
 from certrl.evaluate import (
     DEFAULT_EPISODES,
     EPS_SCALE_HELP,
@@ -86,6 +87,7 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", choices=("ce", "margin"), default="ce",
                    help="discrete agents: cross-entropy or Q-margin of the clean action")
     add_learned_args(p)
+    add_smoothing_flags(p)
     p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
                    help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
@@ -143,13 +145,16 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = check_out(args.out or default_out("attack", args.checkpoint, args.attack), "attack",
                     args.force)
-    agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
+    agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint), args.eps_scale), args)
     tm = agent.threat_model
     if args.norm is not None:
         d = tm.to_dict()
         d["norm"] = parse_norm(args.norm)
         tm = type(tm).from_dict(d)
     names = check_args(args, agent.action_space_kind)
+    if args.smoothed and any(n in LEARNED or n in VALUE_ATTACKS for n in names):
+        raise ValueError("--smoothed attacks the smoothed agent with gradient attacks (pgd, "
+                         "pgd-ref, fgsm, mad, random) only")
     ctx = Context(agent, str(args.checkpoint), tm, args, out)
     fresh = args.force
     rows_of: dict[str, list] = {}
