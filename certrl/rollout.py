@@ -84,6 +84,15 @@ def play_episode(env, agent: Agent, index: int, seed: int, policy: Policy,
     return EpisodeEnd(index, seed + index, total, steps, not ended)
 
 
+def env_kwargs_for(agent: Agent, env_kwargs: dict | None = None) -> dict:
+    """The keyword arguments of the agent's env: ``env_kwargs`` if given, else the ones the
+    agent was trained / imported with (``config["env_kwargs"]``), else none."""
+    if env_kwargs is not None:
+        return dict(env_kwargs)
+    stored = agent.config.get("env_kwargs") if isinstance(agent.config, dict) else None
+    return dict(stored) if isinstance(stored, dict) else {}
+
+
 def play(agent: Agent, indices: list[int], seed: int, policy_for: Callable[[int], Policy],
          max_steps: int | None = None, on_step: Callable[[int, Step], None] | None = None,
          env_kwargs: dict | None = None,
@@ -92,7 +101,7 @@ def play(agent: Agent, indices: list[int], seed: int, policy_for: Callable[[int]
     """Play episodes ``indices`` in one env made with ``seed``; ``policy_for(i)`` is episode
     i's policy, ``on_step(i, step)`` sees its steps and ``on_end`` each finished episode.
     ``check_env(agent, env)`` may refuse the env before any episode."""
-    env = make_env(agent.env_id, seed, **(env_kwargs or {}))
+    env = make_env(agent.env_id, seed, **env_kwargs_for(agent, env_kwargs))
     out = []
     try:
         if check_env is not None:

@@ -107,3 +107,18 @@ def test_from_module_in_user_env_certifies(tiny, tmp_path):
     assert res.read_text().count('"record": "state"') == 5
     torch.testing.assert_close(Agent.load(tmp_path / "t.pt").net(torch.ones(1, 3)),
                                net(torch.ones(1, 3)))
+
+
+def test_episodes_use_the_env_kwargs_the_agent_recorded():
+    """An agent trained / imported with env kwargs plays in that env (here a time limit of
+    7 steps) unless the caller passes others."""
+    import certrl
+    from certrl.certify import rollout
+    from certrl.evaluate import evaluate
+
+    agent = certrl.load("cartpole-dqn-vanilla")
+    agent.config["env_kwargs"] = {"max_episode_steps": 7}
+    ep = rollout(agent, 1, seed=0)[0]
+    assert (ep.steps, ep.truncated) == (7, False)  # the env's own time limit
+    assert evaluate(agent, 2, 0).lengths == [7, 7]
+    assert evaluate(agent, 1, 0, env_kwargs={"max_episode_steps": 9}).lengths == [9]
