@@ -219,8 +219,9 @@ class PPO(Algorithm):
             dones.append(torch.as_tensor(done, dtype=torch.float32))
             self._obs = obs
             self.global_step += n
+        x_last = self._input(self._obs, update_stats=False)
         with torch.no_grad():
-            last_v = value(self._input(self._obs, update_stats=False)).squeeze(1)
+            last_v = value(x_last).squeeze(1)
         vals_t, rews_t = torch.stack(vals), torch.stack(rews)
         dones_t = torch.stack(dones)
         adv = torch.zeros_like(rews_t)
@@ -235,7 +236,11 @@ class PPO(Algorithm):
         flat = lambda t: t.reshape(num_steps * n, *t.shape[2:])  # noqa: E731
         return {"obs": flat(torch.stack(xs)), "actions": flat(torch.stack(acts)),
                 "logprobs": flat(torch.stack(logps)), "values": flat(vals_t),
-                "advantages": flat(adv), "returns": flat(adv + vals_t)}
+                "advantages": flat(adv), "returns": flat(adv + vals_t),
+                # for losses that learn their own critic (WocaR-PPO's worst-case Q); after a
+                # done, next_obs is the next episode's first observation (mask with dones)
+                "rewards": flat(rews_t), "dones": flat(dones_t),
+                "next_obs": flat(torch.stack(xs[1:] + [x_last]))}
 
     def minibatch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """(loss, logs) of one minibatch: L_pi - ent_coef H + vf_coef L_v [+ robust term]."""

@@ -8,16 +8,14 @@ worst-case TD errors:
     p = softmax(h(delta) / lambda)  (detached),   loss = sum_i p_i h(delta_i),
 h the Huber loss. lambda -> 0 gives the hard max, lambda -> inf the mean.
 
-CAR-PPO replaces the clipped surrogate by the same soft maximum of per-sample clipped
-surrogates at adversarial states (PGD on the surrogate itself, or the worst-case
-log-prob from bounds), plus kl_coef * KL(pi(.|s) || pi(.|s_adv)) (Gaussian: sum
-(mu - mu')^2 / (2 sigma^2); categorical: the KL of the softmaxes). The weights p_i come
-from the worst-case surrogate; each term is ``adversarial_surrogate``: its clip uses the
-clean ratio pi(a|s) / pi_old(a|s) and its gradient flows through log pi(a|s_adv), so the
-adversary chooses where the gradient is taken but cannot rescale it (with the coupled ratio
-pi(a|s_adv) / pi_old(a|s) it inflates every A < 0 sample's weight and shrinks every A > 0
-one). On InvertedPendulum both forms train alike: they keep 1000 at train eps 0.1 and both
-collapse at 0.5 (docs/robust-training.md, "CAR-PPO at eps 0.5").
+CAR-PPO as the reference (RyanHaoranLi/CAR-RL, ``robust_ppo_step`` with
+``robust_add_clean_loss``): loss = L_clean + reg * sum_i p_i l_i(s_adv),
+    l_i(s') = max(-A_i r_i', -A_i clip(r_i', 1 - c, 1 + c)),  r_i' = pi(a_i|s') / pi_old(a_i|s_i),
+    p = softmax(l(s_adv) / lambda) (detached),  A normalized per minibatch,
+s_adv the PGD (car_pgd) or SGLD (car_sgld) maximizer of l over B(s_i, eps), or the
+worst-case log-prob from bounds. Options: kl_coef * KL(pi(.|s) || pi(.|s_adv)) (car_add_kl);
+ratio "clean" (``adversarial_surrogate``: the clip uses the clean ratio, the gradient flows
+through log pi(a|s_adv)); add_clean_loss False (the old certrl form: the soft max alone).
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certrl.losses.base import Logs, TrainContext
-from certrl.losses.common import ScheduledLoss, SolverConfig, pgd_states
+from certrl.losses.common import ScheduledLoss, SolverConfig, input_adversary, pgd_states
 from certrl.losses.ppo_utils import (
     adversarial_surrogate,
     clipped_surrogate,
@@ -37,7 +35,7 @@ from certrl.losses.ppo_utils import (
     normalized,
 )
 from certrl.losses.radial import reference_ramp, worst_logprob_bounds
-from certrl.losses.schedule import EpsSchedule
+from certrl.losses.schedule import EpsSchedule, ppo_reference_ramp
 from certrl.threat import ThreatModel
 
 
@@ -101,14 +99,33 @@ class CARDQNLoss(ScheduledLoss):
         return (p * h).sum(), logs
 
 
+CAR_RATIOS = ("reference", "clean")
+
+
 @dataclass
 class CARPPOConfig:
-    """CAR-PPO: temperature lam (large), KL weight, solver (pgd or ibp / crown-ibp), schedule."""
+    """CAR-PPO (RyanHaoranLi/CAR-RL ``config_hopper_car_ppo_pgd.json``): robust weight reg
+    (``robust_ppo_reg`` 0.3), temperature lam (``robust_soft_lambda`` 1000), add_clean_loss
+    (``robust_add_clean_loss`` true in every config: loss = clean surrogate + reg * the
+    soft-max term), kl_coef (``car_add_kl``'s ``robust_ppo_reg_kl``; 0 = the car_pgd /
+    car_sgld methods, which add no KL), ratio ("reference": pi(a|s_adv) / pi_old(a|s), the
+    reference's; "clean": ``adversarial_surrogate``, the clean trust region), solver (pgd
+    10 steps = car_pgd, sgld = car_sgld, or ibp / crown-ibp bounds), eps schedule (linear
+    over 75% of training)."""
 
-    lam: float = 10.0
-    kl_coef: float = 0.1
-    solver: SolverConfig = field(default_factory=lambda: SolverConfig("pgd"))
-    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+    reg: float = 0.3
+    lam: float = 1000.0
+    add_clean_loss: bool = True
+    kl_coef: float = 0.0
+    ratio: str = "reference"
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("pgd", pgd_steps=10))
+    schedule: EpsSchedule = field(default_factory=ppo_reference_ramp)
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise ValueError(f"CAR lambda must be >= 0; got {self.lam}")
+        if self.ratio not in CAR_RATIOS:
+            raise ValueError(f"CAR-PPO ratio must be one of {CAR_RATIOS}; got {self.ratio!r}")
 
 
 def policy_kl(policy: nn.Module, out: Tensor, out_adv: Tensor) -> Tensor:
@@ -121,37 +138,57 @@ def policy_kl(policy: nn.Module, out: Tensor, out_adv: Tensor) -> Tensor:
     return (p.exp() * (p - q)).sum(1)
 
 
+def car_robust_term(l_adv: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """(sum_i p_i l_i, p) with p = softmax(l / lambda) detached: CAR's soft maximum."""
+    p = soft_weights(l_adv, lam)
+    return (p * l_adv).sum(), p
+
+
 class CARPPOLoss(ScheduledLoss):
-    """Soft max over the batch of clipped surrogates at adversarial states, plus a KL term."""
+    """Clean PPO surrogate + reg * soft max over the batch of surrogates at adversarial states."""
 
     name = "car"
     algo = "ppo"
     config_cls = CARPPOConfig
+    solvers = ("ibp", "crown-ibp", "pgd", "sgld")
+
+    def adversarial_logprob(self, ctx: TrainContext, adv: Tensor,
+                            eps: float) -> tuple[Tensor, Tensor]:
+        """(log pi(a | s_adv) (B,), per-sample KL(pi(s) || pi(s_adv))): s_adv the PGD / SGLD
+        maximizer of the per-sample clipped surrogate with the coupled ratio (the
+        reference's objective), or the worst-case log-prob from bounds (KL 0 there)."""
+        batch, policy, clip = ctx.batch, ctx.nets["policy"], float(ctx.clip_coef)
+        old, acts, out = batch["logprobs"], batch["actions"], batch["mean"]
+        if self.cfg.solver.kind in ("pgd", "sgld"):
+            def obj(z: Tensor) -> Tensor:
+                return clipped_surrogate(log_prob(policy, policy(z), acts), old, adv, clip)
+            xa = input_adversary(self, obj, batch["obs"], ctx.threat, eps)
+            out_adv = policy(xa)
+            return log_prob(policy, out_adv, acts), policy_kl(policy, out, out_adv)
+        lb, ub = self.bounds_of(policy, batch["obs"], eps, ctx.threat, ctx.step)
+        lo, hi = worst_logprob_bounds(policy, lb, ub, acts)
+        return torch.where(adv >= 0, lo, hi), out.new_zeros(out.shape[0])
 
     def modify_policy_loss(self, pg_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
-        """sum_i p_i l_i(s_adv) + kl_coef * KL(pi(.|s) || pi(.|s_adv)); unchanged at eps 0."""
+        """L_clean + reg * sum_i p_i l_i(s_adv) (+ kl_coef * mean KL); without
+        ``add_clean_loss`` only the soft-max term (+ KL). Unchanged at eps 0."""
         eps = self.eps_at(ctx.step, ctx.threat)
         logs = {"train_eps": eps}
         if eps <= 0:
             return pg_loss, logs
         batch, policy, clip = ctx.batch, ctx.nets["policy"], float(ctx.clip_coef)
         adv = normalized(batch["advantages"])
-        old, acts, out = batch["logprobs"], batch["actions"], batch["mean"]
-        if self.cfg.solver.kind == "pgd":
-            def obj(z: Tensor) -> Tensor:
-                return clipped_surrogate(log_prob(policy, policy(z), acts), old, adv, clip)
-            xa = pgd_states(obj, batch["obs"], ctx.threat, eps, self.cfg.solver.pgd_steps,
-                            self.cfg.solver.pgd_step_size)
-            out_adv = policy(xa)
-            logp_adv = log_prob(policy, out_adv, acts)
-            kl = policy_kl(policy, out, out_adv).mean()
+        logp_adv, kl = self.adversarial_logprob(ctx, adv, eps)
+        if self.cfg.ratio == "reference":
+            l_i = clipped_surrogate(logp_adv, batch["logprobs"], adv, clip)
         else:
-            lb, ub = self.bounds_of(policy, batch["obs"], eps, ctx.threat, ctx.step)
-            lo, hi = worst_logprob_bounds(policy, lb, ub, acts)
-            logp_adv = torch.where(adv >= 0, lo, hi)
-            kl = out.new_zeros(())
-        # weights from the worst-case surrogate; gradient with the clean trust region
-        p = soft_weights(clipped_surrogate(logp_adv, old, adv, clip), self.cfg.lam)
-        l_i = adversarial_surrogate(logp_adv, log_prob(policy, out, acts), old, adv, clip)
-        logs.update(car_kl=float(kl.detach()), car_weight_max=float(p.max()))
-        return (p * l_i).sum() + self.cfg.kl_coef * kl, logs
+            l_i = adversarial_surrogate(logp_adv, log_prob(policy, batch["mean"],
+                                                           batch["actions"]),
+                                        batch["logprobs"], adv, clip)
+        robust, p = car_robust_term(l_i, self.cfg.lam)
+        loss = pg_loss + self.cfg.reg * robust if self.cfg.add_clean_loss else robust
+        if self.cfg.kl_coef:
+            loss = loss + self.cfg.kl_coef * kl.mean()
+        logs.update(car_robust=float(robust.detach()), car_kl=float(kl.detach().mean()),
+                    car_weight_max=float(p.max()))
+        return loss, logs

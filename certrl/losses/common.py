@@ -16,6 +16,7 @@ the network's modules (``shared_form``), so gradients reach its parameters.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +26,20 @@ import torch
 from torch import Tensor, nn
 
 import bounds
-from certrl.attacks import pgd_maximize
+from certrl.attacks import pgd_maximize, project
 from certrl.losses.base import RobustLoss
 from certrl.losses.schedule import EpsSchedule
 from certrl.threat import ThreatModel
 
-SOLVERS = ("ibp", "crown-ibp", "pgd")
+SOLVERS = ("ibp", "crown-ibp", "pgd", "sgld")
+# every loss accepts these unless it lists its own ``solvers``; "sgld" is PPO-only
+BASE_SOLVERS = ("ibp", "crown-ibp", "pgd")
 
 
 @dataclass
 class SolverConfig:
-    """Inner solver: kind in {"ibp", "crown-ibp", "pgd"}; PGD steps and step size."""
+    """Inner solver: kind in {"ibp", "crown-ibp", "pgd", "sgld"}; PGD / SGLD steps and the
+    PGD step size (SGLD's step is eps / steps, as the references')."""
 
     kind: str = "ibp"
     pgd_steps: int = 10
@@ -125,6 +129,48 @@ def pgd_states(objective: Callable[[Tensor], Tensor], x: Tensor, threat: ThreatM
     return pgd_maximize(objective, x.detach(), threat, eps, steps, step_size, True, None)
 
 
+SGLD_BETA = 1e-5
+
+
+def sgld_states(objective: Callable[[Tensor], Tensor], x: Tensor, threat: ThreatModel,
+                eps: float, steps: int = 10, beta: float = SGLD_BETA) -> Tensor:
+    """SA-PPO's SGLD maximizer of the batch-mean ``objective`` over B(x, eps); detached.
+
+    alpha = eps / steps; x_0 = x + alpha s sign(n), n ~ N(0, I); for k = 0..steps-1:
+    x_{k+1} = Proj(x_k + alpha s sign(grad mean obj(x_k) + c_k n_k)),
+    c_k = sqrt(2 alpha beta) / (k + 2), n_k ~ N(0, I) (l_2: the normalized noisy gradient);
+    returns the last iterate. s is the threat model's per-dimension scale; Proj the
+    projection onto the ball and the domain. Only the input is differentiated.
+    """
+    x = x.detach()
+    if eps <= 0:
+        return x
+    alpha, s = eps / int(steps), threat.scale_tensor(x)
+    xa = project(x + alpha * s * torch.randn_like(x).sign(), x, threat, eps)
+    for k in range(int(steps)):
+        xr = xa.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(objective(xr).mean(), xr)
+        with torch.no_grad():
+            noisy = g + math.sqrt(2 * alpha * beta) / (k + 2) * torch.randn_like(g)
+            if threat.norm == math.inf:
+                d = noisy.sign()
+            else:
+                d = noisy / noisy.flatten(1).norm(dim=1).clamp_min(1e-12).view(
+                    -1, *([1] * (noisy.dim() - 1)))
+            xa = project(xa + alpha * s * d, x, threat, eps)
+    return xa.detach()
+
+
+def input_adversary(loss: ScheduledLoss, objective: Callable[[Tensor], Tensor], x: Tensor,
+                    threat: ThreatModel, eps: float) -> Tensor:
+    """The loss's inner maximizer of ``objective`` (B,): SGLD (``solver.kind == "sgld"``)
+    or PGD (anything else); detached."""
+    sv = loss.cfg.solver
+    if sv.kind == "sgld":
+        return sgld_states(objective, x, threat, eps, sv.pgd_steps)
+    return pgd_states(objective, x, threat, eps, sv.pgd_steps, sv.pgd_step_size)
+
+
 def pgd_action_states(net: nn.Module, x: Tensor, labels: Tensor, threat: ThreatModel,
                       eps: float, steps: int = 10, step_size: float | None = None) -> Tensor:
     """PGD states minimizing the margin f_label - max_{j != label} f_j (the usual action attack)."""
@@ -166,7 +212,7 @@ class ScheduledLoss(RobustLoss):
 
     algo: str = "dqn"
     config_cls: type = object
-    solvers: tuple[str, ...] = SOLVERS
+    solvers: tuple[str, ...] = BASE_SOLVERS
 
     def __init__(self, cfg: Any = None):
         self.cfg = self.config_cls() if cfg is None else cfg

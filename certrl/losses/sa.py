@@ -6,7 +6,8 @@ a* = argmax_a Q(s_i, a), the lower bound over s' in B(s_i, eps) by IBP or CROWN-
 
 SA-PPO: loss = PPO + reg * mean_i sum_k max(|LB_k - mu_k|, |UB_k - mu_k|)^2 / sigma_k^2,
 [LB, UB] bounds of the action mean mu(s') over the ball (logits for discrete
-policies, sigma = 1), or the deviation at a MAD-style PGD state.
+policies, sigma = 1), or the deviation at an SGLD (the reference's) or PGD state;
+sigma = exp(log_std) is not detached (the reference's default).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from certrl.losses.common import (
     ScheduledLoss,
     SolverConfig,
     hinge_margin,
-    pgd_states,
+    input_adversary,
 )
-from certrl.losses.schedule import EpsSchedule
+from certrl.losses.schedule import EpsSchedule, ppo_reference_ramp
 from certrl.threat import ThreatModel
 
 
@@ -69,32 +70,43 @@ class SADQNLoss(ScheduledLoss):
 
 @dataclass
 class SAPPOConfig:
-    """SA-PPO: regularizer weight reg, solver, eps schedule."""
+    """SA-PPO (huanzhang12/SA_PPO Hopper configs): regularizer weight reg (0.1), solver
+    (crown-ibp = the reference's convex relaxation, beta 1 -> 0 with the ramp; "sgld": its
+    SGLD solver, 10 steps; "pgd": certrl's PGD), eps schedule (the reference's linear ramp
+    over 75% of training), detach_sigma (False: the reference's
+    ``robust_ppo_detach_stdev`` false, so the regularizer also trains log_std)."""
 
     reg: float = 0.1
-    solver: SolverConfig = field(default_factory=lambda: SolverConfig("crown-ibp"))
-    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("crown-ibp",
+                                                                      pgd_steps=10))
+    schedule: EpsSchedule = field(default_factory=ppo_reference_ramp)
+    detach_sigma: bool = False
 
 
-def policy_sigma(policy: nn.Module, like: Tensor) -> Tensor:
-    """The Gaussian policy's std (detached), or ones for a categorical policy."""
+def policy_sigma(policy: nn.Module, like: Tensor, detach: bool = False) -> Tensor:
+    """The Gaussian policy's std exp(log_std) (detached if ``detach``), or ones for a
+    categorical policy (logits)."""
     if hasattr(policy, "log_std"):
-        return policy.log_std.detach().exp().expand_as(like)
+        log_std = policy.log_std.detach() if detach else policy.log_std
+        return log_std.exp().expand_as(like)
     return torch.ones_like(like)
 
 
 def mean_deviation(loss: ScheduledLoss, policy: nn.Module, x: Tensor, mu: Tensor, eps: float,
                    threat: ThreatModel, step: int) -> Tensor:
-    """Per-sample sum_k dev_k^2 / sigma_k^2 with dev_k the worst change of mu_k over the ball."""
-    sigma = policy_sigma(policy, mu)
-    if loss.cfg.solver.kind == "pgd":
-        mu0 = mu.detach()
+    """Per-sample sum_k dev_k^2 / sigma_k^2, dev_k the worst change of mu_k over the ball:
+    max(|LB_k - mu_k|, |UB_k - mu_k|) (bounds), or mu_k(s_adv) - mu_k(s) at an SGLD / PGD
+    state s_adv maximizing sum_k ((mu_k(s') - mu_k(s)) / sigma_k)^2 (sigma detached inside
+    the inner loop; SGLD detaches mu(s) as the reference). sigma is not detached unless
+    ``detach_sigma``."""
+    sigma = policy_sigma(policy, mu, bool(getattr(loss.cfg, "detach_sigma", False)))
+    if loss.cfg.solver.kind in ("pgd", "sgld"):
+        mu0, sig0 = mu.detach(), sigma.detach()
 
         def obj(z: Tensor) -> Tensor:
-            return (((policy(z) - mu0) / sigma) ** 2).sum(1)
-        xa = pgd_states(obj, x, threat, eps, loss.cfg.solver.pgd_steps,
-                        loss.cfg.solver.pgd_step_size)
-        dev = policy(xa) - mu
+            return (((policy(z) - mu0) / sig0) ** 2).sum(1)
+        xa = input_adversary(loss, obj, x, threat, eps)
+        dev = policy(xa) - (mu0 if loss.cfg.solver.kind == "sgld" else mu)
     else:
         lb, ub = loss.bounds_of(policy, x, eps, threat, step)
         dev = torch.maximum((lb - mu).abs(), (ub - mu).abs())
@@ -109,6 +121,7 @@ class SAPPOLoss(ScheduledLoss):
     name = "sa"
     algo = "ppo"
     config_cls = SAPPOConfig
+    solvers = ("ibp", "crown-ibp", "pgd", "sgld")
 
     def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
         batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step

@@ -71,3 +71,10 @@ class EpsSchedule:
     def beta(self, step: int) -> float:
         """CROWN-IBP mixing weight 1 - eps(step)/target (1 at the start, 0 after the ramp)."""
         return 1.0 - self.fraction(step)
+
+
+def ppo_reference_ramp() -> EpsSchedule:
+    """The robust-PPO references' schedule (SA_PPO / CAR-RL / WocaR-PPO configs,
+    ``robust_ppo_eps_scheduler_opts`` "start=1,length=732" of ``train_steps`` 976):
+    eps linear from the start over the first 75% of training, then constant."""
+    return EpsSchedule(warmup=0.0, ramp=0.75, mid=0.0, power=1.0)

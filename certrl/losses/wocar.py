@@ -1,4 +1,4 @@
-"""WocaR-DQN and a reduced WocaR-PPO (Liang et al. 2022, worst-case-aware training).
+"""WocaR-DQN and WocaR-PPO (Liang et al. 2022, worst-case-aware training).
 
 WocaR-DQN as in the reference (umd-huang-lab/WocaR-RL, ``WocaR-DQN/RA-DQN/train.py``).
 An extra network Q_w (``worst_q``, same spec as Q, fresh weights) estimates the value
@@ -23,10 +23,14 @@ the DQN's Huber loss, kappa_t = 1 - (1 - kappa_end) eps_t / eps (linear, like ep
 At eps_t = 0, L_b is the TD loss itself. An optional SA hinge (``kappa`` > 0, not in the
 reference) adds kappa * max(-min_j LB[Q(s, a*) - Q(s, j)], -c).
 
-WocaR-PPO (reduced, no separate worst-attack critic): the advantage is mixed with a
-worst-case one, A_mix = (1 - r) A + r (A - (V(s) - LB V(s'))), LB by IBP over the ball
-(the value an attacker can knock off the critic), and reg * the SA-PPO deviation
-term is added.
+WocaR-PPO as the reference (``WocaR-PPO/src/policy_gradients/steps.py``,
+``robust_q_ppo_step`` and ``worst_q_step``; ``pgd_act.worst_action_pgd``): a worst-attack
+critic Q_w(s, a) with its own Adam and a soft-updated copy Q_w^- (tau),
+    L_w = mean (Q_w(s, a) - y_w)^2,  y_w = r + gamma (1 - d) Q_w^-(s', a_w),
+    a_w = argmin_{a in [LB, UB]} Q_w(s', a) by action-space PGD from mu(s'), [LB, UB] the
+          IBP bounds of the policy mean over B(s', e_A) (the attackable set),
+the PPO surrogate on A' = norm(A) + q_weight_t norm(Q_w^-(s, a)) with q_weight_t rising
+linearly 0 -> q_weight (0.8) over training, plus reg * the SA-PPO regularizer (SGLD).
 """
 
 from __future__ import annotations
@@ -39,10 +43,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certrl.losses.base import Logs, TrainContext
-from certrl.losses.common import ScheduledLoss, SolverConfig, annealed_kappa, hinge_margin
+from certrl.losses.common import (
+    ScheduledLoss,
+    SolverConfig,
+    annealed_kappa,
+    hinge_margin,
+    output_bounds,
+)
 from certrl.losses.ppo_utils import clipped_surrogate, log_prob, normalized
 from certrl.losses.sa import mean_deviation
-from certrl.losses.schedule import EpsSchedule
+from certrl.losses.schedule import EpsSchedule, ppo_reference_ramp
 from certrl.nets import build_network
 from certrl.threat import ThreatModel
 
@@ -239,41 +249,171 @@ class WocarDQNLoss(ScheduledLoss):
         return loss, logs
 
 
+Q_WEIGHT_SCHEDULES = ("linear", "constant")
+
+
 # Deliberate parallel (duplicates lists it): typed loss configs share one shape (see sa.py).
 @dataclass
 class WocarPPOConfig:
-    """Reduced WocaR-PPO: worst-case advantage weight r, deviation weight reg, solver, schedule."""
+    """WocaR-PPO (umd-huang-lab/WocaR-RL ``config_hopper_robust_q_ppo_sgld.json``): q_weight
+    (0.8) and its schedule ("linear": q_weight * t / T, the reference's; "constant"), SA
+    regularizer weight reg (0.1) with its solver (sgld, 10 steps) and detach_sigma (False),
+    worst-Q Adam lr q_lr (4e-4), soft target rate tau (1e-3), attack-set radius
+    (attack_set_fraction * target eps: the reference's 0.01 against its eps 0.075, or the
+    absolute attack_set_eps), action-PGD steps (50), worst-Q hidden sizes (None: the
+    policy's), eps schedule (linear over 75% of training)."""
 
-    worst_weight: float = 0.05
+    q_weight: float = 0.8
+    weight_schedule: str = "linear"
     reg: float = 0.1
-    solver: SolverConfig = field(default_factory=lambda: SolverConfig("ibp"))
-    schedule: EpsSchedule = field(default_factory=EpsSchedule)
+    q_lr: float = 4e-4
+    tau: float = 1e-3
+    attack_set_fraction: float = 0.01 / 0.075
+    attack_set_eps: float | None = None
+    action_pgd_steps: int = 50
+    q_hidden: list[int] | None = None
+    detach_sigma: bool = False
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig("sgld", pgd_steps=10))
+    schedule: EpsSchedule = field(default_factory=ppo_reference_ramp)
+
+    def __post_init__(self) -> None:
+        if self.weight_schedule not in Q_WEIGHT_SCHEDULES:
+            raise ValueError(f"WocaR-PPO weight_schedule must be one of {Q_WEIGHT_SCHEDULES}; "
+                             f"got {self.weight_schedule!r}")
+        if not float(self.q_lr) > 0 or not 0 < float(self.tau) <= 1:
+            raise ValueError("WocaR-PPO needs q_lr > 0 and tau in (0, 1]")
+        if int(self.action_pgd_steps) < 1:
+            raise ValueError("WocaR-PPO action_pgd_steps must be >= 1")
+        if not float(self.attack_set_fraction) >= 0 or (
+                self.attack_set_eps is not None and not float(self.attack_set_eps) >= 0):
+            raise ValueError("WocaR-PPO attack-set radius must be >= 0")
+
+
+def worst_q_spec(policy: nn.Module, hidden: list[int] | None) -> dict:
+    """Q_w's spec: a value net on [s, a] (Gaussian policy, Q(s, a) as the reference's
+    ``ValueDenseNet(state_dim + action_dim)``) or a Q net over the actions (categorical)."""
+    body = dict(policy.spec["body"])
+    if body.get("kind") != "mlp":
+        raise ValueError("WocaR-PPO needs an MLP policy (vector observations)")
+    if hidden is not None:
+        body["hidden"] = [int(h) for h in hidden]
+    n = int(policy.spec["n_out"])
+    if hasattr(policy, "log_std"):
+        return {"type": "value", "body": {**body, "in_dim": int(body["in_dim"]) + n}}
+    return {"type": "q", "body": body, "n_out": n}
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) target + tau source, parameter-wise."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters(), strict=True):
+            t.mul_(1 - tau).add_(s, alpha=tau)
 
 
 class WocarPPOLoss(ScheduledLoss):
-    """Surrogate on A_mix = A - r (V(s) - LB V(s')) plus reg * SA-PPO deviation (reduced WocaR)."""
+    """WocaR-PPO: worst-attack critic Q_w (own Adam, MSE to r + gamma (1 - d) Q_w^-(s', a_w),
+    a_w the action-PGD minimizer of Q_w within the policy's attackable set), surrogate on
+    norm(A) + q_weight_t norm(Q_w^-(s, a)), plus reg * the SA-PPO regularizer.
+
+    Per PPO minibatch: ``modify_policy_loss`` first takes one Q_w step on the minibatch
+    (the reference's q_epochs x minibatches steps per rollout equal PPO's update_epochs x
+    num_minibatches with the defaults), soft-updates Q_w^-, then returns the surrogate.
+    """
 
     name = "wocar"
     algo = "ppo"
     config_cls = WocarPPOConfig
-    solvers = ("ibp", "crown-ibp")
+    solvers = ("ibp", "crown-ibp", "pgd", "sgld")
+
+    def setup(self, nets: dict[str, nn.Module], cfg) -> None:
+        super().setup(nets, cfg)
+        self.policy_ref = nets["policy"]
+        self.worst = build_network(worst_q_spec(nets["policy"], self.cfg.q_hidden))
+        self.worst_target = copy.deepcopy(self.worst)
+        self.worst_optimizer = torch.optim.Adam(self.worst.parameters(), lr=float(self.cfg.q_lr))
+        self._worst_logs: Logs = {}
+
+    def extra_networks(self) -> dict[str, nn.Module]:
+        return {"worst_q": self.worst}
+
+    def jointly_optimized(self) -> dict[str, nn.Module]:
+        """None: Q_w has its own optimizer."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"worst_optimizer": self.worst_optimizer.state_dict(),
+                "worst_target": self.worst_target.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.worst_optimizer.load_state_dict(state["worst_optimizer"])
+        self.worst_target.load_state_dict(state["worst_target"])
+
+    def q_weight_at(self, step: int) -> float:
+        """q_weight * min(1, t / T) (linear) or q_weight (constant), capped at 1."""
+        w = float(self.cfg.q_weight)
+        if self.cfg.weight_schedule == "linear":
+            w *= min(1.0, step / max(1, self.cfg.schedule.total_steps))
+        return min(w, 1.0)
+
+    def q_values(self, net: nn.Module, x: Tensor, a: Tensor) -> Tensor:
+        """Q(s, a) (B,): the [s, a] value net, or the Q net's entry at the discrete action."""
+        if hasattr(self.policy_ref, "log_std"):
+            return net(torch.cat([x, a], dim=1)).squeeze(1)
+        return net(x).gather(1, a.long()[:, None]).squeeze(1)
+
+    def worst_actions(self, x: Tensor, threat: ThreatModel) -> Tensor:
+        """a_w: Gaussian: from mu(s), ``action_pgd_steps`` sign steps of (UB - LB) / steps
+        descending Q_w(s, .) inside [LB, UB], the IBP bounds of mu over B(s, e_A);
+        categorical: the lowest Q_w among the actions the attacker can make greedy."""
+        policy = self.policy_ref
+        e_a = (float(self.cfg.attack_set_eps) if self.cfg.attack_set_eps is not None
+               else float(self.cfg.attack_set_fraction) * float(threat.eps))
+        with torch.no_grad():
+            lb, ub = output_bounds(policy, x, e_a, threat, bound=self.bound_network(policy))
+        if not hasattr(policy, "log_std"):
+            with torch.no_grad():
+                q = self.worst(x).masked_fill(~attackable_actions(lb, ub), float("inf"))
+            return q.argmin(1)
+        steps = int(self.cfg.action_pgd_steps)
+        a, step = policy(x).detach(), (ub - lb) / steps
+        for _ in range(steps):
+            ar = a.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.worst(torch.cat([x, ar], 1)).sum(), ar)
+            a = torch.minimum(torch.maximum(a - step * g.sign(), lb), ub)
+        return a.detach()
+
+    def worst_step(self, ctx: TrainContext) -> Logs:
+        """One Adam step of Q_w on mean (Q_w(s, a) - y_w)^2, y_w = r + gamma (1 - d)
+        Q_w^-(s', a_w(s')), then Q_w^- <- (1 - tau) Q_w^- + tau Q_w."""
+        b = ctx.batch
+        missing = {"rewards", "dones", "next_obs"} - set(b)
+        if missing:
+            raise ValueError(f"WocaR-PPO needs {sorted(missing)} in the PPO batch")
+        a_w = self.worst_actions(b["next_obs"], ctx.threat)
+        with torch.no_grad():
+            y = b["rewards"] + ctx.gamma * (1 - b["dones"]) * self.q_values(
+                self.worst_target, b["next_obs"], a_w)
+        lw = F.mse_loss(self.q_values(self.worst, b["obs"], b["actions"]), y)
+        self.worst_optimizer.zero_grad(set_to_none=True)
+        lw.backward()
+        self.worst_optimizer.step()
+        soft_update(self.worst_target, self.worst, float(self.cfg.tau))
+        return {"worst_q_loss": float(lw.detach())}
 
     def modify_policy_loss(self, pg_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
-        """Clipped surrogate on the worst-case-mixed advantage; unchanged at eps 0."""
-        batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
-        eps = self.eps_at(step, threat)
-        if eps <= 0 or self.cfg.worst_weight == 0:
-            return pg_loss, {}
-        value, policy, x = nets["value"], nets["policy"], batch["obs"]
+        """Q_w's step, then mean max(-A' r, -A' clip(r)), A' = norm(A) + q_weight_t norm(Q_w^-)."""
+        with torch.enable_grad():
+            logs = self.worst_step(ctx)
+        b, w = ctx.batch, self.q_weight_at(ctx.step)
         with torch.no_grad():
-            v = value(x).squeeze(1)
-            lbv, _ = self.bounds_of(value, x, eps, threat, step)
-            drop = v - lbv.squeeze(1)
-        adv = normalized(batch["advantages"] - self.cfg.worst_weight * drop)
-        logp = log_prob(policy, batch["mean"], batch["actions"])
-        return clipped_surrogate(logp, batch["logprobs"], adv, float(ctx.clip_coef)).mean(), {}
+            q_w = self.q_values(self.worst_target, b["obs"], b["actions"])
+        adv = normalized(b["advantages"]) + w * normalized(q_w)
+        logp = log_prob(ctx.nets["policy"], b["mean"], b["actions"])
+        pg = clipped_surrogate(logp, b["logprobs"], adv, float(ctx.clip_coef)).mean()
+        return pg, {**logs, "q_weight": w, "worst_q": float(q_w.mean())}
 
     def __call__(self, ctx: TrainContext) -> tuple[Tensor, Logs]:
+        """reg * the SA-PPO regularizer (``mean_deviation``)."""
         batch, nets, threat, step = ctx.batch, ctx.nets, ctx.threat, ctx.step
         eps = self.eps_at(step, threat)
         if eps <= 0 or self.cfg.reg == 0:
