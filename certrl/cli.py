@@ -20,6 +20,7 @@ from certrl.commands import (
     export,
     import_policy,
     plot,
+    sweep,
     table,
     train,
 )
@@ -28,7 +29,7 @@ from certrl.io import CERTRL_VERSION, CheckpointError
 COMMANDS = {"train": train, "evaluate": evaluate, "attack": attack, "agents": agents,
             "certify": certify, "table": table, "demo": demo, "plot": plot,
             "export": export,
-            "import": import_policy, "audit": audit}
+            "import": import_policy, "audit": audit, "sweep": sweep}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

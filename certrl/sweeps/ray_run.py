@@ -1,0 +1,102 @@
+"""Run sweep units as Ray tasks: a local Ray instance, or an existing cluster (address).
+
+Each unit is one task (1 CPU) that waits for the tasks of its dependencies (Ray
+resolves the ObjectRefs passed as arguments); Ray retries a failed task (an exception
+or a dead worker) up to ``max_retries`` times. Ray is an optional dependency
+(``pip install 'certrl[sweep]'``), imported only here and only when a sweep runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from certrl.sweeps.spec import Unit
+from certrl.sweeps.units import run_unit
+
+LOCAL_CPUS = 2  # a local instance stays small (a laptop)
+
+
+@dataclass
+class Outcome:
+    """What happened to the units a sweep ran: finished markers, and failures
+    (uid -> one-line reason; "dependency ... failed" for units that could not start)."""
+
+    finished: list[dict] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def import_ray():
+    """The ray module, or a clear ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("certrl sweep needs Ray: pip install 'certrl[sweep]' "
+                          "(or pip install 'ray>=2.9')") from None
+    return ray
+
+
+def start_ray(address: str | None, num_cpus: int = LOCAL_CPUS):
+    """Connect to the cluster at ``address``, or start a small local instance (no
+    dashboard, worker output not forwarded: each unit logs to its own folder)."""
+    ray = import_ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    return ray
+
+
+def _task(unit: Unit, out: str, *deps) -> dict:
+    """The Ray task body: ``deps`` are the finished dependencies' markers (unused; their
+    presence is the ordering)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return run_unit(unit, out)
+
+
+def run_units(todo: list[Unit], out: str | Path, max_retries: int, address: str | None = None,
+              num_cpus: int = LOCAL_CPUS, progress: bool = True) -> Outcome:
+    """Submit every unit of ``todo`` (dependencies first; a dependency not in ``todo`` is
+    finished already), wait for all of them, shut Ray down; the Outcome."""
+    ray = start_ray(address, num_cpus)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=max_retries,
+                            retry_exceptions=True)(_task)
+        refs: dict[str, object] = {}
+        for u in todo:
+            deps = [refs[d] for d in u.deps if d in refs]
+            refs[u.uid] = remote.remote(u, str(Path(out).absolute()), *deps)
+        return _collect(ray, refs, {u.uid: u for u in todo}, progress)
+    finally:
+        ray.shutdown()
+
+
+def _collect(ray, refs: dict, units: dict[str, Unit], progress: bool) -> Outcome:
+    """Wait for every task, in completion order, recording markers and failures."""
+    res = Outcome()
+    uid_of = {ref: uid for uid, ref in refs.items()}
+    pending = list(refs.values())
+    bar = tqdm(total=len(pending), desc="sweep", unit="unit", disable=not progress)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        uid = uid_of[ready[0]]
+        try:
+            res.finished.append(ray.get(ready[0]))
+        except Exception as e:  # the task's error, after its retries, or a dependency's
+            cause = getattr(e, "cause", None) or e
+            res.failed[uid] = f"{type(cause).__name__}: {cause}".replace("\n", " | ")
+        bar.update(1)
+        bar.set_postfix(failed=len(res.failed))
+    bar.close()
+    for uid in refs:  # submission order: dependencies first
+        bad = [d for d in units[uid].deps if d in res.failed]
+        if uid in res.failed and bad:
+            res.failed[uid] = f"not run: dependency {bad[0]} failed"
+    return res
