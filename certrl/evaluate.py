@@ -19,11 +19,13 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from certrl.agent import Agent
 from certrl.envs import make_env
@@ -245,14 +247,16 @@ def episode_log(path: str | os.PathLike, run: EpisodeRun, aid: str) -> UnitLog:
 def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLike,
                  fields: Callable[[float], dict],
                  attack_for: Callable[[float, int], Attack | None] | None = None,
-                 fresh: bool = False, env_kwargs: dict | None = None) -> list[EpisodeRow]:
+                 fresh: bool = False, env_kwargs: dict | None = None,
+                 progress: bool = False) -> list[EpisodeRow]:
     """Run the episodes of ``run`` missing from ``out`` and append one row each.
 
     ``fields(eps)`` gives the row fields of a radius (attack name, threat model,
     ...); ``attack_for(eps, episode)`` the attack of one episode (None: natural).
     Before each unit the finished units are re-read and one finished by another
     process is skipped; ``fresh`` empties ``out`` first (``--force``), after the
-    request is checked. Returns the episode rows of ``run`` now in ``out``.
+    request is checked. ``progress``: a tqdm bar (episodes, ETA) on stderr. Returns
+    the episode rows of ``run`` now in ``out``.
     """
     aid = agent_identity(agent)
     _preflight(agent, run, attack_for, env_kwargs)
@@ -262,20 +266,37 @@ def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLi
     base = {**agent_fields(agent, label), "source": run.source,
             "settings": run.settings(), "settings_hash": run.settings_hash(),
             "eval_seed": run.seed, "deterministic": run.deterministic}
-    for eps, i, key in run.unit_keys(aid):
-        if key in log.refresh():
-            continue
-        atk = attack_for(eps, i) if attack_for is not None else None
-        res = evaluate(agent, seed=run.seed, attack=atk, deterministic=run.deterministic,
-                       max_steps=run.max_steps, env_kwargs=env_kwargs, indices=[i])
-        changes = res.action_changes[0] if atk is not None and \
-            agent.action_space_kind == "discrete" else None
-        row = EpisodeRow(**{**base, **fields(eps)}, record="episode", unit=key, episode=i,
-                         episode_seed=res.seeds[0], return_=res.returns[0],
-                         length=res.lengths[0], truncated=res.truncated[0],
-                         action_changes=changes)
-        log.commit(key, [row])
+    keys = run.unit_keys(aid)
+    finished = set(log.refresh())
+    bar = tqdm(total=len(keys), initial=sum(k in finished for _, _, k in keys),
+               desc=run.source, unit="ep", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, leave=False)
+    try:
+        for eps, i, key in keys:
+            if key in finished:
+                continue
+            if key not in log.refresh():  # another process may have finished it since
+                _run_unit(agent, run, base, (eps, i, key), log, fields, attack_for, env_kwargs)
+            bar.update(1)
+    finally:
+        bar.close()
     return run_rows(out, run, aid)
+
+
+def _run_unit(agent: Agent, run: EpisodeRun, base: dict, unit: tuple[float, int, str],
+              log: UnitLog, fields, attack_for, env_kwargs: dict | None) -> None:
+    """Play one episode unit of ``run_episodes`` and commit its row."""
+    eps, i, key = unit
+    atk = attack_for(eps, i) if attack_for is not None else None
+    res = evaluate(agent, seed=run.seed, attack=atk, deterministic=run.deterministic,
+                   max_steps=run.max_steps, env_kwargs=env_kwargs, indices=[i])
+    changes = res.action_changes[0] if atk is not None and \
+        agent.action_space_kind == "discrete" else None
+    row = EpisodeRow(**{**base, **fields(eps)}, record="episode", unit=key, episode=i,
+                     episode_seed=res.seeds[0], return_=res.returns[0],
+                     length=res.lengths[0], truncated=res.truncated[0],
+                     action_changes=changes)
+    log.commit(key, [row])
 
 
 def _preflight(agent: Agent, run: EpisodeRun, attack_for, env_kwargs: dict | None) -> None:

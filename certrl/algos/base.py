@@ -357,18 +357,39 @@ class Algorithm:
     # best-checkpoint selection (certrl.algos.selection.BestKeeper) or None
     selection: typing.Any = None
 
-    def learn(self, total_steps: int | None = None, callback: Callback | None = None):
+    def learn(self, total_steps: int | None = None, callback: Callback | None = None,
+              telemetry: typing.Any = None):
         """Train until ``global_step >= total_steps`` (default ``cfg.total_steps``).
 
         ``callback(algo)`` runs after every DQN env step / every PPO update (progress,
-        checkpoints); returning False stops training there. Returns ``self``.
+        checkpoints); returning False stops training there. ``telemetry`` (e.g.
+        ``certrl.telemetry.TrainTelemetry``) has ``observe(algo)`` called just before
+        the callback. Returns ``self``.
         """
         until = self.cfg.total_steps if total_steps is None else total_steps
         while self.global_step < until:
             self.advance(until)
+            if telemetry is not None:
+                telemetry.observe(self)
             if callback is not None and callback(self) is False:
                 break
         return self
+
+    def train_metrics(self) -> dict[str, float | None]:
+        """Scalars of the current training state, for telemetry: ``train/eps`` (the
+        robust loss's eps at this step, ``eps_at``; 0 without one), ``train/exploration_rate``
+        (DQN's epsilon-greedy rate; None for PPO) and the logs of the latest update
+        (``self.logs``: losses and every robust-loss term) as ``update/<name>``."""
+        tm = self.agent_obj.threat_model
+        eps = 0.0 if self.robust_loss is None else self.robust_loss.eps_at(self.global_step, tm)
+        explore = getattr(self, "epsilon", None)
+        out: dict[str, float | None] = {
+            "train/exploration_rate": float(explore(self.global_step)) if callable(explore)
+            else None, "train/eps": float(eps)}
+        for k, v in (getattr(self, "logs", None) or {}).items():
+            if isinstance(v, numbers.Real):
+                out[f"update/{k}"] = float(v)
+        return out
 
     def advance(self, until: int) -> None:  # pragma: no cover - abstract
         """One unit of training (never past ``until`` env steps where the unit allows)."""

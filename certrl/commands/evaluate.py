@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_flags(p)
 
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                       norm=agent.threat_model.to_dict()["norm"])
     rows = run_episodes(agent, str(args.checkpoint), run_, out,
                         lambda eps: {"eps": 0.0, "attack": "none", "attack_steps": 0},
-                        fresh=args.force)
+                        fresh=args.force, progress=not args.no_progress)
     s = summarize_episodes(rows)[0.0]
     what = "" if not args.smoothed else (
         f" smoothed ({agent.smoothing.mode}, sigma {agent.smoothing.sigma:g}, "

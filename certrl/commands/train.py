@@ -9,6 +9,8 @@ Output folder layout::
     DIR/checkpoints/step_N.pt    periodic agent snapshots
     DIR/train.jsonl              one record per training episode + a summary
     DIR/command.json             the command line and resolved config (+ each resume)
+    DIR/metrics.csv              one row of training metrics per --log-every steps
+                                 (TensorBoard scalars too with --tensorboard TBDIR)
 
 Resume is exact: ``--resume`` after a kill ends with the same weights as the
 uninterrupted run of the same seed and settings. latest.pt holds everything the rest
@@ -41,6 +43,12 @@ from certrl.io import CheckpointError, library_versions, load_checkpoint
 from certrl.losses import LOSS_NAMES, make_loss, sortnet_q_spec
 from certrl.losses.common import SOLVERS
 from certrl.records import write_jsonl
+from certrl.telemetry import (
+    EVAL_EPISODES,
+    MetricsLogger,
+    TrainTelemetry,
+    summary_writer_class,
+)
 
 
 def add_parser(sub) -> None:
@@ -67,6 +75,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kill-after-checkpoint", type=positive_int, default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_telemetry_flags(p)
     _add_finetune_flags(p)
     r = p.add_argument_group("robust training (see docs/robust-training.md)")
     r.add_argument("--loss", choices=LOSS_NAMES, default="vanilla",
@@ -97,6 +106,40 @@ def add_parser(sub) -> None:
     r.add_argument("--sortnet-depth", type=positive_int, default=2)
     r.add_argument("--sortnet-scale", type=float, default=10.0,
                    help="Lipschitz constant s of the SortNet Q-network (Q = s * f)")
+
+
+def _add_telemetry_flags(p) -> None:
+    """--tensorboard, --log-every, --log-eval-every, --log-eval-episodes."""
+    t = p.add_argument_group("telemetry (DIR/metrics.csv always; see docs/training.md)")
+    t.add_argument("--tensorboard", metavar="TBDIR", default=None,
+                   help="also write the metrics as TensorBoard scalars to TBDIR "
+                        "(needs the tensorboard package: pip install -e .[tensorboard])")
+    t.add_argument("--log-every", type=positive_int, default=None, metavar="N",
+                   help="env steps between metrics rows (default: steps / 100, at least 1)")
+    t.add_argument("--log-eval-every", type=_nonneg_int, default=0, metavar="N",
+                   help="every N env steps also log a greedy evaluation's natural return and "
+                        "its ACR (CROWN) at the agent's eps (0: off, the default)")
+    t.add_argument("--log-eval-episodes", type=positive_int, default=None, metavar="M",
+                   help=f"episodes per telemetry evaluation (default {EVAL_EPISODES})")
+
+
+def _telemetry(args: argparse.Namespace, out: Path, algo) -> TrainTelemetry:
+    """The run's telemetry: DIR/metrics.csv (appended on --resume) and --tensorboard."""
+    start = algo.global_step
+    logger = MetricsLogger(out / "metrics.csv", args.tensorboard,
+                           resume_step=start if args.resume else None)
+    every = args.log_every or max(1, algo.cfg.total_steps // 100)
+    return TrainTelemetry(logger, every, start_step=start, eval_every=args.log_eval_every,
+                          eval_episodes=args.log_eval_episodes or EVAL_EPISODES)
+
+
+def _warn_no_updates(algo) -> None:
+    """A stderr warning when DQN's learning_starts leaves no gradient step in the run."""
+    starts = getattr(algo.cfg, "learning_starts", None)
+    if starts is not None and starts >= algo.cfg.total_steps:
+        print(f"certrl train: warning: learning_starts ({starts}) >= total steps "
+              f"({algo.cfg.total_steps}): no gradient step will be taken (lower it with "
+              f"--set learning_starts=N)", file=sys.stderr)
 
 
 def _add_finetune_flags(p) -> None:
@@ -393,11 +436,17 @@ def run(args: argparse.Namespace) -> int:
     _record_sigma(algo)
     if args.replay_cap_mb is not None:
         algo.max_replay_bytes = args.replay_cap_mb * 2**20
+    if args.tensorboard is not None:
+        summary_writer_class()  # a missing tensorboard package fails before any write
     _write_command(out, args, algo)
+    _warn_no_updates(algo)
     tr = _TrainRun(args, out, algo)
+    tel = _telemetry(args, out, algo)
     try:
-        algo.learn(algo.cfg.total_steps, callback=tr.callback)
+        algo.learn(algo.cfg.total_steps, callback=tr.callback, telemetry=tel)
+        tel.finish(algo)
     finally:
+        tel.logger.close()
         tr.bar.close()
     tr.finish()
     return 0
