@@ -32,6 +32,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -52,9 +53,11 @@ from certrl.algos.base import (
     seed_everything,
     split_config,
 )
+from certrl.algos.replay import FrameReplay, make_replay
 from certrl.algos.selection import BestKeeper
 from certrl.envs import EnvReplayError, action_space_info, env_family, make_env
 from certrl.identity import agent_identity
+from certrl.io import atomic_torch_save, plain
 from certrl.losses.base import RobustLoss, TrainContext
 from certrl.nets import body_spec, build_network
 
@@ -92,6 +95,11 @@ FINETUNE_DEFAULTS: dict[str, dict] = {
 # reward scale per env (|Q| ~ O(1)): CartPole +1 per step, gamma 0.99 -> Q up to ~100;
 # Acrobot -1 per step -> Q down to ~ -100 (episodes of ~60-100 steps: Q ~ -45..-63)
 FINETUNE_REWARD_SCALE: dict[str, float] = {"CartPole-v1": 0.01, "Acrobot-v1": 0.01}
+# A replay buffer up to this size goes inside latest.pt at every save; a larger one goes to
+# a separate snapshot file (REPLAY_FILE next to latest.pt), written every
+# ``replay_every``-th save (0: only at the end of the run), see ``DQN.save``
+REPLAY_INLINE_BYTES = 16 * 2**20
+REPLAY_FILE = "replay.pt"
 EPS_SCALES = ("none", "std")
 # eps_scale "std": greedy episodes of the init agent measured (env seeds from OBS_STD_SEED)
 OBS_STD_EPISODES = 10
@@ -253,16 +261,28 @@ class DQN(Algorithm):
                      reward_scale=cfg.reward_scale)
 
     def _make_buffer(self, obs_shape: tuple[int, ...]) -> None:
-        obs_dtype = np.uint8 if env_family(self.cfg.env_id) == "atari" else np.float32
-        n = self.cfg.buffer_size
-        self.buf = {
-            "obs": np.zeros((n, *obs_shape), obs_dtype),
-            "next_obs": np.zeros((n, *obs_shape), obs_dtype),
-            "actions": np.zeros(n, np.int64),
-            "rewards": np.zeros(n, np.float32),
-            "dones": np.zeros(n, np.float32),
-        }
-        self.buf_pos, self.buf_full = 0, False
+        """The replay buffer: frames stored once for Atari (``FrameReplay``), plain
+        float32 arrays otherwise (``ArrayReplay``; see ``certrl.algos.replay``)."""
+        self.replay = make_replay(self.cfg.buffer_size, obs_shape,
+                                  frames=env_family(self.cfg.env_id) == "atari")
+        self.replay_inline_bytes = REPLAY_INLINE_BYTES
+        self.replay_every = 0
+        self._replay_saves = 0
+        self._replay_ref: dict | None = None
+
+    @property
+    def buf(self) -> dict[str, np.ndarray]:
+        """The buffer's fields, oldest first for Atari (rebuilt stacks, a copy: for
+        inspection), the live arrays (writable) otherwise."""
+        rep = self.replay
+        if isinstance(rep, FrameReplay):
+            return rep.get(np.arange(len(rep)))
+        return rep.arrays
+
+    @property
+    def buf_pos(self) -> int:
+        """The slot the next transition goes to."""
+        return self.replay.pos
 
     def init_from(self, init: Agent | str | os.PathLike) -> Agent:
         """Start from an init agent's Q weights (called by the constructor).
@@ -322,25 +342,17 @@ class DQN(Algorithm):
         return cfg.exploration_start + frac * (cfg.exploration_end - cfg.exploration_start)
 
     def _store(self, obs, action, reward, next_obs, done) -> None:
-        i = self.buf_pos
-        self.buf["obs"][i] = obs
-        self.buf["next_obs"][i] = next_obs
-        self.buf["actions"][i] = action
-        self.buf["rewards"][i] = reward
-        self.buf["dones"][i] = done
-        self.buf_pos = (i + 1) % self.cfg.buffer_size
-        self.buf_full = self.buf_full or self.buf_pos == 0
+        self.replay.add(obs, action, reward, next_obs, done)
 
     def _sample(self) -> dict[str, torch.Tensor]:
-        size = self.cfg.buffer_size if self.buf_full else self.buf_pos
-        idx = self.rng.integers(0, size, self.cfg.batch_size)
+        b = self.replay.sample(self.rng, self.cfg.batch_size)
         pre = self.agent_obj.preprocess
         return {
-            "obs": pre(self.buf["obs"][idx]),
-            "next_obs": pre(self.buf["next_obs"][idx]),
-            "actions": torch.as_tensor(self.buf["actions"][idx]),
-            "rewards": torch.as_tensor(self.buf["rewards"][idx]) * self.cfg.reward_scale,
-            "dones": torch.as_tensor(self.buf["dones"][idx]),
+            "obs": pre(b["obs"]),
+            "next_obs": pre(b["next_obs"]),
+            "actions": torch.as_tensor(b["actions"]),
+            "rewards": torch.as_tensor(b["rewards"]) * self.cfg.reward_scale,
+            "dones": torch.as_tensor(b["dones"]),
         }
 
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -454,26 +466,46 @@ class DQN(Algorithm):
     # ----------------------------------------------------------------- resume
     def replay_nbytes(self) -> int:
         """Bytes of the filled part of the replay buffer."""
-        size = self.cfg.buffer_size if self.buf_full else self.buf_pos
-        return int(sum(v[:size].nbytes for v in self.buf.values()))
+        return self.replay.nbytes()
 
-    def train_state(self, max_replay_bytes: int | None = None) -> dict:
+    def save(self, path: str | os.PathLike, with_train_state: bool = True) -> None:
+        """Checkpoint the agent and training state; a replay buffer over
+        ``replay_inline_bytes`` goes to ``REPLAY_FILE`` in the same folder instead (see
+        ``train_state``)."""
+        st = self.train_state(replay_path=Path(path).with_name(REPLAY_FILE)) \
+            if with_train_state else None
+        self.agent.save(path, train_state=st)
+
+    def train_state(self, max_replay_bytes: int | None = None,
+                    replay_path: str | os.PathLike | None = None) -> dict:
         """Everything the rest of the run depends on (see the module docstring).
 
-        The replay buffer is left out only when it exceeds ``max_replay_bytes``
-        (default ``self.max_replay_bytes``, None = no limit); a resume from such a
-        checkpoint is then valid but not exact, and says so.
+        The replay buffer goes in when it is at most ``replay_inline_bytes`` or when no
+        ``replay_path`` is given. A larger one is written to ``replay_path`` every
+        ``replay_every``-th such call (0: only once ``total_steps`` is reached) and the
+        state refers to the last snapshot ("replay_file": path, step, token); resuming
+        from an older snapshot, or none, is valid but not exact and says so. A buffer over
+        ``max_replay_bytes`` (default ``self.max_replay_bytes``, None = no limit) is
+        left out altogether.
         """
         cap = self.max_replay_bytes if max_replay_bytes is None else max_replay_bytes
-        size = self.cfg.buffer_size if self.buf_full else self.buf_pos
-        replay = None
-        if cap is None or self.replay_nbytes() <= cap:
-            replay = {k: torch.from_numpy(v[:size]) for k, v in self.buf.items()}
+        nbytes = self.replay_nbytes()
+        rep: dict = {"replay": None, "buf_pos": self.replay.pos,
+                     "buf_full": len(self.replay) == self.cfg.buffer_size}
+        if cap is None or nbytes <= cap:
+            if replay_path is None or nbytes <= self.replay_inline_bytes:
+                rep = self.replay.state_dict()
+            else:
+                self._replay_saves += 1
+                every = self.replay_every
+                if self.global_step >= self.cfg.total_steps or \
+                        (every > 0 and self._replay_saves % every == 0):
+                    self._write_replay(Path(replay_path))
+                rep["replay_file"] = self._replay_ref
         return {
             "global_step": self.global_step, "episodes": list(self.episodes),
             "optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
-            "buf_pos": self.buf_pos, "buf_full": self.buf_full, "replay": replay,
-            "rng": capture_rngs(self.rng),
+            **rep, "rng": capture_rngs(self.rng),
             "env": self.env.state(), "obs": np.asarray(self._obs).copy(),
             "ep_return": float(self._ep_return), "ep_len": int(self._ep_len),
             "robust_loss": (self.robust_loss.state_dict()
@@ -481,6 +513,31 @@ class DQN(Algorithm):
             "resume_caveats": list(self.resume_caveats),
             "selection": None if self.selection is None else self.selection.state_dict(),
         }
+
+    def _write_replay(self, path: Path) -> None:
+        """The buffer snapshot file (atomic), tagged with the step and a fresh token."""
+        ref = {"path": str(path.resolve()), "step": int(self.global_step),
+               "token": os.urandom(8).hex()}
+        atomic_torch_save(plain({**self.replay.state_dict(), **ref}, "replay"), path)
+        self._replay_ref = ref
+
+    def _load_replay_file(self, ref: dict | None) -> str | None:
+        """Fill the buffer from the snapshot ``ref`` names; why it is not exact, or None."""
+        if ref is None:
+            return "the checkpoint holds no replay buffer (none saved yet: see --replay-every)"
+        path = Path(ref["path"])
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError) as e:
+            return f"the replay snapshot {path} cannot be read ({type(e).__name__})"
+        if not isinstance(data, dict) or data.get("token") != ref["token"]:
+            return f"the replay snapshot {path} is not the one this checkpoint refers to"
+        self.replay.load_state_dict(data)
+        self._replay_ref = dict(ref)
+        if int(data["step"]) != self.global_step:
+            return (f"the replay buffer comes from the snapshot at step {data['step']}, "
+                    f"not {self.global_step} (see --replay-every)")
+        return None
 
     def load_train_state(self, st: dict) -> None:
         self.global_step = int(st["global_step"])
@@ -492,9 +549,12 @@ class DQN(Algorithm):
         if self.selection is not None and st.get("selection"):
             self.selection.load_state_dict(st["selection"])
         if st.get("replay") is not None:
-            for k, v in st["replay"].items():
-                self.buf[k][: len(v)] = v.numpy()
-            self.buf_pos, self.buf_full = int(st["buf_pos"]), bool(st["buf_full"])
+            self.replay.load_state_dict(st)
+        elif "replay_file" in st:
+            why = self._load_replay_file(st["replay_file"])
+            if why is not None and self.global_step > 0:
+                self.note(f"{why}; training went on with "
+                          f"{'an empty' if len(self.replay) == 0 else 'that'} buffer")
         elif self.global_step > 0:
             self.note("the checkpoint holds no replay buffer (over the size cap); "
                        "training went on with an empty one")

@@ -69,8 +69,11 @@ def add_parser(sub) -> None:
                    help="torch threads (default 1 for MLPs, torch's default for Atari); "
                         "resume with the same count for bit-identical results")
     p.add_argument("--replay-cap-mb", type=positive_int, default=None,
-                   help="DQN: leave the replay buffer out of latest.pt when it is larger "
-                        "(a resume is then not exact; default: always save it)")
+                   help="DQN: save no replay buffer at all when it is larger (a resume is "
+                        "then not exact; default: no cap)")
+    p.add_argument("--replay-every", type=positive_int, default=None, metavar="K",
+                   help="DQN: a buffer over 16 MB goes to checkpoints/replay.pt, written every "
+                        "K-th checkpoint (1: exact resume from any; default: at the end only)")
     # test hook: SIGKILL this process right after the Nth latest.pt is written
     p.add_argument("--kill-after-checkpoint", type=positive_int, default=None,
                    help=argparse.SUPPRESS)
@@ -436,6 +439,8 @@ def run(args: argparse.Namespace) -> int:
     _record_sigma(algo)
     if args.replay_cap_mb is not None:
         algo.max_replay_bytes = args.replay_cap_mb * 2**20
+    if args.replay_every is not None and hasattr(algo, "replay_every"):
+        algo.replay_every = args.replay_every
     if args.tensorboard is not None:
         summary_writer_class()  # a missing tensorboard package fails before any write
     _write_command(out, args, algo)
