@@ -51,7 +51,7 @@ def test_grid_axes_and_finetunes():
          "seeds": [0, 1], "steps": 100},
         {"name": "ft", "init_from": "base", "loss": ["vanilla", "radial", "car"],
          "train_eps": [0.01, 0.05], "seeds": [1], "args": ["--solver", "ibp"]}],
-        "jobs": [{"name": "pgd", "command": "attack", "on": ["ft"],
+        "jobs": [{"name": "pgd", "command": "attack", "groups": ["ft"],
                   "args": ["--attack", "pgd", "--eps", 0.05]}]})
     units = expand(spec, "/sw")
     base = [u for u in units if "/base/" in u.uid]
@@ -83,13 +83,45 @@ def test_grid_axes_and_finetunes():
     ({**base_spec(), "jobs": [{"name": "c", "command": "train"}]}, "command must be"),
     ({**base_spec(), "jobs": [{"name": "c", "command": "certify", "args": ["--out", "x"]}]},
      "sets ['--out']"),
-    ({**base_spec(), "jobs": [{"name": "c", "command": "certify", "on": ["nobody"]}]},
+    ({**base_spec(), "jobs": [{"name": "c", "command": "certify", "groups": ["nobody"]}]},
      "unknown train groups"),
 ])
 def test_bad_specs_are_refused(bad, message):
     with pytest.raises(ValueError, match=None) as e:
         parse_spec(bad)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["tiny", "robust_dqn", "robust_ppo"])
+def test_benchmark_specs_expand_to_valid_commands(name, tmp_path):
+    """Every unit of the shipped specs is a command line certrl's own parser accepts."""
+    from certrl.cli import build_parser
+
+    parser, _ = build_parser()
+    units = expand(load_spec(SPECS / f"{name}.yaml"), tmp_path)
+    for u in units:
+        try:
+            parser.parse_args(list(u.argv))
+        except SystemExit:
+            pytest.fail(f"{name}: certrl {' '.join(u.argv)} does not parse")
+    if name == "robust_dqn":  # 8 methods x 5 seeds, 4 jobs each
+        assert len(units) == 8 * 5 * 5
+        cert = [u for u in units if u.kind == "certify" and "/sortnet/" in u.uid]
+        assert len(cert) == 5 and all("lipschitz" in u.argv for u in cert)
+
+
+def test_job_names_repeat_on_disjoint_groups_only():
+    two = {"train": [base_spec()["train"][0], {**base_spec()["train"][0], "name": "b2"}]}
+    ok = {**two, "jobs": [{"name": "c", "command": "certify", "groups": ["base"]},
+                          {"name": "c", "command": "certify", "groups": ["b2"]}]}
+    assert len(expand(parse_spec(ok), "/sw")) == 6 + 6
+    with pytest.raises(ValueError, match="already runs on"):
+        parse_spec({**two, "jobs": [{"name": "c", "command": "certify"},
+                                    {"name": "c", "command": "certify", "groups": ["b2"]}]})
+    with pytest.raises(ValueError, match="boolean"):  # YAML reads on: as true
+        parse_spec(yaml.safe_load("train: [{name: a, env: CartPole-v1, algo: dqn, "
+                                  "seeds: [0], steps: 5}]\njobs: [{name: c, command: "
+                                  "certify, on: [a]}]"))
 
 
 def test_bad_spec_file_clean_exit_nothing_written(tmp_path, capsys):
@@ -166,7 +198,7 @@ def test_tiny_sweep_on_local_ray_resumes_after_a_kill(tmp_path, capsys, keep_thr
     (out / run / MARKER).unlink()
     # and a job that always fails (bad eps), retried once then reported
     spec = yaml.safe_load(TINY.read_text())
-    spec["jobs"].append({"name": "bad", "command": "attack", "on": ["dqn"],
+    spec["jobs"].append({"name": "bad", "command": "attack", "groups": ["dqn"],
                          "args": ["--eps", "-1", "--episodes", "1"]})
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))

@@ -22,7 +22,7 @@ JOB_COMMANDS = ("evaluate", "certify", "attack")
 SPEC_KEYS = {"out", "max_retries", "train", "jobs"}
 GROUP_KEYS = {"name", "env", "algo", "loss", "seeds", "train_eps", "steps", "set", "args",
               "init_from"}
-JOB_KEYS = {"name", "command", "args", "on"}
+JOB_KEYS = {"name", "command", "args", "groups"}
 NO_EPS_LOSSES = ("vanilla", "noise")  # losses that train without --train-eps
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -62,6 +62,9 @@ def _as_list(value, what: str) -> list:
 def _check_keys(d, allowed: set, where: str) -> None:
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+    if True in d or False in d:  # YAML 1.1 reads on: / yes: / no: as booleans
+        raise ValueError(f"{where}: a key reads as a boolean (YAML takes on / off / yes / "
+                         "no for true / false); a job's groups go under groups:")
     extra = sorted(set(d) - allowed)
     if extra:
         raise ValueError(f"{where}: unknown keys {extra} (allowed: {sorted(allowed)})")
@@ -107,10 +110,10 @@ def parse_spec(data, where: str = "spec") -> Spec:
     jobs = data.get("jobs") or []
     if not isinstance(jobs, list):
         raise ValueError(f"{where}: 'jobs' must be a list")
-    seen: set[str] = set()
+    seen: dict[str, set] = {}  # job name -> the groups it runs on so far
     for i, j in enumerate(jobs):
-        _check_job(j, f"{where}: jobs[{i}]", names, seen)
-        seen.add(j["name"])
+        on = _check_job(j, f"{where}: jobs[{i}]", names, seen)
+        seen.setdefault(j["name"], set()).update(on)
     retries = data.get("max_retries", 1)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"{where}: max_retries must be an integer >= 0")
@@ -168,21 +171,27 @@ def _check_seeds(g: dict, where: str, base: dict | None) -> None:
         raise ValueError(f"{where}: seeds {seeds} are not all seeds of {base['name']!r}")
 
 
-def _check_job(j, where: str, groups: dict, seen: set) -> None:
+def _check_job(j, where: str, groups: dict, seen: dict) -> list:
+    """Validate one job; its ``groups``. A name may repeat on other groups only (the
+    same job folder name with other arguments, e.g. a certify method per network type)."""
     _check_keys(j, JOB_KEYS, where)
     name = _check_name(j.get("name"), where)
-    if name in seen or name == "train":
-        raise ValueError(f"{where}: duplicate or reserved job name {name!r}")
+    if name == "train":
+        raise ValueError(f"{where}: reserved job name {name!r}")
     if j.get("command") not in JOB_COMMANDS:
         raise ValueError(f"{where}: command must be one of {list(JOB_COMMANDS)}")
     args = _str_args(j.get("args"), where)
     reserved = {"--out", "--force", "--no-progress"} & set(args)
     if reserved:
         raise ValueError(f"{where}: the sweep sets {sorted(reserved)} itself")
-    on = _as_list(j.get("on", list(groups)), f"{where}: on")
+    on = _as_list(j.get("groups", list(groups)), f"{where}: groups")
     bad = [x for x in on if x not in groups]
     if bad:
-        raise ValueError(f"{where}: on names unknown train groups {bad}")
+        raise ValueError(f"{where}: groups: unknown train groups {bad}")
+    twice = sorted(seen.get(name, set()) & set(on))
+    if twice:
+        raise ValueError(f"{where}: job {name!r} already runs on groups {twice}")
+    return on
 
 
 def env_slug(env: str) -> str:
@@ -261,7 +270,7 @@ def expand(spec: Spec, out: str | Path) -> list[Unit]:
     units = [Unit(r["uid"] + "/train", "train", tuple(train_argv(groups[r["group"]], r, out)),
                   () if r["base"] is None else (r["base"] + "/train",)) for r in runs]
     for j in spec.jobs:
-        on = set(_as_list(j.get("on", list(groups)), "on"))
+        on = set(_as_list(j.get("groups", list(groups)), "groups"))
         for r in runs:
             if r["group"] not in on:
                 continue
