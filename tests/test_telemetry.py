@@ -16,6 +16,7 @@ import torch
 
 import certrl
 from certrl.cli import main
+from certrl.commands import train as train_cmd
 from certrl.telemetry import BASE_COLUMNS, MetricsLogger, evaluate_for_log
 
 ROOT = Path(certrl.__file__).resolve().parents[1]  # the certrl under test (PYTHONPATH)
@@ -93,18 +94,15 @@ def test_tensorboard_events_hold_the_scalars(full_run):
         assert math.isclose(got[s], v, rel_tol=1e-6)  # float32 in the event file
 
 
-def test_resume_appends_without_duplicates(full_run, tmp_path):
-    """The same 400-step run SIGKILLed right after its first checkpoint (step ~200, the
-    test hook), with a row appended as a run killed later would have logged, then
-    resumed: each step once, and the training columns equal the uninterrupted run's
-    (which also ran evaluations: they do not change training)."""
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "certrl.cli", *TRAIN, "--steps", "400",
-                           "--checkpoint-every", "200", "--kill-after-checkpoint", "1",
-                           "--out", str(out)], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-500:]
+class Killed(BaseException):
+    """Raised in place of the kill hook's SIGKILL (the in-process version)."""
+
+
+def _check_resumed(out: Path, full_run: Path) -> None:
+    """Rows up to the checkpoint (~step 200) plus a row as a run killed later would have
+    logged, then --resume: each step once, the kept rows unchanged, and the training
+    columns equal the uninterrupted run's (which also ran evaluations: they do not
+    change training)."""
     header, rows = read_csv(out / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [50, 100, 150, 200]
     with open(out / "metrics.csv", "a", newline="") as f:
@@ -118,6 +116,33 @@ def test_resume_appends_without_duplicates(full_run, tmp_path):
     for a, b in zip(resumed, full):
         for col in TRAINING_COLUMNS:
             assert a[col] == b[col], (a["step"], col)
+
+
+def test_resume_appends_without_duplicates(full_run, tmp_path, monkeypatch):
+    """The kill hook (after the first checkpoint) raising instead of SIGKILL."""
+    def kill(pid, sig):
+        raise Killed
+
+    monkeypatch.setattr(train_cmd.os, "kill", kill)
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        main([*TRAIN, "--steps", "400", "--checkpoint-every", "200",
+              "--kill-after-checkpoint", "1", "--out", str(out)])
+    monkeypatch.undo()
+    _check_resumed(out, full_run)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_appends_without_duplicates(full_run, tmp_path):
+    """The same with a real SIGKILL of a separate process."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "certrl.cli", *TRAIN, "--steps", "400",
+                           "--checkpoint-every", "200", "--kill-after-checkpoint", "1",
+                           "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-500:]
+    _check_resumed(out, full_run)
 
 
 def test_learning_starts_warning(tmp_path, capsys):
