@@ -19,10 +19,12 @@ gives the references' fine-tuning settings (``FINETUNE_DEFAULTS``).
 
 Episode k is reset from ``episode_seed(seed, 0, k)`` (``certrl.envs.EpisodeSeeding``), so
 the env sequence depends on the run seed and the episode index only. ``train_state()``
-holds the replay buffer, optimizer, target net, counters, the robust loss's state, every
-RNG and the env state (current episode index + its actions so far; resume resets from the
-episode's seed and replays them). ``certrl train`` checkpoints at episode ends, where
-nothing needs replaying. Resuming and continuing gives the uninterrupted run's weights.
+holds the replay buffer (``certrl.algos.replay``; one over ``REPLAY_INLINE_BYTES``, Atari,
+goes to a rarer ``replay.pt`` snapshot instead, see ``train_state``), optimizer, target
+net, counters, the robust loss's state, every RNG and the env state (current episode
+index + its actions so far; resume resets from the episode's seed and replays them).
+``certrl train`` checkpoints at episode ends, where nothing needs replaying. Resuming
+and continuing gives the uninterrupted run's weights.
 """
 
 from __future__ import annotations

@@ -20,9 +20,12 @@ u ~ U{0 .. size-1} (oldest first), as ``ArrayReplay`` does.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
+ZLIB_LEVEL = 1
 FIELDS = ("obs", "next_obs", "actions", "rewards", "dones")
 
 
@@ -188,11 +191,14 @@ class FrameReplay:
         return int((hi - lo) * self.frames[0].nbytes + self.size * per_row)
 
     def state_dict(self) -> dict:
-        """The live frames and the transitions, oldest first."""
+        """The live frames (zlib level ``ZLIB_LEVEL``: Pong frames shrink ~70x at ~100 MB/s)
+        and the transitions, oldest first."""
         lo, hi = self._live_frames()
         i = self.slots(np.arange(self.size))
         t = torch.from_numpy
-        rep = {"kind": self.kind, "frames": t(self.frames[np.arange(lo, hi) % self.frame_capacity]),
+        frames = self.frames[np.arange(lo, hi) % self.frame_capacity]
+        blob = bytearray(zlib.compress(frames.tobytes(), ZLIB_LEVEL))
+        rep = {"kind": self.kind, "frames_zlib": torch.frombuffer(blob, dtype=torch.uint8),
                "frame_lo": lo, "n_frames": hi, "obs_ids": t(self.obs_ids[i]),
                "next_ids": t(self.next_ids[i]), "actions": t(self.actions[i]),
                "rewards": t(self.rewards[i]), "dones": t(self.dones[i]),
@@ -210,7 +216,9 @@ class FrameReplay:
         if n > self.capacity or hi - lo > self.frame_capacity:
             raise ValueError(f"the saved replay buffer ({n} transitions, {hi - lo} frames) "
                              f"does not fit buffer_size {self.capacity}")
-        self.frames[np.arange(lo, hi) % self.frame_capacity] = np.asarray(rep["frames"])
+        raw = zlib.decompress(np.asarray(rep["frames_zlib"]).tobytes())
+        frames = np.frombuffer(raw, np.uint8).reshape(hi - lo, *self.frames.shape[1:])
+        self.frames[np.arange(lo, hi) % self.frame_capacity] = frames
         self.obs_ids[:n] = np.asarray(rep["obs_ids"])
         self.next_ids[:n] = np.asarray(rep["next_ids"])
         self.actions[:n], self.rewards[:n] = np.asarray(rep["actions"]), np.asarray(rep["rewards"])
