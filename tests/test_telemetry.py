@@ -4,6 +4,7 @@ evaluate progress bar."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import signal
@@ -42,16 +43,18 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
         return list(r.fieldnames or []), list(r)
 
 
+HAVE_TB = importlib.util.find_spec("tensorboard") is not None
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
-    """400 steps with TensorBoard and an evaluation (ACR at eps 0.01) every 200 steps."""
+    """400 steps with an evaluation (ACR at eps 0.01) every 200 steps, and TensorBoard
+    when the package is installed."""
     out = tmp_path_factory.mktemp("tel") / "full"
-    tb = pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard "
-                                                    "package (extra: tensorboard)")
-    assert tb is not None
+    tb = ["--tensorboard", str(out / "tb")] if HAVE_TB else []
     n = torch.get_num_threads()
-    assert main([*TRAIN, "--steps", "400", "--out", str(out), "--tensorboard",
-                 str(out / "tb"), "--log-eval-every", "200", "--log-eval-episodes", "1"]) == 0
+    assert main([*TRAIN, "--steps", "400", "--out", str(out), *tb, "--log-eval-every", "200",
+                 "--log-eval-episodes", "1"]) == 0
     torch.set_num_threads(n)
     return out
 
@@ -79,7 +82,8 @@ def test_metrics_csv_has_losses_and_robust_terms(full_run):
 
 def test_tensorboard_events_hold_the_scalars(full_run):
     ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
-                                 reason="reading event files needs the tensorboard package")
+                                 reason="--tensorboard needs the tensorboard package "
+                                        "(extra: tensorboard)")
     acc = ea_mod.EventAccumulator(str(full_run / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -193,3 +197,14 @@ def test_evaluate_progress_bar(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "b.jsonl"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "evaluate:" not in err and "%|" not in err
+
+
+def test_tensorboard_missing_is_a_clean_error(tmp_path, capsys, monkeypatch):
+    """Without the tensorboard package: a one-line error and no run folder."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--steps", "80", "--out", str(out), "--tensorboard",
+                 str(tmp_path / "tb")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs the tensorboard package" in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "tb").exists()
