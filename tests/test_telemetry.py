@@ -155,8 +155,13 @@ def test_learning_starts_warning(tmp_path, capsys):
     assert "learning_starts (100) >= total steps (80)" in err
     _, rows = read_csv(tmp_path / "a" / "metrics.csv")
     assert all(not r.get("update/td_loss") for r in rows)  # indeed no gradient step
-    assert main([*TRAIN, "--steps", "120", "--out", str(tmp_path / "b")]) == 0
-    assert "learning_starts" not in capsys.readouterr().err
+    # updates at multiples of train_freq (4) past 100: none in 102 steps, one in 104
+    assert main([*TRAIN, "--steps", "102", "--out", str(tmp_path / "b")]) == 0
+    assert "the first update would be at step 104" in capsys.readouterr().err
+    assert main([*TRAIN, "--steps", "104", "--out", str(tmp_path / "c")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    _, rows = read_csv(tmp_path / "c" / "metrics.csv")
+    assert rows[-1]["update/td_loss"]  # the final row (step 104) has the one update
 
 
 def test_metrics_logger_widens_header_and_truncates_on_resume(tmp_path):

@@ -137,12 +137,23 @@ def _telemetry(args: argparse.Namespace, out: Path, algo) -> TrainTelemetry:
 
 
 def _warn_no_updates(algo) -> None:
-    """A stderr warning when DQN's learning_starts leaves no gradient step in the run."""
-    starts = getattr(algo.cfg, "learning_starts", None)
-    if starts is not None and starts >= algo.cfg.total_steps:
-        print(f"certrl train: warning: learning_starts ({starts}) >= total steps "
-              f"({algo.cfg.total_steps}): no gradient step will be taken (lower it with "
-              f"--set learning_starts=N)", file=sys.stderr)
+    """A stderr warning when DQN takes no gradient step in the whole run: updates come at
+    steps t > learning_starts with t % train_freq == 0."""
+    cfg = algo.cfg
+    starts = getattr(cfg, "learning_starts", None)
+    if starts is None:
+        return
+    freq = getattr(cfg, "train_freq", 1)
+    first = (starts // freq + 1) * freq
+    if starts >= cfg.total_steps:
+        why = f"learning_starts ({starts}) >= total steps ({cfg.total_steps})"
+    elif first > cfg.total_steps:
+        why = (f"the first update would be at step {first} (learning_starts {starts}, "
+               f"train_freq {freq}), after the last step ({cfg.total_steps})")
+    else:
+        return
+    print(f"certrl train: warning: no gradient step will be taken: {why}; lower it with "
+          f"--set learning_starts=N", file=sys.stderr)
 
 
 def _add_finetune_flags(p) -> None:
