@@ -33,7 +33,7 @@ from torch import nn
 
 from bounds.flatten import affine_chain
 
-__all__ = ["ExactResult", "milp_margin", "lp_margin", "relu_chain"]
+__all__ = ["ExactResult", "milp_margin", "lp_margin", "relu_chain", "relu_program"]
 
 INF = float("inf")
 
@@ -248,24 +248,38 @@ def _build(net, x, eps, label, lower, upper, opts: SolveOptions) -> MarginProble
     return MarginProblem(x, eps_t, LO, HI, labels, Ws, bs, pres, n_unst)
 
 
-def _relu_model(p: MarginProblem, b: int, relax: bool):
-    """cvxpy model of state b's ReLU layers: the input variable, the constraints, the
-    last hidden layer, its box [lo_h, hi_h] and whether the model has binaries."""
+def relu_program(Ws, bs, lo: np.ndarray, hi: np.ndarray, pres, relax: bool = False,
+                 phases=None):
+    """cvxpy model of x in [lo, hi] through the ReLU layers of the chain (Ws, bs):
+    h_k = relu(W_k h_{k-1} + b_k) with pre-activation bounds pres[k] = (l, u) valid on
+    the modelled set. Stable ReLUs are linear, unstable ones exact (binary d, big-M:
+    h >= z, h <= u d, h <= z - l (1 - d)) or, with ``relax``, the triangle h <= u (z - l)
+    / (u - l). ``phases[k]`` (optional, values in {-1, 0, 1}): 1 adds z >= 0 and h = z,
+    -1 adds z <= 0 and h = 0 (ReLU split decisions: the model is then the subset of the
+    box where they hold). Returns (x variable, constraints, last hidden h, has binaries).
+    """
     import cvxpy as cp
 
-    xv = cp.Variable(p.lo.shape[1], bounds=[p.lo[b], p.hi[b]])
-    cons, prev, lo_h, hi_h, has_int = [], xv, p.lo[b], p.hi[b], False
-    for k in range(len(p.Ws) - 1):
-        l, u = p.pres[b][k]
-        z = p.Ws[k] @ prev + p.bs[k]
-        act = np.flatnonzero(l >= 0)
-        unst = np.flatnonzero((l < 0) & (u > 0))
-        dead = np.flatnonzero(u <= 0)
+    xv = cp.Variable(lo.shape[0], bounds=[lo, hi])
+    cons, prev, has_int = [], xv, False
+    for k in range(len(Ws) - 1):
+        l, u = pres[k]
+        z = Ws[k] @ prev + bs[k]
+        ph = np.zeros(len(l), dtype=np.int64) if phases is None else np.asarray(phases[k])
+        on, off = np.flatnonzero(ph > 0), np.flatnonzero(ph < 0)
+        act = np.flatnonzero((l >= 0) & (ph == 0))
+        unst = np.flatnonzero((l < 0) & (u > 0) & (ph == 0))
+        dead = np.flatnonzero((u <= 0) & (l < 0) & (ph == 0))
         h = cp.Variable(len(l), bounds=[np.zeros(len(l)), np.maximum(u, 0.0)])
-        if act.size:
-            cons.append(h[act] == z[act])
-        if dead.size:
-            cons.append(h[dead] == 0)
+        lin = np.concatenate([act, on])
+        if lin.size:
+            cons.append(h[lin] == z[lin])
+        if on.size:
+            cons.append(z[on] >= 0)
+        if off.size:
+            cons.append(z[off] <= 0)
+        if dead.size or off.size:
+            cons.append(h[np.concatenate([dead, off])] == 0)
         if unst.size:
             lu, uu = l[unst], u[unst]
             cons.append(h[unst] >= z[unst])
@@ -277,6 +291,16 @@ def _relu_model(p: MarginProblem, b: int, relax: bool):
                 cons.append(h[unst] <= cp.multiply(uu, d))
                 cons.append(h[unst] <= z[unst] - cp.multiply(lu, 1 - d))
         prev = h
+    return xv, cons, prev, has_int
+
+
+def _relu_model(p: MarginProblem, b: int, relax: bool):
+    """cvxpy model of state b's ReLU layers: the input variable, the constraints, the
+    last hidden layer, its box [lo_h, hi_h] and whether the model has binaries."""
+    xv, cons, prev, has_int = relu_program(p.Ws, p.bs, p.lo[b], p.hi[b], p.pres[b], relax)
+    lo_h, hi_h = p.lo[b], p.hi[b]
+    if len(p.Ws) > 1:
+        l, u = p.pres[b][len(p.Ws) - 2]
         lo_h, hi_h = np.maximum(l, 0.0), np.maximum(u, 0.0)
     return xv, cons, prev, lo_h, hi_h, has_int
 

@@ -32,8 +32,11 @@ from torch import nn
 
 from bounds.api import bind, rounding_allowance
 from bounds.perturbation import LpBall
+from bounds.verify_relu import ReluSetup, bound_domains, branch, leaf_minimum
 
-__all__ = ["VerifyResult", "verify"]
+__all__ = ["AUTO_RELU_DIM", "VerifyResult", "verify"]
+
+AUTO_RELU_DIM = 16  # split="auto": ReLU splits above this many input entries
 
 
 @dataclass
@@ -73,10 +76,10 @@ def _check_args(ball: LpBall, C: torch.Tensor, d, mode: str) -> tuple:
     return C, d
 
 
-def _attack(net, C, d, mode, lo, hi, steps: int = 5):
-    """Signed-gradient descent on the objective from the centres of boxes (N, *shape);
-    returns (points, objective values), points inside the boxes."""
-    x = ((lo + hi) / 2).detach()
+def _attack(net, C, d, mode, lo, hi, steps: int = 5, start=None):
+    """Signed-gradient descent on the objective from ``start`` (default: the centres of
+    the boxes (N, *shape)); returns (points, objective values), points inside the boxes."""
+    x = ((lo + hi) / 2 if start is None else start).detach()
     step = (hi - lo) / 4
     for _ in range(steps):
         with torch.enable_grad():
@@ -128,20 +131,50 @@ def _found(net, C, d, mode, x, v, lo0, hi0, stats):
     return VerifyResult("falsified", p[0].detach(), val, stats=stats)
 
 
+def _resolve_split(split: str, ball: LpBall) -> str:
+    if split not in ("input", "relu", "auto"):
+        raise ValueError(f"verify: split must be 'input', 'relu' or 'auto', got {split!r}")
+    if split == "auto":
+        return "relu" if ball.center[0].numel() > AUTO_RELU_DIM else "input"
+    return split
+
+
 def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
            timeout_s: float = 30.0, batch: int = 512,
-           max_domains: int = 10**7) -> VerifyResult:
+           max_domains: int = 10**7, split: str = "input",
+           max_depth: int = 8, leaf_relus: int = 16) -> VerifyResult:
     """Decide C f(x) > d on every x of ``ball`` (all rows, or at least one for "any").
 
     ``C``: (m, K) (or (1, m, K)); ``d``: (m,) or None (zeros). Complete branch and
-    bound over input splits with batched CROWN bounds and PGD on open domains; returns
+    bound with batched CROWN bounds and PGD on open domains, over input splits
+    (``split="input"``) or ReLU splits (``"relu"``: a domain with at most ``leaf_relus``
+    free unstable ReLUs, or ``max_depth`` splits, is decided exactly by an LP / MILP over
+    its polytope); ``"auto"``: ReLU splits when the
+    input has more than AUTO_RELU_DIM entries and every activation is a ReLU. Returns
     "unknown" when ``timeout_s`` or ``max_domains`` runs out. See the module docstring.
     """
     C, d = _check_args(ball, C, d, mode)
-    t0, bound = time.perf_counter(), bind(net, "native")
-    lo0, hi0 = ball.box()
+    mode_split = _resolve_split(split, ball)
+    t0 = time.perf_counter()
     with torch.no_grad():
         allowance = float(rounding_allowance(net(ball.center).flatten(1)))
+    if mode_split == "relu":
+        try:
+            setup = ReluSetup(net, ball)
+        except ValueError:
+            if split == "relu":
+                raise
+        else:
+            return _verify_relu(net, setup, ball, (C, d, mode), (timeout_s, batch,
+                                max_domains, max_depth, leaf_relus), t0, allowance)
+    return _verify_input(net, ball, C, d, mode, timeout_s, batch, max_domains, t0,
+                         allowance)
+
+
+def _verify_input(net, ball, C, d, mode, timeout_s, batch, max_domains, t0, allowance):
+    """Branch and bound over input splits (see the module docstring)."""
+    bound = bind(net, "native")
+    lo0, hi0 = ball.box()
     lo, hi = lo0.clone(), hi0.clone()
     stats = {"domains": 0, "rounds": 0}
     lows = torch.full((1,), float("-inf"), dtype=lo.dtype, device=lo.device)
@@ -176,5 +209,139 @@ def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
         nlo, nhi = _split(net, C, d, mode, blo, bhi)
         lo, hi = torch.cat([lo, nlo]), torch.cat([hi, nhi])
         lows = torch.cat([lows, lb.repeat(2)])
+    stats["time_s"] = time.perf_counter() - t0
+    return VerifyResult("verified", lower=proven, stats=stats)
+
+
+# --------------------------------------------------------------------------- ReLU splitting
+def _take(q: dict, sel: torch.Tensor) -> dict:
+    """The domains ``sel`` of the queue q (splits, bounds, depth, lows)."""
+    return {"splits": {k: s[sel] for k, s in q["splits"].items()},
+            "bounds": {k: (b[0][sel], b[1][sel]) for k, b in q["bounds"].items()},
+            "depth": q["depth"][sel], "lows": q["lows"][sel]}
+
+
+def _cat(a: dict, b: dict) -> dict:
+    return {"splits": {k: torch.cat([s, b["splits"][k]]) for k, s in a["splits"].items()},
+            "bounds": {k: (torch.cat([v[0], b["bounds"][k][0]]),
+                           torch.cat([v[1], b["bounds"][k][1]]))
+                       for k, v in a["bounds"].items()},
+            "depth": torch.cat([a["depth"], b["depth"]]),
+            "lows": torch.cat([a["lows"], b["lows"]])}
+
+
+def _children(setup, q: dict, layer, idx) -> dict:
+    """Two children per domain of q: neuron (layer, idx) active (first) / inactive."""
+    n = q["lows"].shape[0]
+    rows = torch.arange(n, device=idx.device)
+    splits = {}
+    for j, k in enumerate(setup.relus):
+        s = q["splits"][k].flatten(1)
+        s2 = torch.cat([s, s]).clone()
+        r = rows[layer == j]
+        s2[r, idx[r]] = 1
+        s2[r + n, idx[r]] = -1
+        splits[k] = s2.reshape(2 * n, *q["splits"][k].shape[1:])
+    return {"splits": splits,
+            "bounds": {k: (torch.cat([b[0], b[0]]), torch.cat([b[1], b[1]]))
+                       for k, b in q["bounds"].items()},
+            "depth": q["depth"].repeat(2) + 1, "lows": q["lows"].repeat(2)}
+
+
+def _leaves(net, setup, q, spec, lo0, hi0, allowance, deadline, stats):
+    """Decide the domains of q exactly (``leaf_minimum``). Returns (a VerifyResult that
+    ends the search or None, the smallest proven bound of the closed leaves)."""
+    C, d, mode = spec
+    proven = float("inf")
+    for i in range(q["lows"].shape[0]):
+        if time.perf_counter() > deadline:
+            stats["reason"] = "time limit"
+            return VerifyResult("unknown", lower=-float("inf"), stats=stats), proven
+        act = {k: (b[0][i], b[1][i]) for k, b in q["bounds"].items()}
+        sp = {k: s[i] for k, s in q["splits"].items()}
+        st, val, x = leaf_minimum(setup, lo0, hi0, act, sp, C, d, mode,
+                                  deadline - time.perf_counter())
+        stats["leaves"] += 1
+        if st == "unknown":
+            stats["reason"] = "leaf program not solved (time limit)"
+            return VerifyResult("unknown", lower=-float("inf"), stats=stats), proven
+        if val - allowance > 0:
+            proven = min(proven, val - allowance)
+            continue
+        p = torch.as_tensor(x, dtype=lo0.dtype, device=lo0.device).reshape(lo0.shape)
+        with torch.no_grad():
+            res = _found(net, C, d, mode, p, _objective(net(p).flatten(1), C, d, mode),
+                         lo0, hi0, stats)
+        if res is not None:
+            return res, proven
+        stats["reason"] = "within rounding allowance"
+        return VerifyResult("unknown", lower=val - allowance, stats=stats), proven
+    return None, proven
+
+
+def _bound_round(net, setup, q, spec, lo0, hi0, allowance, stats):
+    """Bound the domains of q; returns (open domains with their bounds, rows, start
+    points for the attack, proven bound of the closed ones)."""
+    C, d, mode = spec
+    with torch.no_grad():
+        lb, act, lam, A = bound_domains(setup, C, q["splits"], q["bounds"])
+    lb = lb - d
+    v = (lb.amin(1) if mode == "all" else lb.amax(1)) - allowance
+    stats["domains"] += v.shape[0]
+    stats["rounds"] += 1
+    closed = v > 0
+    proven = float(v[closed].min()) if closed.any() else float("inf")
+    q = dict(q, bounds=act, lows=v)
+    row = lb.argmin(1) if mode == "all" else lb.argmax(1)
+    rows = torch.arange(v.shape[0], device=v.device)
+    grad = A[rows, row].reshape(v.shape[0], *lo0.shape[1:])
+    start = torch.where(grad > 0, lo0, hi0)  # the box vertex minimizing the linear bound
+    keep = (~closed).nonzero().flatten()
+    lam = {k: t if t.shape[0] == 1 else t[keep] for k, t in lam.items()}
+    return _take(q, keep), lam, row[keep], start[keep], proven
+
+
+def _verify_relu(net, setup, ball, spec, budget, t0, allowance) -> VerifyResult:
+    """Best-first branch and bound over ReLU splits (see bounds.verify_relu)."""
+    C, d, mode = spec
+    timeout_s, batch, max_domains, max_depth, leaf_relus = budget
+    lo0, hi0 = ball.box()
+    dev = lo0.device
+    q = {"splits": {k: torch.zeros(1, *b[0].shape[1:], dtype=torch.int8, device=dev)
+                    for k, b in setup.root.items()},
+         "bounds": dict(setup.root), "depth": torch.zeros(1, dtype=torch.long, device=dev),
+         "lows": torch.full((1,), -float("inf"), dtype=lo0.dtype, device=dev)}
+    stats = {"domains": 0, "rounds": 0, "leaves": 0, "split": "relu"}
+    proven = float("inf")
+    while q["lows"].shape[0]:
+        stats["time_s"] = time.perf_counter() - t0
+        if stats["time_s"] > timeout_s or stats["domains"] > max_domains:
+            return VerifyResult("unknown", lower=float(q["lows"].min()), stats=stats)
+        order = q["lows"].argsort()
+        cur, q = _take(q, order[:batch]), _take(q, order[batch:])
+        cur, lam, row, start, p = _bound_round(net, setup, cur, spec, lo0, hi0,
+                                               allowance, stats)
+        proven = min(proven, p)
+        if cur["lows"].shape[0] == 0:
+            continue
+        x, v = _attack(net, C, d, mode, lo0.expand_as(start), hi0.expand_as(start),
+                       start=start)
+        res = _found(net, C, d, mode, x, v, lo0, hi0, stats)
+        if res is None and (v <= allowance).any():
+            stats["reason"] = "within rounding allowance"
+            res = VerifyResult("unknown", lower=float(cur["lows"].min()), stats=stats)
+        if res is not None:
+            res.stats["time_s"] = time.perf_counter() - t0
+            return res
+        layer, idx, n_free = branch(setup, cur["bounds"], lam, cur["splits"], row)
+        leaf = (n_free <= leaf_relus) | (cur["depth"] >= max_depth)
+        res, p = _leaves(net, setup, _take(cur, leaf.nonzero().flatten()), spec, lo0, hi0,
+                         allowance, t0 + timeout_s, stats)
+        proven = min(proven, p)
+        if res is not None:
+            res.stats["time_s"] = time.perf_counter() - t0
+            return res
+        inner = (~leaf).nonzero().flatten()
+        q = _cat(q, _children(setup, _take(cur, inner), layer[inner], idx[inner]))
     stats["time_s"] = time.perf_counter() - t0
     return VerifyResult("verified", lower=proven, stats=stats)
