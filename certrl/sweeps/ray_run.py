@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from tqdm import tqdm
 
@@ -29,7 +30,7 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """The ray module, or a clear ImportError saying how to install it."""
     try:
         import ray
@@ -39,7 +40,7 @@ def import_ray():
     return ray
 
 
-def start_ray(address: str | None, num_cpus: int = LOCAL_CPUS):
+def start_ray(address: str | None, num_cpus: int = LOCAL_CPUS) -> ModuleType:
     """Connect to the cluster at ``address``, or start a small local instance (no
     dashboard, worker output not forwarded: each unit logs to its own folder)."""
     ray = import_ray()
@@ -64,8 +65,12 @@ def _task(unit: Unit, out: str, *deps) -> dict:
 def run_units(todo: list[Unit], out: str | Path, max_retries: int, address: str | None = None,
               num_cpus: int = LOCAL_CPUS, progress: bool = True) -> Outcome:
     """Submit every unit of ``todo`` (dependencies first; a dependency not in ``todo`` is
-    finished already), wait for all of them, shut Ray down; the Outcome."""
-    ray = start_ray(address, num_cpus)
+    finished already), wait for all of them; the Outcome. Ray is started (or joined) and
+    shut down here, unless the caller's process is connected to Ray already."""
+    ray = import_ray()
+    own = not ray.is_initialized()
+    if own:
+        start_ray(address, num_cpus)
     try:
         remote = ray.remote(num_cpus=1, max_retries=max_retries,
                             retry_exceptions=True)(_task)
@@ -75,7 +80,8 @@ def run_units(todo: list[Unit], out: str | Path, max_retries: int, address: str 
             refs[u.uid] = remote.remote(u, str(Path(out).absolute()), *deps)
         return _collect(ray, refs, {u.uid: u for u in todo}, progress)
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
 
 
 def _collect(ray, refs: dict, units: dict[str, Unit], progress: bool) -> Outcome:
