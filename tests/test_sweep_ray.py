@@ -223,3 +223,28 @@ def test_tiny_sweep_on_local_ray_resumes_after_a_kill(tmp_path, capsys, keep_thr
     table = capsys.readouterr().out
     assert "CartPole-v1" in table and "(DQN, sa; 2 seeds)" in table \
         and "(DQN, vanilla; 2 seeds)" in table
+
+
+def test_failure_report_names_the_failed_dependency():
+    """A unit whose dependency failed is reported as not run, whatever order Ray returns
+    the failures in (a fake Ray: results come back dependants first)."""
+    from certrl.sweeps.ray_run import collect
+
+    base = Unit("r/train", "train", ("train",))
+    job = Unit("r/certify", "certify", ("certify",), ("r/train",))
+    other = Unit("s/train", "train", ("train",))
+
+    class FakeRay:
+        def wait(self, pending, num_returns):
+            return pending[-1:], pending[:-1]  # the last submitted comes back first
+
+        def get(self, ref):
+            if ref == "s":
+                return {"uid": "s/train"}
+            raise RuntimeError(f"boom {ref}")
+
+    res = collect(FakeRay(), {"r/train": "r", "r/certify": "c", "s/train": "s"},
+                   {u.uid: u for u in (base, job, other)}, progress=False)
+    assert res.finished == [{"uid": "s/train"}]
+    assert res.failed == {"r/train": "RuntimeError: boom r",
+                          "r/certify": "not run: dependency r/train failed"}

@@ -78,13 +78,13 @@ def run_units(todo: list[Unit], out: str | Path, max_retries: int, address: str 
         for u in todo:
             deps = [refs[d] for d in u.deps if d in refs]
             refs[u.uid] = remote.remote(u, str(Path(out).absolute()), *deps)
-        return _collect(ray, refs, {u.uid: u for u in todo}, progress)
+        return collect(ray, refs, {u.uid: u for u in todo}, progress)
     finally:
         if own:
             ray.shutdown()
 
 
-def _collect(ray, refs: dict, units: dict[str, Unit], progress: bool) -> Outcome:
+def collect(ray, refs: dict, units: dict[str, Unit], progress: bool = True) -> Outcome:
     """Wait for every task, in completion order, recording markers and failures."""
     res = Outcome()
     uid_of = {ref: uid for uid, ref in refs.items()}
