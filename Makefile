@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch==2.13.0 is the CPU build on local disk; pin it first so nothing pulls a CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[atari,mujoco,dev,sb3,stats]"
+	$(PIP) install -q -e ".[atari,mujoco,dev,sb3,stats,tensorboard]"
 	# auto_LiRPA 0.3 pins torch<1.13 in its metadata: install without deps (see bounds/lirpa_compat.py)
 	$(PIP) install -q --no-deps auto-lirpa==0.3
 	$(VPY) -c "import bounds, certrl; from bounds.lirpa_compat import import_auto_lirpa; import_auto_lirpa()"
