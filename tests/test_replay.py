@@ -166,6 +166,10 @@ def test_big_buffer_goes_to_a_rarer_snapshot(tmp_path):
     with pytest.warns(RuntimeWarning, match="step 30, not 40"):
         stale = DQN.resume(tmp_path / "latest.pt")
     assert len(stale.replay) == 30
+    (tmp_path / REPLAY_FILE).unlink()
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        gone = DQN.resume(tmp_path / "latest.pt")
+    assert len(gone.replay) == 0
 
 
 def test_resume_with_snapshot_is_exact(tmp_path):
