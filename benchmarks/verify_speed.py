@@ -9,7 +9,14 @@ the label, per state:
     answer of bounds.verify and of bounds.milp_margin, which must agree.
 Prints the table and the totals, incl. verify throughput (domains/s).
 
+With ``--relu N``: instead, N random 40-input MLPs (40-W-W-3, W = --width) with a
+margin spec at a random eps in [0.02, 0.22]; per instance the MILP (preact="crown")
+and verify with ReLU splitting (pure: leaf_relus=0; default: leaf_relus=16) and
+with input splitting, each with --timeout; solved counts, agreement with the MILP,
+times and domains/s.
+
     .venv/bin/python benchmarks/verify_speed.py [--agent cartpole-dqn-vanilla] [--states 10]
+    .venv/bin/python benchmarks/verify_speed.py --relu 20 [--width 16] [--timeout 30]
 """
 
 from __future__ import annotations
@@ -51,13 +58,68 @@ def exact_radius(net, x, C, lo, hi=2.0, iters=10, timeout=20.0):
     return lo, hi, doms, time.perf_counter() - t
 
 
+def random_mlp(seed: int, din: int, width: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(din, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 3)).eval()
+
+
+RELU_RUNS = {"relu(pure)": dict(split="relu", leaf_relus=0, max_depth=64),
+             "relu(default)": dict(split="relu"), "input": dict(split="input")}
+
+
+def relu_section(n: int, width: int, timeout: float) -> None:
+    """verify with ReLU / input splitting vs the MILP on random 40-input MLPs."""
+    tot = {k: {"solved": 0, "agree": 0, "t": 0.0, "d": 0} for k in (*RELU_RUNS, "milp")}
+    print("inst  eps    milp(s) min      | " + " | ".join(f"{k}: status s domains"
+                                                   for k in RELU_RUNS))
+    for i in range(n):
+        net = random_mlp(i, 40, width)
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(1, 40, generator=g)
+        eps = 0.02 + 0.2 * float(torch.rand(1, generator=g))
+        with torch.no_grad():
+            label = int(net(x).argmax(1))
+        C = bounds.margin_spec(torch.tensor([label]), 3)[0][torch.arange(3) != label]
+        t = time.perf_counter()
+        m = bounds.milp_margin(net, x, eps, [label], preact="crown", time_limit=timeout)
+        tm = time.perf_counter() - t
+        mv = float(m.values[0][torch.arange(3) != label].min())
+        ok = all(s in ("optimal", "label") for s in m.status[0])
+        want = ("verified" if mv > 0 else "falsified") if ok else "unknown"
+        tot["milp"]["solved"] += ok
+        tot["milp"]["t"] += tm
+        cells = []
+        for k, kw in RELU_RUNS.items():
+            t = time.perf_counter()
+            r = bounds.verify(net, bounds.LpBall(x, eps), C, timeout_s=timeout, **kw)
+            tv = time.perf_counter() - t
+            tot[k]["solved"] += r.status != "unknown"
+            tot[k]["agree"] += r.status == want
+            tot[k]["t"] += tv
+            tot[k]["d"] += r.stats["domains"]
+            cells.append(f"{r.status:9s} {tv:6.2f} {r.stats['domains']:6d}")
+        print(f"{i:4d}  {eps:.3f} {tm:7.2f} {mv:+.4f} | " + " | ".join(cells))
+    for k, v in tot.items():
+        extra = "" if k == "milp" else \
+            f", agree with MILP {v['agree']}, {v['d'] / max(v['t'], 1e-9):.0f} domains/s"
+        print(f"{k}: solved {v['solved']}/{n} in {v['t']:.1f} s{extra}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agent", default="cartpole-dqn-vanilla")
     ap.add_argument("--states", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--relu", type=int, default=0, help="random 40-input MLP instances")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--timeout", type=float, default=30.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.relu:
+        relu_section(args.relu, args.width, args.timeout)
+        return
     import certrl  # the agent only
 
     net = certrl.load(args.agent).bounded_form().eval()

@@ -1,25 +1,31 @@
-"""Branch and bound over input splits: ``bounds.verify``.
+"""Branch and bound: ``bounds.verify`` (input splits or ReLU splits).
 
 The property is  C f(x) > d  for every x in an l_inf ball (a box, clipped to
 its domain), in every row (``mode="all"``) or in at least one row
-(``mode="any"``). Domains are sub-boxes. Each round takes the ``batch``
-domains with the lowest bound, bounds them all at once with CROWN (one batched
-call), drops the verified ones, attacks the others (a few signed-gradient
-steps from the domain centre, PGD) and bisects each remaining box along the
-input dimension with the largest |d objective / d x_j| * width_j. The answer
-is "verified" when no domain is left, "falsified" with a counterexample whose
+(``mode="any"``). With ``split="input"`` domains are sub-boxes. Each round takes
+the ``batch`` domains with the lowest bound, bounds them all at once with CROWN
+(one batched call), drops the verified ones, attacks the others (a few
+signed-gradient steps from the domain centre, PGD) and bisects each remaining
+box along the input dimension with the largest |d objective / d x_j| * width_j.
+With ``split="relu"`` domains are ReLU split decisions on the whole box
+(``bounds.verify_relu``): the same rounds with CROWN on the clamped relaxation,
+PGD from the box vertex minimizing each domain's linear bound, a BaBSR-style
+branching score, and leaves (few free unstable ReLUs left, or too deep) decided
+exactly by an LP / MILP over the domain's polytope. ``split="auto"``: ReLU splits
+above AUTO_RELU_DIM input entries (ReLU nets), else input splits. The answer is
+"verified" when no domain is left, "falsified" with a counterexample whose
 forward pass violates the property (checked before returning), and "unknown"
 when the time or domain budget runs out, or when a point of the ball has an
 objective in (0, allowance]: no sound bound less the rounding allowance can
 ever be > 0 there, and no point below 0 was found (stats["reason"]). Never a
 guess.
 
-Soundness: a domain is verified only when CROWN's lower bound, less the
-rounding allowance of ``bounds.api.rounding_allowance`` (float32: 1e-5
-relative to the output scale), is > 0. Completeness: input splitting shrinks
-boxes until every ReLU of a piecewise-linear net is stable on them, where
-CROWN is exact; fine for RL's low-dimensional inputs. ReLU splitting (needed
-for high-dimensional inputs) is not implemented yet.
+Soundness: a domain is verified only when CROWN's lower bound (or a leaf
+program's optimum), less the rounding allowance of
+``bounds.api.rounding_allowance`` (float32: 1e-5 relative to the output scale),
+is > 0. Completeness: input splitting shrinks boxes until every ReLU of a
+piecewise-linear net is stable on them, where CROWN is exact (fine for RL's
+low-dimensional inputs); ReLU splitting ends in exact leaf programs.
 """
 
 from __future__ import annotations
