@@ -8,15 +8,31 @@ its replay warm-up, so every step carries one update) and reports steps/s,
 the share of wall time in gradient updates, and the ratio to a random-action
 rollout of the same env (the env's own cost). DQN needs discrete actions, so
 Hopper is PPO-only; DQN's second env is Atari Pong (Nature CNN).
+
+Pong row against a minimal loop (``--pong-steps``, default 3000, ~5 minutes here; 0 or
+--quick skips it; ``--only-pong`` runs only this row): ``certrl train`` (the CLI path
+with --no-progress: metrics.csv, checkpoints every steps/10 at episode ends with the default
+replay-buffer policy, the final save) against ``minimal_pong_dqn`` below, a plain loop with the same
+network (Nature CNN), preprocessing (``make_env``: 84x84 grey, frame skip 4, 4-frame
+stack, /255), replay (stacked uint8 arrays), and update schedule (Adam 1e-4, batch 32,
+an update every 4 steps after the same warm-up, double-DQN Huber targets, gradient
+clipping 10, target copy every 1000 steps), timed in the same run, construction included.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import platform
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from certrl.algos import DQN, PPO, DQNConfig, PPOConfig
 from certrl.envs import make_env
@@ -54,13 +70,104 @@ def bench_ppo(env_id: str, steps: int, **over) -> dict:
     return {"steps_per_s": algo.global_step / wall, "update_share": algo.update_time / wall}
 
 
+PONG = dict(warm=1000, batch=32, train_freq=4, lr=1e-4, gamma=0.99, target_every=1000,
+            buffer=100_000)
+
+
+def minimal_pong_dqn(steps: int, seed: int = 0) -> float:
+    """Env steps/s of a bare DQN loop on Pong (the schedule of the module docstring)."""
+    t0 = time.perf_counter()
+    env = make_env("ALE/Pong-v5", seed)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2),
+                             nn.ReLU(), nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, 6))
+    q, target = net(), net()
+    target.load_state_dict(q.state_dict())
+    opt = torch.optim.Adam(q.parameters(), lr=PONG["lr"])
+    n = min(PONG["buffer"], steps)
+    obs_b, nxt_b = np.zeros((n, 4, 84, 84), np.uint8), np.zeros((n, 4, 84, 84), np.uint8)
+    act_b, rew_b, done_b = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    obs, _ = env.reset(seed=seed)
+    for t in range(steps):
+        eps = max(0.01, 1.0 - t / (0.1 * steps))
+        if rng.random() < eps:
+            a = int(rng.integers(6))
+        else:
+            with torch.no_grad():
+                a = int(q(torch.as_tensor(obs[None], dtype=torch.float32) / 255.0).argmax(1))
+        nxt, r, term, trunc, _ = env.step(a)
+        i = t % n
+        obs_b[i], nxt_b[i], act_b[i], rew_b[i], done_b[i] = obs, nxt, a, r, float(term)
+        obs = env.reset()[0] if term or trunc else nxt
+        if t + 1 > PONG["warm"] and (t + 1) % PONG["train_freq"] == 0:
+            idx = rng.integers(0, min(t + 1, n), PONG["batch"])
+            x = torch.as_tensor(obs_b[idx], dtype=torch.float32) / 255.0
+            x2 = torch.as_tensor(nxt_b[idx], dtype=torch.float32) / 255.0
+            with torch.no_grad():
+                a2 = q(x2).argmax(1, keepdim=True)
+                y = torch.as_tensor(rew_b[idx]) + PONG["gamma"] * (
+                    1 - torch.as_tensor(done_b[idx])) * target(x2).gather(1, a2).squeeze(1)
+            qa = q(x).gather(1, torch.as_tensor(act_b[idx])[:, None]).squeeze(1)
+            loss = F.huber_loss(qa, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(q.parameters(), 10.0)
+            opt.step()
+        if (t + 1) % PONG["target_every"] == 0:
+            target.load_state_dict(q.state_dict())
+    return steps / (time.perf_counter() - t0)
+
+
+def certrl_pong_dqn(steps: int, threads: int) -> tuple[float, int, int]:
+    """(env steps/s, bytes of latest.pt, bytes of the end-of-run replay.pt) of ``certrl
+    train`` on Pong with the minimal loop's schedule, default checkpointing."""
+    from certrl.cli import main as cli_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        argv = ["train", "--env", "ALE/Pong-v5", "--algo", "dqn", "--steps", str(steps),
+                "--out", str(out), "--no-progress", "--threads", str(threads),
+                "--set", f"learning_starts={PONG['warm']}"]
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = cli_main(argv)
+        wall = time.perf_counter() - t0
+        if rc not in (0, None):
+            raise RuntimeError(f"certrl {' '.join(argv)} exited {rc}")
+        ck = out / "checkpoints"
+        latest = (ck / "latest.pt").stat().st_size
+        replay = (ck / "replay.pt").stat().st_size if (ck / "replay.pt").exists() else 0
+    return steps / wall, latest, replay
+
+
+def pong_row(steps: int, threads: int) -> None:
+    """certrl vs the minimal loop on Pong, same run; prints the ratio."""
+    mine = certrl_pong_dqn(steps, threads)
+    torch.set_num_threads(threads)
+    ref = minimal_pong_dqn(steps)
+    print(f"\nPong DQN, {steps} env steps (warm-up {PONG['warm']}, an update every "
+          f"{PONG['train_freq']}): certrl train {mine[0]:.1f} steps/s (latest.pt "
+          f"{mine[1] / 2**20:.1f} MB, replay.pt {mine[2] / 2**20:.1f} MB), minimal loop "
+          f"{ref:.1f} steps/s, ratio {mine[0] / ref:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--pong-steps", type=int, default=None,
+                    help="env steps of the Pong certrl-vs-minimal-loop row (default 3000, "
+                         "skipped with --quick; 0: skip)")
+    ap.add_argument("--only-pong", action="store_true", help="only the Pong row")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     k = 0.1 if args.quick else 1.0
+    if args.pong_steps is None:
+        args.pong_steps = 0 if args.quick else 3000
     n = lambda s: max(64, int(s * k))  # noqa: E731
     cases = [
         ("dqn", "CartPole-v1", lambda: bench_dqn("CartPole-v1", n(5000))),
@@ -69,6 +176,9 @@ def main() -> None:
         ("ppo", "CartPole-v1", lambda: bench_ppo("CartPole-v1", n(16384))),
         ("ppo", "Hopper-v5", lambda: bench_ppo("Hopper-v5", n(16384))),
     ]
+    if args.only_pong:
+        pong_row(args.pong_steps, args.threads)
+        return
     print(f"# train_speed: torch {torch.__version__}, {args.threads} torch thread(s), "
           f"python {platform.python_version()}, {'quick' if args.quick else 'full'} run")
     print("| algo | env | env steps/s | update share | random-policy env steps/s | ratio |")
@@ -82,6 +192,8 @@ def main() -> None:
     print("DQN: batch 64 (Atari 32), one update per env step (Atari: every 4 steps); "
           "PPO: CleanRL defaults (CartPole 4x128, 4 epochs; Hopper 4x512, 10 epochs, 32 "
           "minibatches). DQN on Hopper: n/a (continuous actions).")
+    if args.pong_steps > 0:
+        pong_row(args.pong_steps, args.threads)
 
 
 if __name__ == "__main__":
