@@ -10,9 +10,10 @@ the label, per state:
 Prints the table and the totals, incl. verify throughput (domains/s).
 
 With ``--relu N``: instead, N random 40-input MLPs (40-W-W-3, W = --width) with a
-margin spec at a random eps in [0.02, 0.22]; per instance the MILP (preact="crown")
-and verify with ReLU splitting (pure: leaf_relus=0; default: leaf_relus=16) and
-with input splitting, each with --timeout; solved counts, agreement with the MILP,
+margin spec at 1.25 x the CROWN radius; per instance the MILP (preact="crown")
+and verify with ReLU splitting (default; without the beta optimization; with MILP
+leaves at <= 16 free unstable ReLUs) and with input splitting, each with --timeout;
+solved counts, agreement with the MILP,
 times and domains/s.
 
     .venv/bin/python benchmarks/verify_speed.py [--agent cartpole-dqn-vanilla] [--states 10]
@@ -65,8 +66,10 @@ def random_mlp(seed: int, din: int, width: int) -> torch.nn.Module:
                          nn.Linear(width, 3)).eval()
 
 
-RELU_RUNS = {"relu(pure)": dict(split="relu", leaf_relus=0, max_depth=64),
-             "relu(default)": dict(split="relu"), "input": dict(split="input")}
+RELU_RUNS = {"relu": dict(split="relu"),
+             "relu(no beta)": dict(split="relu", beta_iterations=0),
+             "relu(leaf<=16)": dict(split="relu", leaf_relus=16),
+             "input": dict(split="input")}
 
 
 def relu_section(n: int, width: int, timeout: float) -> None:
@@ -76,11 +79,10 @@ def relu_section(n: int, width: int, timeout: float) -> None:
                                                    for k in RELU_RUNS))
     for i in range(n):
         net = random_mlp(i, 40, width)
-        g = torch.Generator().manual_seed(i)
-        x = torch.randn(1, 40, generator=g)
-        eps = 0.02 + 0.2 * float(torch.rand(1, generator=g))
+        x = torch.randn(1, 40, generator=torch.Generator().manual_seed(i))
         with torch.no_grad():
             label = int(net(x).argmax(1))
+        eps = 1.25 * crown_radius(net, x, label, hi=1.0)  # a ball CROWN cannot certify
         C = bounds.margin_spec(torch.tensor([label]), 3)[0][torch.arange(3) != label]
         t = time.perf_counter()
         m = bounds.milp_margin(net, x, eps, [label], preact="crown", time_limit=timeout)

@@ -38,7 +38,7 @@ from torch import nn
 
 from bounds.api import bind, rounding_allowance
 from bounds.perturbation import LpBall
-from bounds.verify_relu import ReluSetup, bound_domains, branch, leaf_minimum
+from bounds.verify_relu import ReluSetup, bound_domains, branch, leaf_minimum, optimize_domains
 
 __all__ = ["AUTO_RELU_DIM", "VerifyResult", "verify"]
 
@@ -148,14 +148,16 @@ def _resolve_split(split: str, ball: LpBall) -> str:
 def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
            timeout_s: float = 30.0, batch: int = 512,
            max_domains: int = 10**7, split: str = "input",
-           max_depth: int = 8, leaf_relus: int = 16) -> VerifyResult:
+           max_depth: int = 24, leaf_relus: int = 8,
+           beta_iterations: int = 10) -> VerifyResult:
     """Decide C f(x) > d on every x of ``ball`` (all rows, or at least one for "any").
 
     ``C``: (m, K) (or (1, m, K)); ``d``: (m,) or None (zeros). Complete branch and
     bound with batched CROWN bounds and PGD on open domains, over input splits
     (``split="input"``) or ReLU splits (``"relu"``: a domain with at most ``leaf_relus``
     free unstable ReLUs, or ``max_depth`` splits, is decided exactly by an LP / MILP over
-    its polytope); ``"auto"``: ReLU splits when the
+    its polytope; open split domains get ``beta_iterations`` steps of alpha / beta
+    optimization of their final bound); ``"auto"``: ReLU splits when the
     input has more than AUTO_RELU_DIM entries and every activation is a ReLU. Returns
     "unknown" when ``timeout_s`` or ``max_domains`` runs out. See the module docstring.
     """
@@ -167,6 +169,7 @@ def verify(net: nn.Module, ball: LpBall, C, d=None, mode: str = "all",
     if mode_split == "relu":
         try:
             setup = ReluSetup(net, ball)
+            setup.iterations = beta_iterations
         except ValueError:
             if split == "relu":
                 raise
@@ -291,6 +294,13 @@ def _bound_round(net, setup, q, spec, lo0, hi0, allowance, stats):
     C, d, mode = spec
     with torch.no_grad():
         lb, act, lam, A = bound_domains(setup, C, q["splits"], q["bounds"])
+    v = ((lb - d).amin(1) if mode == "all" else (lb - d).amax(1)) - allowance
+    tune = ((v <= 0) & (q["depth"] > 0)).nonzero().flatten()
+    if tune.numel() and setup.iterations > 0:  # beta-CROWN-style, on split open domains
+        sub = {k: (b[0][tune], b[1][tune]) for k, b in act.items()}
+        lb = lb.index_copy(0, tune, optimize_domains(
+            setup, C, sub, {k: s[tune] for k, s in q["splits"].items()}, lb[tune],
+            setup.iterations))
     lb = lb - d
     v = (lb.amin(1) if mode == "all" else lb.amax(1)) - allowance
     stats["domains"] += v.shape[0]

@@ -35,10 +35,10 @@ import torch
 
 from bounds import graph
 from bounds.exact import relu_chain, relu_program
-from bounds.linear import activation_bounds, backward
+from bounds.linear import activation_bounds, backward, relu_relaxation
 from bounds.perturbation import LpBall
 
-__all__ = ["ReluSetup", "bound_domains", "branch", "leaf_minimum"]
+__all__ = ["ReluSetup", "bound_domains", "branch", "leaf_minimum", "optimize_domains"]
 
 
 class ReluSetup:
@@ -212,3 +212,57 @@ def _solve(prob, has_int: bool, time_limit: float):
         if math.isfinite(dual):
             val = min(val, dual)
     return "optimal", val
+
+
+def _final_pass(setup: ReluSetup, C, act: dict, splits: dict, alphas: dict, betas: dict):
+    """Lower bounds (N, m) of C f on the domains with ReLU lower slopes ``alphas`` and
+    split multipliers ``betas`` >= 0: the bound of C f - sum_k beta_k s_k z_k, which is
+    <= C f on the domain (s_k z_k >= 0 there)."""
+    N = next(iter(act.values()))[0].shape[0]
+    A = C.reshape(1, C.shape[0], *setup.rest[-1].out_shape)
+    bias = torch.zeros(1, C.shape[0], dtype=C.dtype, device=C.device)
+    for k in range(len(setup.rest) - 1, -1, -1):
+        if k in act:
+            A, b = backward([setup.rest[k]], A, {0: act[k]}, {0: alphas[k]})
+            A = A - betas[k].clamp_min(0) * splits[k].unsqueeze(1).to(A.dtype)
+        else:
+            A, b = backward([setup.rest[k]], A, {})
+        bias = bias + b
+    return setup.ball(N).concretize(A.expand(N, *A.shape[1:]), sign=-1.0) + bias
+
+
+def optimize_domains(setup: ReluSetup, C, act: dict, splits: dict, lb: torch.Tensor,
+                     iterations: int = 10, lr: float = 0.2) -> torch.Tensor:
+    """beta-CROWN-style tightening of the final bound of each domain (Wang et al. 2021,
+    final layer only): Adam on the lower slopes alpha in [0, 1] (per row and neuron) and
+    on multipliers beta >= 0 of the split constraints s z >= 0, from CROWN's slopes and
+    beta = 0. Every iterate is a sound bound; the elementwise best (with ``lb``) is
+    returned. The intermediate bounds stay CROWN's (not optimized)."""
+    m = C.shape[0]
+    alphas, betas = {}, {}
+    for k in setup.relus:
+        l, u = act[k]
+        lo_d = relu_relaxation(l, u)[2]
+        alphas[k] = lo_d.unsqueeze(1).expand(-1, m, *lo_d.shape[1:]).clone()
+        betas[k] = torch.zeros_like(alphas[k])
+    params = [*alphas.values(), *betas.values()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    best = lb
+    with torch.enable_grad():
+        for _ in range(iterations):
+            val = _final_pass(setup, C, act, splits, alphas, betas)
+            best = torch.maximum(best, val.detach())
+            opt.zero_grad()
+            grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = torch.zeros_like(p) if g is None else g
+            opt.step()
+            with torch.no_grad():
+                for a in alphas.values():
+                    a.clamp_(0, 1)
+                for b in betas.values():
+                    b.clamp_(min=0)
+    with torch.no_grad():
+        return torch.maximum(best, _final_pass(setup, C, act, splits, alphas, betas))

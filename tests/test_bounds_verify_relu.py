@@ -7,7 +7,7 @@ from torch import nn
 import bounds
 from bounds.exact import milp_margin
 from bounds.verify import verify
-from bounds.verify_relu import ReluSetup, bound_domains
+from bounds.verify_relu import ReluSetup, bound_domains, optimize_domains
 
 
 def mlp(seed, din, w=6, dout=3, depth=2):
@@ -113,7 +113,7 @@ def test_offset_specs_need_splits():
 def test_any_mode_relu():
     net = mlp(5, 20, w=8, dout=2)
     x = torch.zeros(1, 20)
-    ball = bounds.LpBall(x, 0.5)
+    ball = bounds.LpBall(x, 0.25)
     C = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
     with torch.no_grad():
         t = float(net(x) @ C[0])
@@ -149,6 +149,9 @@ def test_split_domain_bounds_are_sound():
         out = net(pts)
         z1 = net[2](net[1](net[0](pts)))
     assert (out >= lb - 1e-5).all()
+    opt = optimize_domains(setup, C, act, sp, lb, iterations=20)
+    assert (opt >= lb).all() and (opt > lb + 1e-4).any()  # the split multipliers help
+    assert (out >= opt - 1e-5).all()
     assert (z1 >= act[k1][0] - 1e-5).all() and (z1 <= act[k1][1] + 1e-5).all()
 
 
