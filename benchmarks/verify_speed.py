@@ -10,7 +10,7 @@ the label, per state:
 Prints the table and the totals, incl. verify throughput (domains/s).
 
 With ``--relu N``: instead, N random 40-input MLPs (40-W-W-3, W = --width) with a
-margin spec at 1.25 x the CROWN radius; per instance the MILP (preact="crown")
+margin spec at --eps-factor (1.25) x the CROWN radius; per instance the MILP (preact="crown")
 and verify with ReLU splitting (default; without the beta optimization; with MILP
 leaves at <= 16 free unstable ReLUs) and with input splitting, each with --timeout;
 solved counts, agreement with the MILP,
@@ -18,6 +18,7 @@ times and domains/s.
 
     .venv/bin/python benchmarks/verify_speed.py [--agent cartpole-dqn-vanilla] [--states 10]
     .venv/bin/python benchmarks/verify_speed.py --relu 20 [--width 16] [--timeout 30]
+        [--eps-factor 1.25]
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ RELU_RUNS = {"relu": dict(split="relu"),
              "input": dict(split="input")}
 
 
-def relu_section(n: int, width: int, timeout: float) -> None:
+def relu_section(n: int, width: int, timeout: float, factor: float = 1.25) -> None:
     """verify with ReLU / input splitting vs the MILP on random 40-input MLPs."""
     tot = {k: {"solved": 0, "agree": 0, "t": 0.0, "d": 0} for k in (*RELU_RUNS, "milp")}
     print("inst  eps    milp(s) min      | " + " | ".join(f"{k}: status s domains"
@@ -82,7 +83,7 @@ def relu_section(n: int, width: int, timeout: float) -> None:
         x = torch.randn(1, 40, generator=torch.Generator().manual_seed(i))
         with torch.no_grad():
             label = int(net(x).argmax(1))
-        eps = 1.25 * crown_radius(net, x, label, hi=1.0)  # a ball CROWN cannot certify
+        eps = factor * crown_radius(net, x, label, hi=1.0)  # a ball CROWN cannot certify
         C = bounds.margin_spec(torch.tensor([label]), 3)[0][torch.arange(3) != label]
         t = time.perf_counter()
         m = bounds.milp_margin(net, x, eps, [label], preact="crown", time_limit=timeout)
@@ -117,10 +118,11 @@ def main() -> None:
     ap.add_argument("--relu", type=int, default=0, help="random 40-input MLP instances")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--eps-factor", type=float, default=1.25, help="eps / CROWN radius")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.relu:
-        relu_section(args.relu, args.width, args.timeout)
+        relu_section(args.relu, args.width, args.timeout, args.eps_factor)
         return
     import certrl  # the agent only
 
