@@ -9,7 +9,8 @@ signed-gradient steps from the domain centre, PGD) and bisects each remaining
 box along the input dimension with the largest |d objective / d x_j| * width_j.
 With ``split="relu"`` domains are ReLU split decisions on the whole box
 (``bounds.verify_relu``): the same rounds with CROWN on the clamped relaxation,
-PGD from the box vertex minimizing each domain's linear bound, a BaBSR-style
+PGD from the box vertex minimizing each domain's linear bound (and from the
+ball's centre), a BaBSR-style
 branching score, and leaves (few free unstable ReLUs left, or too deep) decided
 exactly by an LP / MILP over the domain's polytope. ``split="auto"``: ReLU splits
 above AUTO_RELU_DIM input entries (ReLU nets), else input splits. The answer is
@@ -340,6 +341,7 @@ def _verify_relu(net, setup, ball, spec, budget, t0, allowance) -> VerifyResult:
         proven = min(proven, p)
         if cur["lows"].shape[0] == 0:
             continue
+        start = torch.cat([start, (lo0 + hi0) / 2])  # + the centre of the ball
         x, v = _attack(net, C, d, mode, lo0.expand_as(start), hi0.expand_as(start),
                        start=start)
         res = _found(net, C, d, mode, x, v, lo0, hi0, stats)

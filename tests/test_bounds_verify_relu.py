@@ -92,7 +92,7 @@ def test_pure_relu_split_never_wrong(chunk):
     the bounds (no beta-CROWN) some need more time, so "unknown" is allowed but rare."""
     seen = _agree(range(chunk * 25, chunk * 25 + 25), 0, w=8, timeout_s=20.0,
                   allow_unknown=True)
-    assert seen["unknown"] <= 5, seen
+    assert seen["unknown"] <= 2, seen  # 0 of 100 measured; slack for a loaded machine
 
 
 def test_offset_specs_need_splits():
