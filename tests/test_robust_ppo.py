@@ -264,3 +264,18 @@ def test_short_ppo_training_runs_and_checkpoint_rebuilds(tmp_path, name, solver,
         resumed = PPO.resume(path, total_steps=384)
         assert resumed.robust_loss.worst_target is not None
         resumed.learn()
+
+
+def test_old_robust_ppo_checkpoints_keep_their_meaning():
+    """Configs written before the references' forms rebuild as what they trained with."""
+    from certrl.losses import loss_from_config, make_loss
+
+    car = make_loss("ppo", "car").config()
+    for k in ("add_clean_loss", "ratio", "reg"):
+        car.pop(k)
+    old = loss_from_config(car)
+    assert (old.cfg.add_clean_loss, old.cfg.ratio, old.cfg.reg) == (False, "clean", 1.0)
+    sa = make_loss("ppo", "sa").config()
+    sa.pop("detach_sigma")
+    assert loss_from_config(sa).cfg.detach_sigma is True
+    assert make_loss("ppo", "car").cfg.add_clean_loss is True  # new runs: the reference's

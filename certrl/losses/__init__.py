@@ -2,8 +2,9 @@
 
 DQN: ``sa`` (SA-DQN), ``radial`` (RADIAL-DQN), ``wocar`` (WocaR-DQN), ``car``
 (CAR-DQN, IBP or PGD), ``sortnet`` (hinge for a Lipschitz Q-network). PPO: ``sa``,
-``radial``, ``wocar`` (reduced), ``car``. ``make_loss(algo, name, **params)`` builds one
-from flat parameters; ``loss_from_config(d)`` rebuilds one from a checkpoint's config.
+``radial``, ``wocar`` (the reference's worst-attack critic), ``car``.
+``make_loss(algo, name, **params)`` builds one from flat parameters;
+``loss_from_config(d)`` rebuilds one from a checkpoint's config.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {
     WocarConfig: {"kappa_end": 1.0, "worst_every": 1, "worst_lr": None,
                   "attack_set_eps": 1e-3, "attack_set_fraction": 0.255, "worst_init": "q",
                   "worse_bound": True},
+    # robust PPO before the references' forms (session 6): CAR-PPO replaced the clean
+    # surrogate with reg 1 and the clean ratio; SA-PPO detached sigma
+    CARPPOConfig: {"reg": 1.0, "add_clean_loss": False, "ratio": "clean"},
+    SAPPOConfig: {"detach_sigma": True},
 }
 LOSS_NAMES = ("vanilla", "sa", "radial", "wocar", "car", "sortnet", "noise")
 _SOLVER_KEYS = {"solver": "kind", "pgd_steps": "pgd_steps", "pgd_step_size": "pgd_step_size"}
