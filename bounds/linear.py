@@ -385,6 +385,20 @@ def crown(
     return torch.maximum(lb, lb_i), (torch.minimum(ub, ub_i) if upper else None)
 
 
+def _ascent_step(opt: torch.optim.Optimizer, params: list[torch.Tensor],
+                 val: torch.Tensor) -> None:
+    """One Adam step raising sum(val) over the slopes ``params``, projected to [0, 1]."""
+    opt.zero_grad()
+    # autograd.grad (not backward) so the network's .grad stays untouched
+    grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
+    for a, g in zip(params, grads):
+        a.grad = torch.zeros_like(a) if g is None else g
+    opt.step()
+    with torch.no_grad():
+        for a in params:
+            a.clamp_(0, 1)
+
+
 def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, lr):
     """Adam on the ReLU lower slopes ``alphas`` (in place), maximizing the concretized
     rows; returns the elementwise best rows and records their slopes in ``best_alphas``."""
@@ -393,16 +407,8 @@ def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, 
     opt = torch.optim.Adam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(iterations):
-            opt.zero_grad()
-            val = _concretize_rows(rest, fb, A, act_d, alphas)
-            # autograd.grad (not backward) so the network's .grad stays untouched
-            grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
-            for a, g in zip(params, grads):
-                a.grad = torch.zeros_like(a) if g is None else g
-            opt.step()
+            _ascent_step(opt, params, _concretize_rows(rest, fb, A, act_d, alphas))
             with torch.no_grad():
-                for a in params:
-                    a.clamp_(0, 1)
                 val = _concretize_rows(rest, fb, A, act_d, alphas)
                 better = val > best
                 best = torch.where(better, val, best)
@@ -451,15 +457,7 @@ def _optimize_all_alphas(rest, fb, A, act, alphas, best, iterations, lr, patienc
             stale = 0 if gain > 1e-6 * (1.0 + float(best.abs().sum())) else stale + 1
             if it == iterations or stale >= patience:
                 break
-            opt.zero_grad()
-            # autograd.grad (not backward) so the network's .grad stays untouched
-            grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
-            for a, g in zip(params, grads):
-                a.grad = torch.zeros_like(a) if g is None else g
-            opt.step()
-            with torch.no_grad():
-                for a in params:
-                    a.clamp_(0, 1)
+            _ascent_step(opt, params, val)
     return best
 
 
