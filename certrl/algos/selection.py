@@ -1,4 +1,4 @@
-"""Best-checkpoint selection: periodic natural evaluation during training.
+"""Best-checkpoint selection: periodic natural (or robust) evaluation during training.
 
 Every ``every`` env steps (and at step 0 when fine-tuning, so a fine-tuned agent is
 never worse than its start on the metric) the current weights play ``episodes``
@@ -9,6 +9,16 @@ seeds 0..N-1). The score is the mean natural return (true env reward units). The
 best weights are those with the highest score; ties go to the later evaluation (as
 in the RADIAL-DQN and CAR-DQN reference code, ``>=``). Evaluation draws no random
 numbers from the training RNGs and uses its own env, so it never changes training.
+
+Two scores (the rule is fixed before training and recorded in the agent's metadata):
+
+* ``natural`` (default): S = mean natural return R_nat over the episodes.
+* ``robust`` (``certrl train --select robust``): S = min(R_nat, R_gwc) where R_gwc is the
+  mean greedy-worst-case return (RADIAL's GWC, ``certrl.certify.trajectory.gwc_rollout``
+  with CROWN bounds) at eps ``robust_eps`` on the same episodes (same env seeds). A
+  checkpoint scores high only if it both solves the task and keeps it against the GWC
+  heuristic at that eps. GWC is a heuristic (not a certificate), so the kept checkpoint's
+  certificates are measured separately.
 """
 
 from __future__ import annotations
@@ -24,6 +34,9 @@ from certrl.rollout import acting, play
 
 EVAL_SEED = 1_000_000
 METRIC = "natural_return_mean"
+ROBUST_METRIC = "min(natural_return_mean, gwc_crown_return_mean)"
+SELECTS = ("natural", "robust")
+GWC_BOUNDS = "crown"
 
 Evaluator = Callable[[Agent], float]
 
@@ -44,31 +57,82 @@ def natural_score(agent: Agent, episodes: int, seed: int = EVAL_SEED,
     return float(np.mean([e.ret for e in ends]))
 
 
-def selection_rule(every: int, episodes: int, from_init: bool) -> str:
+def gwc_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED) -> float:
+    """Mean GWC-CROWN return at ``eps`` over ``episodes`` env seeds seed..; modes restored."""
+    from certrl.certify.trajectory import gwc_rollout  # certify imports algos: lazy
+
+    modes = {k: n.training for k, n in agent.nets.items()}
+    try:
+        rows = gwc_rollout(agent, float(eps), GWC_BOUNDS, episodes, seed)
+    finally:
+        for k, n in agent.nets.items():
+            n.train(modes[k])
+    return float(np.mean([r["return"] for r in rows]))
+
+
+def robust_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED,
+                 env_kwargs: dict | None = None) -> float:
+    """S = min(natural_score, gwc_score at ``eps``) over the same ``episodes`` env seeds."""
+    if env_kwargs:
+        raise ValueError("robust selection: GWC rollouts take no env kwargs "
+                         f"(got {sorted(env_kwargs)})")
+    return min(natural_score(agent, episodes, seed), gwc_score(agent, episodes, eps, seed))
+
+
+def selection_rule(every: int, episodes: int, from_init: bool, select: str = "natural",
+                   eps: float | None = None) -> str:
     """The selection rule in words (recorded in the agent's metadata)."""
     start = " and at step 0 (the init agent's weights)" if from_init else ""
-    return (f"best mean natural return over {episodes} greedy episodes (env seeds "
-            f"{EVAL_SEED}..{EVAL_SEED + episodes - 1}) evaluated every {every} env steps"
-            f"{start}; ties -> the later evaluation")
+    seeds = f"{episodes} greedy episodes (env seeds {EVAL_SEED}..{EVAL_SEED + episodes - 1})"
+    what = f"best mean natural return over {seeds}" if select == "natural" else (
+        f"best min(mean natural return, mean GWC-CROWN return at eps {eps:g}) over the same "
+        f"{seeds}")
+    return f"{what} evaluated every {every} env steps{start}; ties -> the later evaluation"
 
 
 class BestKeeper:
     """Keeps the best-scoring weights of periodic evaluations (see the module doc).
 
-    ``evaluator(agent) -> score`` defaults to ``natural_score``; tests may replace it.
-    ``state_dict`` / ``load_state_dict`` carry the best weights, score, step and the
-    evaluation history through ``--resume``.
+    ``select``: "natural" or "robust" (``robust_eps`` > 0 then; see the module doc).
+    ``evaluator(agent) -> score`` defaults to the select's score; tests may replace it.
+    ``state_dict`` / ``load_state_dict`` carry the rule, the best weights, score, step and
+    the evaluation history through ``--resume``.
     """
 
     def __init__(self, every: int, episodes: int, from_init: bool = False,
-                 env_kwargs: dict | None = None, evaluator: Evaluator | None = None):
+                 env_kwargs: dict | None = None, evaluator: Evaluator | None = None,
+                 select: str = "natural", robust_eps: float | None = None):
         self.every, self.episodes, self.from_init = int(every), int(episodes), from_init
-        self.evaluator: Evaluator = evaluator or (
-            lambda agent: natural_score(agent, self.episodes, EVAL_SEED, env_kwargs))
+        self.env_kwargs, self.custom = env_kwargs, evaluator
+        self.select, self.robust_eps = "natural", None
+        self.evaluator: Evaluator = evaluator or self.default_evaluator()
+        self.set_select(select, robust_eps)
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.best_weights: dict[str, dict] | None = None
         self.history: list[list] = []
+
+    def set_select(self, select: str, robust_eps: float | None = None) -> None:
+        """Choose the score ("natural" or "robust" at ``robust_eps``); only before the
+        first evaluation (the rule is fixed in advance)."""
+        if select not in SELECTS:
+            raise ValueError(f"selection must be one of {SELECTS}; got {select!r}")
+        if select == "robust" and not (robust_eps is not None and np.isfinite(robust_eps)
+                                       and robust_eps > 0):
+            raise ValueError(f"robust selection needs an eps > 0 (got {robust_eps})")
+        if getattr(self, "history", None):
+            raise ValueError("the selection rule is fixed once evaluations have started")
+        self.select = select
+        self.robust_eps = float(robust_eps) if select == "robust" else None
+        if self.custom is None:
+            self.evaluator = self.default_evaluator()
+
+    def default_evaluator(self) -> Evaluator:
+        """The score of ``self.select`` (natural_score or robust_score)."""
+        if self.select == "robust":
+            return lambda agent: robust_score(agent, self.episodes, self.robust_eps,
+                                              EVAL_SEED, self.env_kwargs)
+        return lambda agent: natural_score(agent, self.episodes, EVAL_SEED, self.env_kwargs)
 
     def due(self, step: int) -> bool:
         """True when ``step`` is an evaluation point not evaluated yet."""
@@ -94,8 +158,11 @@ class BestKeeper:
 
     def info(self, chosen: str) -> dict:
         """The ``selection`` metadata entry; ``chosen`` is "best" or "final"."""
-        return {"rule": selection_rule(self.every, self.episodes, self.from_init),
-                "metric": METRIC, "eval_every": self.every, "eval_episodes": self.episodes,
+        return {"rule": selection_rule(self.every, self.episodes, self.from_init,
+                                       self.select, self.robust_eps),
+                "metric": METRIC if self.select == "natural" else ROBUST_METRIC,
+                "select": self.select, "select_eps": self.robust_eps,
+                "eval_every": self.every, "eval_episodes": self.episodes,
                 "eval_seed": EVAL_SEED, "best_step": self.best_step,
                 "best_score": self.best_score, "evaluations": [list(h) for h in self.history],
                 "chosen": chosen}
@@ -115,11 +182,14 @@ class BestKeeper:
     def state_dict(self) -> dict:
         """Best score, step, weights and the history (for the training state)."""
         return {"best_score": self.best_score, "best_step": self.best_step,
-                "from_init": self.from_init,
+                "from_init": self.from_init, "select": self.select,
+                "select_eps": self.robust_eps,
                 "best_weights": self.best_weights, "history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Inverse of ``state_dict``."""
+        """Inverse of ``state_dict`` (the rule too; old states: natural)."""
+        self.history = []
+        self.set_select(state.get("select", "natural"), state.get("select_eps"))
         self.best_score = None if state["best_score"] is None else float(state["best_score"])
         self.best_step = None if state["best_step"] is None else int(state["best_step"])
         weights = state["best_weights"]

@@ -168,6 +168,12 @@ def _add_finetune_flags(p) -> None:
                         "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
     f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
                    help="episodes per evaluation (default 5)")
+    f.add_argument("--select", choices=("natural", "robust"), default="natural",
+                   help="best-checkpoint score: natural (mean return) or robust (min of the "
+                        "mean natural and the mean GWC-CROWN return at --select-eps, default "
+                        "--train-eps; certrl.algos.selection)")
+    f.add_argument("--select-eps", type=eps_arg, default=None, metavar="E",
+                   help="eps of --select robust (default: --train-eps)")
     f.add_argument("--eps-scale", choices=("none", "std"), default=None,
                    help="std: scale eps per observation dimension by its std on the init "
                         "agent's greedy trajectories (needs --init-from; default none)")
@@ -319,8 +325,26 @@ def _new_algo(args: argparse.Namespace, out: Path, latest: Path):
                                         args.sortnet_scale)
     _threads(args, args.env)
     if init is None:
-        return algo_cls(cfg_cls.for_env(args.env, **over), robust_loss=rl)
-    return algo_cls(cfg_cls.for_finetune(init, **over), robust_loss=rl, init_agent=init)
+        algo = algo_cls(cfg_cls.for_env(args.env, **over), robust_loss=rl)
+    else:
+        algo = algo_cls(cfg_cls.for_finetune(init, **over), robust_loss=rl, init_agent=init)
+    _select(args, algo)
+    return algo
+
+
+def _select(args: argparse.Namespace, algo) -> None:
+    """--select / --select-eps: the best-checkpoint score, fixed before training."""
+    if args.select == "natural":
+        if args.select_eps is not None:
+            raise ValueError("--select-eps belongs to --select robust")
+        return
+    if getattr(algo, "selection", None) is None:
+        raise ValueError("--select robust needs best-checkpoint selection (--eval-every N "
+                         "> 0, the fine-tuning default)")
+    eps = args.select_eps if args.select_eps is not None else args.train_eps
+    if not eps:
+        raise ValueError("--select robust needs an eps: --select-eps E or --train-eps E")
+    algo.selection.set_select("robust", eps)
 
 
 class _TrainRun:
@@ -433,9 +457,9 @@ class _TrainRun:
         print(f"agent: {out / 'agent.pt'}   log: {out / 'train.jsonl'}")
         sel = algo.selection
         if sel is not None and sel.history:
-            print(f"agent.pt holds the best evaluated weights (step {sel.best_step}, mean "
-                  f"natural return {sel.best_score:.1f} over {sel.episodes} episodes); final "
-                  f"weights: {out / 'final.pt'}")
+            print(f"agent.pt holds the best evaluated weights (step {sel.best_step}, "
+                  f"{sel.info('best')['metric']} {sel.best_score:.1f} over {sel.episodes} "
+                  f"episodes); final weights: {out / 'final.pt'}")
         for c in algo.resume_caveats:
             print(f"note: resume not exact: {c}")
 
@@ -446,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
     latest = out / "checkpoints" / "latest.pt"
     if args.resume and args.init_from:
         raise ValueError("--init-from starts a new run; --resume continues one (drop one)")
+    if args.resume and (args.select != "natural" or args.select_eps is not None):
+        raise ValueError("--select is fixed when a run starts; --resume keeps the run's rule")
     algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
     _record_sigma(algo)
     if args.replay_cap_mb is not None:

@@ -1,0 +1,115 @@
+"""Robust best-checkpoint selection (certrl train --select robust): the rule, its record."""
+
+import json
+
+import pytest
+
+import certrl
+from certrl.algos import DQN, DQNConfig
+from certrl.algos import selection as S
+from certrl.certify.trajectory import gwc_rollout
+from certrl.cli import main
+from tests.conftest import FROZEN, SHIPPED, has_shipped
+
+pytestmark = has_shipped
+
+
+def _ft(**over) -> DQNConfig:
+    base = dict(total_steps=60, learning_starts=5, buffer_size=500, eval_every=10,
+                eval_episodes=1)
+    base.update(over)
+    return DQNConfig.for_finetune(SHIPPED, **base)
+
+
+def test_robust_score_is_the_min_of_natural_and_gwc_crown_on_the_same_episodes():
+    agent = certrl.load(FROZEN)
+    nat = S.natural_score(agent, 2, S.EVAL_SEED)
+    gwc = [r["return"] for r in gwc_rollout(agent, 0.05, "crown", 2, S.EVAL_SEED)]
+    assert gwc[0] < nat  # vanilla's GWC at 0.05 breaks it: the min is the GWC mean
+    assert S.robust_score(agent, 2, 0.05) == min(nat, sum(gwc) / 2)
+    assert S.gwc_score(agent, 2, 0.05) == sum(gwc) / 2
+
+
+def test_robust_rule_picks_the_checkpoint_the_hand_made_evaluator_says(monkeypatch):
+    # steps 0 (init), 10, ..., 60: (natural, GWC) per evaluation, made by hand
+    nat = iter([500, 500, 120, 500, 480, 500, 300])
+    gwc = iter([10, 200, 400, 300, 480, 90, 480])
+    monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: next(nat))
+    monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: next(gwc))
+    algo = DQN(_ft(threat={"eps": 0.02}), init_agent=SHIPPED)
+    algo.selection.set_select("robust", 0.02)
+    algo.learn()
+    sel = algo.selection
+    # min: 10, 200, 120, 300, 480, 90, 300 -> step 40 (natural would have kept step 50)
+    assert [h[1] for h in sel.history] == [10, 200, 120, 300, 480, 90, 300]
+    assert sel.best_step == 40 and sel.best_score == 480
+    meta = algo.best_agent.metadata["selection"]
+    assert meta["select"] == "robust" and meta["select_eps"] == 0.02
+    assert "min(mean natural return, mean GWC-CROWN return at eps 0.02)" in meta["rule"]
+    assert "ties -> the later" in meta["rule"] and meta["metric"] == S.ROBUST_METRIC
+
+
+def test_robust_ties_go_to_the_later_evaluation(monkeypatch):
+    monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: 500.0)
+    scores = iter([5.0, 7.0, 7.0, 1.0, 7.0, 2.0, 0.0])
+    monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: next(scores))
+    algo = DQN(_ft(), init_agent=SHIPPED)
+    algo.selection.set_select("robust", 0.05)
+    algo.learn()
+    assert algo.selection.best_step == 40
+
+
+def test_select_is_validated_and_fixed_before_evaluations():
+    sel = S.BestKeeper(10, 1)
+    with pytest.raises(ValueError, match="eps > 0"):
+        sel.set_select("robust", None)
+    with pytest.raises(ValueError, match="one of"):
+        sel.set_select("gwc", 0.1)
+    sel.history.append([0, 1.0])
+    with pytest.raises(ValueError, match="fixed"):
+        sel.set_select("robust", 0.1)
+
+
+def test_resume_keeps_the_robust_rule(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: 500.0)
+    monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: 100.0 * eps)
+    half = DQN(_ft(), init_agent=SHIPPED)
+    half.selection.set_select("robust", 0.03)
+    half.learn(30)
+    half.save(tmp_path / "latest.pt")
+    again = DQN.resume(tmp_path / "latest.pt")
+    assert again.selection.select == "robust" and again.selection.robust_eps == 0.03
+    assert again.selection.history == half.selection.history
+    again.learn()
+    assert again.selection.history[-1] == [60, pytest.approx(3.0)]
+
+
+def test_cli_select_robust_records_the_rule(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: 42.0)
+    out = tmp_path / "ft"
+    assert main(["train", "--init-from", SHIPPED, "--steps", "100", "--out", str(out),
+                 "--no-progress", "--eval-every", "50", "--eval-episodes", "1",
+                 "--select", "robust", "--select-eps", "0.02",
+                 "--set", "learning_starts=20", "--set", "buffer_size=300"]) == 0
+    sel = certrl.load(out).metadata["selection"]
+    assert sel["select"] == "robust" and sel["select_eps"] == 0.02
+    assert [h[1] for h in sel["evaluations"]] == [42.0, 42.0, 42.0] and sel["best_step"] == 100
+    summary = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()][-1]
+    assert summary["selection"]["rule"] == sel["rule"] and "GWC-CROWN" in sel["rule"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--select", "robust"], "needs an eps"),
+    (["--select-eps", "0.02"], "belongs to --select robust"),
+    (["--select", "robust", "--train-eps", "0.02", "--eval-every", "0"], "--eval-every"),
+])
+def test_cli_select_errors_write_nothing(tmp_path, capsys, flags, needle):
+    out = tmp_path / "bad"
+    assert main(["train", "--init-from", SHIPPED, "--steps", "10", "--out", str(out),
+                 "--no-progress", *flags]) == 2
+    assert needle in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_resume_refuses_a_new_select(tmp_path, capsys):
+    assert main(["train", "--resume", "--out", str(tmp_path), "--select", "robust"]) == 2
+    assert "fixed when a run starts" in capsys.readouterr().err
