@@ -1,6 +1,16 @@
 """Robust DQN table, the references' protocol: vanilla bases, robust fine-tunes, GWC, ACR.
 
-    .venv/bin/python benchmarks/robust_dqn.py --envs CartPole-v1 --seeds 0 1 2 --workers 2
+    .venv/bin/python benchmarks/robust_dqn.py --envs CartPole-v1 --seeds 0 1 2 --workers 2 \
+        --methods vanilla vanilla-ft sa radial wocar car-ibp car-pgd \
+        --bases-from runs/robust_dqn_ft --out runs/robust_dqn_ft02
+
+The current protocol (issue 11, second round): robust losses fine-tuned at train eps 0.02
+(CartPole; the smallest round eps where GWC breaks every vanilla base) and the kept
+checkpoint chosen by the robust rule (``certrl train --select robust``: min of the mean
+natural and the mean GWC-CROWN return at the train eps on the selection episodes; the
+vanilla control uses the same rule at the same eps). The earlier protocol (train eps 0.05,
+natural selection) is ``--train-eps 0.05 --select natural --out runs/robust_dqn_ft``; its
+tables are kept in benchmarks/results/robust_dqn_eps005.{md,tex,csv}.
 
 Per env and seed K (every run through the CLI; the exact command is in its result.json):
   1. vanilla base: ``certrl train --env ENV --algo dqn --steps 50000 --seed K`` (the
@@ -65,7 +75,7 @@ EVAL_SEED = 0  # evaluation episodes use env seeds EVAL_SEED + i (i = 0..EPISODE
 # per env: vanilla / SortNet from-scratch steps, train eps of the robust losses, eval eps
 # (raw observation units, l_inf; see docs/robust-training.md "Why these eps")
 ENVS = {
-    "CartPole-v1": {"steps": 50_000, "train_eps": 0.05, "eval_eps": (0.02, 0.05)},
+    "CartPole-v1": {"steps": 50_000, "train_eps": 0.02, "eval_eps": (0.02, 0.05)},
     "Acrobot-v1": {"steps": 50_000, "train_eps": 0.2, "eval_eps": (0.2, 0.3)},  # not run yet
 }
 # method -> (label, extra flags, how it starts)
@@ -81,6 +91,8 @@ METHODS = {
                                           "0.3"], "scratch"),
 }
 ATTACKS = ("pgd", "pgd-ref")
+# best-checkpoint rule of the fine-tunes: "robust" (certrl.algos.selection) or "natural"
+SELECT = {"select": "robust"}
 # from-scratch runs keep their best checkpoint too: a natural evaluation (5 episodes) every
 # 5000 steps (the plain final network of seeds 0 and 2 scored 62 and 17: not a solved base)
 SCRATCH_EVAL_EVERY = 5000
@@ -106,6 +118,9 @@ def train_argv(env: str, method: str, seed: int | str, out: Path, steps: int,
                 "--eval-episodes", "5"]
     if extra:
         argv += extra + ["--train-eps", str(spec["train_eps"])]
+    if start == "finetune" and SELECT["select"] == "robust":
+        argv += ["--select", "robust"] + ([] if extra else
+                                          ["--select-eps", str(spec["train_eps"])])
     return argv
 
 
@@ -124,8 +139,18 @@ def train_bases(task: dict) -> dict:
     return train_or_resume(tdir, argv)
 
 
+def set_protocol(task: dict) -> None:
+    """This process's train eps and selection rule from the task (spawned workers re-import
+    the module with the defaults)."""
+    if task.get("train_eps") is not None:
+        ENVS[task["env"]]["train_eps"] = float(task["train_eps"])
+    if task.get("select"):
+        SELECT["select"] = task["select"]
+
+
 def run_one(task: dict) -> dict:
     """Phase 2: train (or resume) and evaluate one (env, method, seed); writes result.json."""
+    set_protocol(task)
     def argv(env, method, seed, out, steps):
         return train_argv(env, method, seed, out, steps, task["root"])
 
@@ -169,14 +194,14 @@ def certify_columns(agent, rdir: Path, label: str, eps: tuple, n: int) -> dict:
 
 
 def attack_columns(agent, eps: tuple, n: int, seed: int) -> dict:
-    """Mean return under our PGD and the references' PGD at the largest eps (the train eps;
-    the smaller eps is left to GWC and the certificates: compute budget), same episodes."""
+    """Mean return under our PGD and the references' PGD at every eval eps, same
+    episodes."""
     from certrl.attacks import make_attack
     from certrl.evaluate import evaluate
 
     row: dict = {}
     for e in eps:
-        for name in ATTACKS if e == max(eps) else ():  # attacks at the largest eps only
+        for name in ATTACKS:
             atk = make_attack(name, agent.forward, agent.threat_model.with_eps(e), e, 10,
                               None, seed, agent.action_space_kind, "ce")
             r = evaluate(agent, episodes=n, seed=EVAL_SEED, attack=atk)
@@ -247,9 +272,10 @@ def header() -> list[str]:
             f"is the mean over its {EPISODES} evaluation episodes (env seeds "
             f"{EVAL_SEED}..{EVAL_SEED + EPISODES - 1}, the same episodes in every column). "
             "Robust methods and the vanilla control are fine-tuned from the same seed's "
-            "vanilla base (`--init-from`, fine-tuning defaults, best checkpoint by natural "
-            "evaluation every 1000 steps on 5 separate episodes); SortNet trains from "
-            "scratch. PGD: ours, 10 steps, random start, best iterate, CE objective. "
+            "vanilla base (`--init-from`, fine-tuning defaults, best checkpoint by "
+            + SELECT_WORDS[SELECT["select"]] + " evaluated every 1000 steps on 5 separate "
+            "episodes); SortNet trains from scratch. "
+            "PGD: ours, 10 steps, random start, best iterate, CE objective. "
             "PGD-ref: the references' 10 sign steps of 0.1 eps, no random start. "
             "GWC: greedy worst case with IBP or CROWN bounds (RADIAL; a heuristic, not a "
             "certificate). ACR: mean certified radius over the natural-trajectory states "
@@ -293,6 +319,9 @@ def mark_resumed(out: Path, r: dict) -> dict:
 
 
 NO_BEST = ("best_step", "train_wall_s")
+SELECT_WORDS = {"natural": "mean natural return",
+                "robust": "min(mean natural return, mean GWC-CROWN return at the train eps) "
+                          "(`--select robust`; the vanilla control too, at the same eps)"}
 
 
 def _col(key: str, title: str) -> Column:
@@ -306,8 +335,7 @@ def columns(env: str) -> dict[str, list[Column]]:
     eps, te = ENVS[env]["eval_eps"], ENVS[env]["train_eps"]
     ret = [("natural", "Natural")]
     for e in eps:
-        if e == max(eps):
-            ret += [(f"pgd_{e:g}", f"PGD {e:g}"), (f"pgd_ref_{e:g}", f"PGD-ref {e:g}")]
+        ret += [(f"pgd_{e:g}", f"PGD {e:g}"), (f"pgd_ref_{e:g}", f"PGD-ref {e:g}")]
         ret += [(f"gwc_ibp_{e:g}", f"GWC-IBP {e:g}"), (f"gwc_crown_{e:g}", f"GWC-CROWN {e:g}")]
     cert = [(f"certfrac_{m}_{e:g}", f"Cert. rate {m.upper()} {e:g}")
             for e in eps for m in ("ibp", "crown")]
@@ -456,6 +484,19 @@ def ship(out: Path, min_seeds: int = 3) -> None:
               f"{size / 1024:.0f} KB")
 
 
+def copy_bases(src: Path, out: Path, envs: list[str], seeds: list[int]) -> None:
+    """Copy each missing OUT/<env>/vanilla/seedK (the base run and its evaluation) from the
+    earlier sweep ``src`` (bases are not retrained)."""
+    import shutil
+
+    for env in envs:
+        for seed in seeds:
+            s, d = src / env / "vanilla" / f"seed{seed}", out / env / "vanilla" / f"seed{seed}"
+            if not d.exists() and (s / "train" / "agent.pt").exists():
+                shutil.copytree(s, d)
+                print(f"base {env} seed {seed}: copied from {s}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=["CartPole-v1"], choices=list(ENVS))
@@ -464,12 +505,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=EPISODES,
                    help="evaluation episodes per column")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default="runs/robust_dqn_ft")
+    p.add_argument("--out", default="runs/robust_dqn_ft02")
+    p.add_argument("--bases-from", default=None, metavar="DIR",
+                   help="copy the vanilla bases (OUT/<env>/vanilla/seedK) from an earlier "
+                        "sweep's --out instead of training them")
+    p.add_argument("--train-eps", type=float, default=None,
+                   help="train eps of the robust losses (default: ENVS; one env at a time)")
+    p.add_argument("--select", choices=("natural", "robust"), default=SELECT["select"],
+                   help="best-checkpoint rule of the fine-tunes")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="copy one CartPole agent per method to certrl/agents/ (with sidecars)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.train_eps is not None:
+        if len(args.envs) != 1:
+            raise SystemExit("--train-eps applies to one env: give one --envs")
+        ENVS[args.envs[0]]["train_eps"] = args.train_eps
+    SELECT["select"] = args.select
+    if args.bases_from:
+        copy_bases(Path(args.bases_from), out, args.envs, args.seeds)
     if args.ship:
         ship(out)
         return 0
@@ -484,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                                    for b in bases], args.workers, lambda: None)
         tasks = make_tasks(out, args.envs, args.seeds, args.methods,
                            lambda env: ENVS[env]["steps"], args.episodes)
-        tasks = [{**t, "root": str(out)} for t in tasks]
+        tasks = [{**t, "root": str(out), "select": args.select,
+                  "train_eps": ENVS[t["env"]]["train_eps"]} for t in tasks]
         run_pool(run_one, tasks, args.workers, lambda: None)  # render: once at the end
     render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
     return 0
