@@ -1,4 +1,4 @@
-"""Best-checkpoint selection: periodic natural (or robust) evaluation during training.
+"""Best-checkpoint selection: periodic natural (robust, smoothed) evaluation in training.
 
 Every ``every`` env steps (and at step 0 when fine-tuning, so a fine-tuned agent is
 never worse than its start on the metric) the current weights play ``episodes``
@@ -10,7 +10,7 @@ best weights are those with the highest score; ties go to the later evaluation (
 in the RADIAL-DQN and CAR-DQN reference code, ``>=``). Evaluation draws no random
 numbers from the training RNGs and uses its own env, so it never changes training.
 
-Two scores (the rule is fixed before training and recorded in the agent's metadata):
+Three scores (the rule is fixed before training and recorded in the agent's metadata):
 
 * ``natural`` (default): S = mean natural return R_nat over the episodes.
 * ``robust`` (``certrl train --select robust``): S = min(R_nat, R_gwc) where R_gwc is the
@@ -19,6 +19,10 @@ Two scores (the rule is fixed before training and recorded in the agent's metada
   checkpoint scores high only if it both solves the task and keeps it against the GWC
   heuristic at that eps. GWC is a heuristic (not a certificate), so the kept checkpoint's
   certificates are measured separately.
+* ``smoothed`` (``certrl train --loss noise --sigma S --select smoothed``): S = mean return
+  of the smoothed agent a user deploys (``certrl.smoothed.SmoothedAgent``: majority vote
+  of the greedy action over ``SMOOTHED_SAMPLES`` noisy copies x + sigma z, z ~ N(0, I),
+  noise seed 0, at the agent's training sigma) on the same episodes (same env seeds).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from certrl.rollout import acting, play
 EVAL_SEED = 1_000_000
 METRIC = "natural_return_mean"
 ROBUST_METRIC = "min(natural_return_mean, gwc_crown_return_mean)"
-SELECTS = ("natural", "robust")
+SMOOTHED_METRIC = "smoothed_return_mean"
+SELECTS = ("natural", "robust", "smoothed")
+SMOOTHED_SAMPLES = 100  # certrl.smoothed.DEFAULT_SAMPLES (S-DQN's m)
 GWC_BOUNDS = "crown"
 
 Evaluator = Callable[[Agent], float]
@@ -79,21 +85,41 @@ def robust_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED,
     return min(natural_score(agent, episodes, seed), gwc_score(agent, episodes, eps, seed))
 
 
+def smoothed_score(agent: Agent, episodes: int, sigma: float, seed: int = EVAL_SEED,
+                   env_kwargs: dict | None = None, samples: int = SMOOTHED_SAMPLES) -> float:
+    """Mean return of the smoothed agent a(x) = argmax_k #{i : argmax Q(x + sigma z_i) = k}
+    (``samples`` seeded draws z_i ~ N(0, I), noise seed 0) over ``episodes`` env seeds
+    seed..; the base networks' modes are restored."""
+    from certrl.smoothed import SmoothedAgent  # smoothed imports losses: lazy
+
+    modes = {k: n.training for k, n in agent.nets.items()}
+    try:
+        return natural_score(SmoothedAgent(agent, float(sigma), samples), episodes, seed,
+                             env_kwargs)
+    finally:
+        for k, n in agent.nets.items():
+            n.train(modes[k])
+
+
 def selection_rule(every: int, episodes: int, from_init: bool, select: str = "natural",
-                   eps: float | None = None) -> str:
+                   eps: float | None = None, sigma: float | None = None) -> str:
     """The selection rule in words (recorded in the agent's metadata)."""
     start = " and at step 0 (the init agent's weights)" if from_init else ""
     seeds = f"{episodes} greedy episodes (env seeds {EVAL_SEED}..{EVAL_SEED + episodes - 1})"
     what = f"best mean natural return over {seeds}" if select == "natural" else (
         f"best min(mean natural return, mean GWC-CROWN return at eps {eps:g}) over the same "
-        f"{seeds}")
+        f"{seeds}") if select == "robust" else (
+        f"best mean return of the smoothed agent (majority vote of the greedy action over "
+        f"{SMOOTHED_SAMPLES} noisy copies x + sigma z, z ~ N(0, I), sigma {sigma:g}, noise "
+        f"seed 0) over the same {seeds}")
     return f"{what} evaluated every {every} env steps{start}; ties -> the later evaluation"
 
 
 class BestKeeper:
     """Keeps the best-scoring weights of periodic evaluations (see the module doc).
 
-    ``select``: "natural" or "robust" (``robust_eps`` > 0 then; see the module doc).
+    ``select``: "natural", "robust" (``robust_eps`` > 0 then) or "smoothed" (``sigma`` > 0
+    then); see the module doc.
     ``evaluator(agent) -> score`` defaults to the select's score; tests may replace it.
     ``state_dict`` / ``load_state_dict`` carry the rule, the best weights, score, step and
     the evaluation history through ``--resume``.
@@ -101,29 +127,35 @@ class BestKeeper:
 
     def __init__(self, every: int, episodes: int, from_init: bool = False,
                  env_kwargs: dict | None = None, evaluator: Evaluator | None = None,
-                 select: str = "natural", robust_eps: float | None = None):
+                 select: str = "natural", robust_eps: float | None = None,
+                 sigma: float | None = None):
         self.every, self.episodes, self.from_init = int(every), int(episodes), from_init
         self.env_kwargs, self.custom = env_kwargs, evaluator
-        self.select, self.robust_eps = "natural", None
+        self.select, self.robust_eps, self.sigma = "natural", None, None
         self.evaluator: Evaluator = evaluator or self.default_evaluator()
-        self.set_select(select, robust_eps)
+        self.set_select(select, robust_eps, sigma)
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.best_weights: dict[str, dict] | None = None
         self.history: list[list] = []
 
-    def set_select(self, select: str, robust_eps: float | None = None) -> None:
-        """Choose the score ("natural" or "robust" at ``robust_eps``); only before the
-        first evaluation (the rule is fixed in advance)."""
+    def set_select(self, select: str, robust_eps: float | None = None,
+                   sigma: float | None = None) -> None:
+        """Choose the score ("natural", "robust" at ``robust_eps`` or "smoothed" at
+        ``sigma``); only before the first evaluation (the rule is fixed in advance)."""
         if select not in SELECTS:
             raise ValueError(f"selection must be one of {SELECTS}; got {select!r}")
         if select == "robust" and not (robust_eps is not None and np.isfinite(robust_eps)
                                        and robust_eps > 0):
             raise ValueError(f"robust selection needs an eps > 0 (got {robust_eps})")
+        if select == "smoothed" and not (sigma is not None and np.isfinite(sigma)
+                                         and sigma > 0):
+            raise ValueError(f"smoothed selection needs a sigma > 0 (got {sigma})")
         if getattr(self, "history", None):
             raise ValueError("the selection rule is fixed once evaluations have started")
         self.select = select
         self.robust_eps = float(robust_eps) if select == "robust" else None
+        self.sigma = float(sigma) if select == "smoothed" else None
         if self.custom is None:
             self.evaluator = self.default_evaluator()
 
@@ -132,6 +164,9 @@ class BestKeeper:
         if self.select == "robust":
             return lambda agent: robust_score(agent, self.episodes, self.robust_eps,
                                               EVAL_SEED, self.env_kwargs)
+        if self.select == "smoothed":
+            return lambda agent: smoothed_score(agent, self.episodes, self.sigma, EVAL_SEED,
+                                               self.env_kwargs)
         return lambda agent: natural_score(agent, self.episodes, EVAL_SEED, self.env_kwargs)
 
     def due(self, step: int) -> bool:
@@ -158,10 +193,11 @@ class BestKeeper:
 
     def info(self, chosen: str) -> dict:
         """The ``selection`` metadata entry; ``chosen`` is "best" or "final"."""
+        metric = {"natural": METRIC, "robust": ROBUST_METRIC, "smoothed": SMOOTHED_METRIC}
         return {"rule": selection_rule(self.every, self.episodes, self.from_init,
-                                       self.select, self.robust_eps),
-                "metric": METRIC if self.select == "natural" else ROBUST_METRIC,
-                "select": self.select, "select_eps": self.robust_eps,
+                                       self.select, self.robust_eps, self.sigma),
+                "metric": metric[self.select], "select": self.select,
+                "select_eps": self.robust_eps, "select_sigma": self.sigma,
                 "eval_every": self.every, "eval_episodes": self.episodes,
                 "eval_seed": EVAL_SEED, "best_step": self.best_step,
                 "best_score": self.best_score, "evaluations": [list(h) for h in self.history],
@@ -183,13 +219,14 @@ class BestKeeper:
         """Best score, step, weights and the history (for the training state)."""
         return {"best_score": self.best_score, "best_step": self.best_step,
                 "from_init": self.from_init, "select": self.select,
-                "select_eps": self.robust_eps,
+                "select_eps": self.robust_eps, "select_sigma": self.sigma,
                 "best_weights": self.best_weights, "history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of ``state_dict`` (the rule too; old states: natural)."""
         self.history = []
-        self.set_select(state.get("select", "natural"), state.get("select_eps"))
+        self.set_select(state.get("select", "natural"), state.get("select_eps"),
+                        state.get("select_sigma"))
         self.best_score = None if state["best_score"] is None else float(state["best_score"])
         self.best_step = None if state["best_step"] is None else int(state["best_step"])
         weights = state["best_weights"]

@@ -168,10 +168,11 @@ def _add_finetune_flags(p) -> None:
                         "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
     f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
                    help="episodes per evaluation (default 5)")
-    f.add_argument("--select", choices=("natural", "robust"), default="natural",
-                   help="best-checkpoint score: natural (mean return) or robust (min of the "
+    f.add_argument("--select", choices=("natural", "robust", "smoothed"), default="natural",
+                   help="best-checkpoint score: natural (mean return), robust (min of the "
                         "mean natural and the mean GWC-CROWN return at --select-eps, default "
-                        "--train-eps; certrl.algos.selection)")
+                        "--train-eps) or smoothed (mean return of the smoothed agent at the "
+                        "noise loss's --sigma; certrl.algos.selection)")
     f.add_argument("--select-eps", type=eps_arg, default=None, metavar="E",
                    help="eps of --select robust (default: --train-eps)")
     f.add_argument("--eps-scale", choices=("none", "std"), default=None,
@@ -339,12 +340,26 @@ def _select(args: argparse.Namespace, algo) -> None:
             raise ValueError("--select-eps belongs to --select robust")
         return
     if getattr(algo, "selection", None) is None:
-        raise ValueError("--select robust needs best-checkpoint selection (--eval-every N "
-                         "> 0, the fine-tuning default)")
+        raise ValueError(f"--select {args.select} needs best-checkpoint selection "
+                         "(--eval-every N > 0, the fine-tuning default)")
+    if args.select == "smoothed":
+        _select_smoothed(args, algo)
+        return
     eps = args.select_eps if args.select_eps is not None else args.train_eps
     if not eps:
         raise ValueError("--select robust needs an eps: --select-eps E or --train-eps E")
     algo.selection.set_select("robust", eps)
+
+
+def _select_smoothed(args: argparse.Namespace, algo) -> None:
+    """--select smoothed: the smoothed agent's mean return at the noise loss's sigma."""
+    if args.select_eps is not None:
+        raise ValueError("--select-eps belongs to --select robust")
+    rl = algo.robust_loss
+    if rl is None or rl.name != "noise":
+        raise ValueError("--select smoothed scores the smoothed agent at the training sigma: "
+                         "it needs --loss noise --sigma S")
+    algo.selection.set_select("smoothed", sigma=float(rl.cfg.sigma))
 
 
 class _TrainRun:
