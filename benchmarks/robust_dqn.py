@@ -64,6 +64,7 @@ from sweep import (  # noqa: E402
     run_task,
     seed_values,
     train_or_resume,
+    write_result,
     write_tables,
 )
 
@@ -417,6 +418,13 @@ SHIP = {"vanilla": "vanilla", "sa": "sa", "radial": "radial", "wocar": "wocar",
 SHIP_RULE = ("the median run of the method's finished CartPole seeds when ranked by natural "
              "return (equal returns ranked by seed, the higher seed first; lower middle for an "
              "even count), fixed in the code before the table was read")
+# the rule of the robust-selection protocol (fixed in the code before its results existed)
+SHIP_RULE_ROBUST = (
+    "fine-tunes: the seed whose kept checkpoint has the highest robust-selection score "
+    "(selection.best_score = min(mean natural, mean GWC-CROWN return at the train eps) on the "
+    "5 selection episodes, env seeds 1000000..1000004, not the table's episodes; ties -> the "
+    "lower seed); vanilla: the base the shipped CAR agent was fine-tuned from (so the demo's "
+    "pair is a base and its own fine-tune); fixed in the code before the results existed")
 
 
 def pick_seed(results: list[dict]) -> dict:
@@ -424,6 +432,12 @@ def pick_seed(results: list[dict]) -> dict:
     even count (three runs at 500: seed 1)."""
     ranked = sorted(results, key=lambda r: (r["natural"], -int(r["seed"])))
     return ranked[(len(ranked) - 1) // 2]
+
+
+def pick_seed_robust(results: list[dict]) -> dict:
+    """SHIP_RULE_ROBUST for a fine-tuned method: highest selection.best_score, then the
+    lower seed."""
+    return max(results, key=lambda r: (float(r["selection"]["best_score"]), -int(r["seed"])))
 
 
 def sidecar(name: str, res: dict, results: list[dict], src: Path) -> dict:
@@ -443,8 +457,9 @@ def sidecar(name: str, res: dict, results: list[dict], src: Path) -> dict:
         "command": res["command"], "init_agent": res.get("init_agent"),
         "benchmark": "benchmarks/robust_dqn.py (one run of the committed table, "
                      "benchmarks/results/robust_dqn.md)",
-        "selection": f"{SHIP_RULE}; seeds {sorted(r['seed'] for r in results)}",
+        "selection": f"{SHIP_RULE_ROBUST}; seeds {sorted(r['seed'] for r in results)}",
         "checkpoint_selection": res.get("selection"),
+        "checkpoint_rule": (res.get("selection") or {}).get("rule"),
         "threat_model": res["threat_model"], "train_eps": res["train_eps"],
         "eval_return_mean": res["natural"],
         "eval_return_std": float(np.std(res["natural_returns"])),
@@ -467,13 +482,18 @@ def ship(out: Path, min_seeds: int = 3) -> None:
     from certrl.agent import AGENTS_DIR
 
     env = "CartPole-v1"
-    for method, short in SHIP.items():
+    car_seed = None
+    for method, short in sorted(SHIP.items(), key=lambda kv: kv[0] == "vanilla"):
         results = [read_result(p.parent) for p in
                    sorted((Path(out) / env / method).glob("seed*/result.json"))]
-        if len(results) < min_seeds:
-            print(f"skip {method}: {len(results)} finished seeds < {min_seeds}")
+        if len(results) < min_seeds or (method == "vanilla" and car_seed is None):
+            print(f"skip {method}: {len(results)} finished seeds (need {min_seeds}; vanilla "
+                  "needs the shipped CAR agent)")
             continue
-        res = pick_seed(results)
+        res = next(r for r in results if int(r["seed"]) == car_seed) \
+            if method == "vanilla" else pick_seed_robust(results)
+        if method == "car-ibp":
+            car_seed = int(res["seed"])
         name = f"cartpole-dqn-{short}"
         src = Path(out) / env / method / f"seed{res['seed']}" / "train" / "agent.pt"
         side = sidecar(name, res, results, src)
@@ -482,6 +502,30 @@ def ship(out: Path, min_seeds: int = 3) -> None:
         size = (AGENTS_DIR / f"{name}.pt").stat().st_size
         print(f"shipped {name}: seed {res['seed']}, natural {res['natural']:.1f}, "
               f"{size / 1024:.0f} KB")
+
+
+def fill_attacks(out: Path, envs: list[str], seeds: list[int]) -> None:
+    """Finished runs without a PGD / PGD-ref column at some eval eps (the earlier protocol
+    attacked at the largest eps only) get it, on the same episodes; result.json rewritten."""
+    import torch
+
+    from certrl.agent import load
+
+    torch.set_num_threads(1)
+    for env in envs:
+        eps = ENVS[env]["eval_eps"]
+        for p in sorted(Path(out).glob(f"{env}/*/seed*/result.json")):
+            row = read_result(p.parent)
+            if int(row["seed"]) not in seeds:
+                continue
+            todo = [e for e in eps if any(f"{a.replace('-', '_')}_{e:g}" not in row
+                                          for a in ATTACKS)]
+            if todo:
+                row.update(attack_columns(load(p.parent / "train"), tuple(todo),
+                                          row["episodes"], int(row["seed"])))
+                row["attacks_added"] = [f"{e:g}" for e in todo]
+                write_result(p.parent, row)
+                print(f"{p.parent}: PGD / PGD-ref added at eps {todo}", flush=True)
 
 
 def copy_bases(src: Path, out: Path, envs: list[str], seeds: list[int]) -> None:
@@ -542,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [{**t, "root": str(out), "select": args.select,
                   "train_eps": ENVS[t["env"]]["train_eps"]} for t in tasks]
         run_pool(run_one, tasks, args.workers, lambda: None)  # render: once at the end
+        fill_attacks(out, args.envs, args.seeds)
     render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
     return 0
 

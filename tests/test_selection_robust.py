@@ -113,3 +113,34 @@ def test_cli_select_errors_write_nothing(tmp_path, capsys, flags, needle):
 def test_cli_resume_refuses_a_new_select(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(tmp_path), "--select", "robust"]) == 2
     assert "fixed when a run starts" in capsys.readouterr().err
+
+
+def _bench():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import robust_dqn
+
+    return robust_dqn
+
+
+def test_benchmark_fine_tunes_use_the_robust_rule_at_the_train_eps():
+    from pathlib import Path
+
+    rd = _bench()
+    assert rd.SELECT["select"] == "robust" and rd.ENVS["CartPole-v1"]["train_eps"] == 0.02
+    for m in ("vanilla-ft", "sa", "radial", "wocar", "car-ibp", "car-pgd"):
+        argv = rd.train_argv("CartPole-v1", m, 1, Path("X"), 50_000, "R")
+        assert argv[argv.index("--select") + 1] == "robust"
+        eps_flag = "--select-eps" if m == "vanilla-ft" else "--train-eps"
+        assert argv[argv.index(eps_flag) + 1] == "0.02"
+    assert "--select" not in rd.train_argv("CartPole-v1", "vanilla", 1, Path("X"), 9, "R")
+
+
+def test_ship_rule_takes_the_highest_robust_selection_score_then_the_lower_seed():
+    rd = _bench()
+    runs = [{"seed": s, "selection": {"best_score": v}}
+            for s, v in ((0, 300.0), (1, 480.0), (2, 480.0), (3, 100.0))]
+    assert rd.pick_seed_robust(runs)["seed"] == 1
+    assert rd.pick_seed_robust(runs[2:])["seed"] == 2
