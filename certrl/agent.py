@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from certrl.device import module_device, resolve_device
 from certrl.envs import RunningMeanStd, env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint, save_checkpoint
 from certrl.nets import build_network
@@ -133,6 +134,20 @@ class Agent:
             n.eval()
         return self
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the acting network (where inputs from ``preprocess`` live)."""
+        return module_device(self.net)
+
+    def to(self, device: str | torch.device | None) -> Agent:
+        """Move every network to ``device`` (``resolve_device``: auto, cpu, cuda[:N];
+        None: leave as is), in place; returns the agent."""
+        if device is not None:
+            dev = resolve_device(device)
+            for n in self.nets.values():
+                n.to(dev)
+        return self
+
     def preprocess(self, obs) -> torch.Tensor:
         """Raw observation batch (B, *obs_shape) -> float32 network input tensor."""
         arr = np.asarray(obs)
@@ -159,7 +174,7 @@ class Agent:
                 f"unknown preprocessing kind {kind!r}; known kinds: "
                 f"{', '.join(PREPROCESSING_KINDS)}"
             )
-        return torch.as_tensor(x, dtype=torch.float32)
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Network input -> Q-values / logits / action mean."""
@@ -176,17 +191,18 @@ class Agent:
             generator: torch.Generator | None = None) -> np.ndarray:
         """Actions for a batch of network inputs (B, *shape)."""
         with torch.no_grad():
-            out = self.net(x)
+            out = self.net(x.to(self.device))
             if self.action_space_kind == "discrete":
                 if deterministic or self.algo == "dqn":
-                    return out.argmax(dim=1).numpy()
-                probs = torch.softmax(out, dim=1)
+                    return out.argmax(dim=1).cpu().numpy()
+                # sampled on the CPU (the generator's device): the same actions on any device
+                probs = torch.softmax(out, dim=1).cpu()
                 return torch.multinomial(probs, 1, generator=generator).squeeze(1).numpy()
             if not deterministic:
                 std = self.net.log_std.exp()
-                noise = torch.randn(out.shape, generator=generator)
+                noise = torch.randn(out.shape, generator=generator).to(out.device)
                 out = out + std * noise
-            return self.clip_action(out.numpy())
+            return self.clip_action(out.cpu().numpy())
 
     def clip_action(self, a: np.ndarray) -> np.ndarray:
         """Clip continuous actions to the action box."""
@@ -281,11 +297,12 @@ class Agent:
         return agent_from_module(net, env_id, preprocess, kind, **kw)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Agent:
-        """Load an agent from a checkpoint file (``CheckpointError`` if bad)."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Agent:
+        """Load an agent from a checkpoint file (``CheckpointError`` if bad), its networks
+        on ``device`` (see ``certrl.device.resolve_device``; None: the CPU)."""
         agent = cls.from_payload(load_checkpoint(path), source=repr(str(path)))
         agent.source = str(path)
-        return agent
+        return agent.to(device)
 
 
 def _check_reward_scale(value) -> float:
@@ -327,20 +344,21 @@ def shipped_agents() -> list[str]:
     return sorted(p.stem for p in AGENTS_DIR.glob("*.pt"))
 
 
-def load(path_or_name: str | os.PathLike) -> Agent:
-    """Load an agent from a checkpoint path, a training output folder or a shipped name."""
+def load(path_or_name: str | os.PathLike, device: str | torch.device | None = None) -> Agent:
+    """Load an agent from a checkpoint path, a training output folder or a shipped name,
+    its networks on ``device`` (auto, cpu, cuda[:N]; None: the CPU)."""
     p = Path(path_or_name)
     if p.is_dir() and (p / "agent.pt").exists():  # a `certrl train --out` folder
-        return Agent.load(p / "agent.pt")
+        return Agent.load(p / "agent.pt", device)
     if p.exists():
-        return Agent.load(p)
+        return Agent.load(p, device)
     name = str(path_or_name)
     if name in shipped_agents():
-        agent = Agent.load(AGENTS_DIR / f"{name}.pt")
+        agent = Agent.load(AGENTS_DIR / f"{name}.pt", device)
         agent.source = name
         return agent
     if os.sep in name or "/" in name or p.suffix in (".pt", ".pth"):
-        return Agent.load(p)  # raises "does not exist"
+        return Agent.load(p, device)  # raises "does not exist"
     raise CheckpointError(
         f"no checkpoint file and no shipped agent named {name!r} "
         f"(shipped agents: {', '.join(shipped_agents()) or 'none'})"

@@ -83,16 +83,18 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel,
 def random_noise(x: torch.Tensor, threat: ThreatModel, eps: float | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform noise in the (scaled) l_inf box / l_2 ball of radius eps, clipped to the
-    domain (uniform in the whitened coordinates u = delta / s)."""
+    domain (uniform in the whitened coordinates u = delta / s); drawn from ``generator``
+    (a CPU generator: the same noise on every device) and moved to ``x``'s device."""
     e = _check(threat, eps)
     if threat.norm == math.inf:
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
         d = e * u
     else:
-        g = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        g = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         g = g / _flat_norm(g, 2.0).clamp_min(1e-12)
         dim = x[0].numel()
-        r = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype) ** (1.0 / dim)
+        r = torch.rand((x.shape[0],), generator=generator,
+                       dtype=x.dtype).to(x.device) ** (1.0 / dim)
         d = e * g * r.reshape(-1, *([1] * (x.dim() - 1)))
     return project(x + d * _scale(threat, x), x, threat, e)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from certrl.agent import Agent
+from certrl.device import device_label
 from certrl.envs import env_version
 from certrl.identity import agent_identity
 from certrl.io import library_versions, umask
@@ -413,7 +414,8 @@ def agent_fields(agent: Agent, checkpoint: str | None = None) -> dict:
     ``agent_id`` is the sha256 identity (``certrl.identity.agent_identity``);
     ``agent_label`` (and the older ``checkpoint``) is the path or shipped name the
     user gave, a label only; ``run_group`` is the training run's group (a hash of
-    its config without the seed) or None.
+    its config without the seed) or None. ``versions`` also names the device the agent's
+    networks computed on (``versions["device"]``: "cpu" or "cuda:N (GPU name)").
     """
     tm = agent.threat_model
     return {
@@ -423,7 +425,7 @@ def agent_fields(agent: Agent, checkpoint: str | None = None) -> dict:
         "algo": agent.algo, "loss": agent.loss_name, "seed": agent.seed,
         "norm": tm.to_dict()["norm"], "eps_space": eps_space_words(tm),
         "checkpoint": checkpoint, "config": agent.config,
-        "versions": library_versions(),
+        "versions": {**library_versions(), "device": device_label(agent.device)},
         "train_versions": getattr(agent, "versions", None),
     }
 

@@ -160,8 +160,8 @@ class SmoothedAgent(Agent):
             with torch.no_grad():
                 score = s.noisy_outputs(x, s.samples, "act").mean(1)
         best = score.max(1, keepdim=True).values
-        k = torch.arange(score.shape[1]).expand_as(score)
-        return torch.where(score == best, k, score.shape[1]).min(1).values.numpy()
+        k = torch.arange(score.shape[1], device=score.device).expand_as(score)
+        return torch.where(score == best, k, score.shape[1]).min(1).values.cpu().numpy()
 
     def bounded_form(self) -> nn.Sequential:
         raise ValueError("the smoothed agent has no bounded form: certify it with the "

@@ -99,7 +99,7 @@ class ThreatModel:
             if eps.numel() != x.shape[0]:
                 raise ValueError(f"per-state eps has {eps.numel()} entries for a batch of "
                                  f"{x.shape[0]} states")
-            e = eps.to(x.dtype).to(x.device).reshape(x.shape[0], *([1] * (x.dim() - 1)))
+            e = eps.to(device=x.device, dtype=x.dtype).reshape(x.shape[0], *([1] * (x.dim() - 1)))
         else:
             e = torch.tensor(check_eps(eps), dtype=x.dtype, device=x.device)
         if self.scale is None:

@@ -33,13 +33,15 @@ from .work import Recertifier
 class AuditOptions:
     """``sample``: rows re-run per kind (state rows; episode-level rows), None = all;
     ``seed``: the sample's seed; ``agents``: ``--agent ID=PATH`` overrides; ``strict``:
-    rows that cannot be re-run and missing episodes fail the audit too."""
+    rows that cannot be re-run and missing episodes fail the audit too; ``device``: where
+    the agents re-run (``certrl.device.resolve_device``; None: the CPU)."""
 
     sample: int | None = 20
     seed: int = 0
     agents: list[str] = field(default_factory=list)
     progress: bool = True
     strict: bool = False  # rows not re-runnable and episode gaps fail the audit too
+    device: str | None = None
 
 
 @dataclass
@@ -91,6 +93,8 @@ def check_agents(located, options: AuditOptions, report: AuditReport, emit) -> N
     overrides = match_overrides(agents, options.agents)
     for aid, entry in agents.items():
         resolve(entry, overrides.get(aid))
+        if entry.agent is not None:
+            entry.agent.to(options.device)  # after its identity was checked
     for aid, entry in agents.items():
         who = f"agent #{aid[:8]}"
         if entry.agent is None:

@@ -182,7 +182,7 @@ def check_exact(net: nn.Module, in_shape: tuple[int, ...], cfg: ExactConfig) -> 
 def per_state_eps(ball: bounds.LpBall) -> torch.Tensor:
     """max_i eps_{b,i} per state as a (B, 1) float64 column (the ball lies inside the
     ball of that scalar radius, so bounds derived from it stay sound)."""
-    e = torch.as_tensor(ball.eps, dtype=torch.float64)
+    e = torch.as_tensor(ball.eps, dtype=torch.float64, device=ball.center.device)
     if e.numel() == 1:
         return e.reshape(1, 1).expand(ball.batch_size, 1)
     return e.expand(ball.center.shape).reshape(ball.batch_size, -1).amax(dim=1, keepdim=True)
@@ -288,7 +288,7 @@ class BoundPropagation(CertMethod):
         with torch.no_grad():
             ml = bound.margin_lower(ball, labels, method=self.name,
                                     alpha_iterations=options.alpha_iterations)
-        return ml.detach().double(), {"bound_backend": bound.resolved_backend}
+        return ml.detach().double(), {"bound_backend": bound.last_backend}
 
     def output_bounds(self, net, ball, out64, options):
         bound = net if isinstance(net, bounds.BoundNetwork) else bounds.bind(net, options.backend)
@@ -322,7 +322,7 @@ class IBPReference(BoundPropagation):
         own = problem.own.to(lb.device)
         lb_label = lb.masked_select(own).reshape(-1, 1)
         ml = lb_label - ub - problem.allowance.to(lb)
-        return ml.masked_fill(own, math.inf), {"bound_backend": bound.resolved_backend}
+        return ml.masked_fill(own, math.inf), {"bound_backend": bound.last_backend}
 
     def output_bounds(self, net, ball, out64, options):
         return METHODS["ibp"].output_bounds(net, ball, out64, options)
@@ -465,8 +465,9 @@ class BranchAndBound(CertMethod):
         plain = net.net if isinstance(net, bounds.BoundNetwork) else net
         for b in np.flatnonzero((ml <= 0).any(dim=1).cpu().numpy()):
             lab = int(torch.isinf(ml[b]).nonzero()[0])
-            C = torch.eye(K, dtype=ball.center.dtype)[lab] - torch.eye(K, dtype=ball.center.dtype)
-            res = bounds.verify(plain, ball_row(ball, b), C[torch.arange(K) != lab],
+            eye = torch.eye(K, dtype=ball.center.dtype, device=ball.center.device)
+            C = (eye[lab] - eye)[torch.arange(K, device=eye.device) != lab]
+            res = bounds.verify(plain, ball_row(ball, b), C,
                                 timeout_s=options.bab.timeout_s, batch=options.bab.batch)
             status[b], domains[b] = res.status, res.stats.get("domains", 0)
             if res.status == "verified":

@@ -60,6 +60,7 @@ from certrl.certify.methods import (
     method_names,
     state_method,
 )
+from certrl.device import module_device
 from certrl.threat import ThreatModel, check_eps, parse_norm
 
 INF = float("inf")
@@ -189,9 +190,11 @@ def validate(net: nn.Module, in_shape: tuple[int, ...], method: str, norm: float
                                options or CertifyOptions())
 
 
-def _as_input(x) -> torch.Tensor:
+def _as_input(x, device: torch.device) -> torch.Tensor:
+    """``x`` as a float tensor on ``device`` (the network's)."""
     if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+    x = x.to(device)
     if not x.is_floating_point():
         x = x.to(torch.float32)
     if x.dim() < 2:
@@ -232,7 +235,8 @@ class RadiusVerifier:
     counterexamples: dict = field(default_factory=dict)  # state -> the point found there
 
     def __post_init__(self) -> None:
-        self.base = self.threat.ball(self.x, torch.zeros(self.x.shape[0], dtype=self.x.dtype))
+        self.base = self.threat.ball(self.x, torch.zeros(self.x.shape[0], dtype=self.x.dtype,
+                                                          device=self.x.device))
         self.targets = self.method.targets(self.net, self.x, self.labels, self.options)
         self.refuted = np.full(self.x.shape[0], INF)
 
@@ -242,7 +246,7 @@ class RadiusVerifier:
         eps = np.asarray(eps, dtype=np.float64)
         if not np.isfinite(eps).all() or (eps < 0).any():
             raise ValueError(f"radius search produced an invalid radius: {eps}")
-        e = torch.as_tensor(eps, dtype=self.x.dtype)
+        e = torch.as_tensor(eps, dtype=self.x.dtype, device=self.x.device)
         b, n = self.base, self.x.shape[0]
 
         def rows(t):  # domain bounds stored per state are cut to idx; shared ones kept
@@ -336,7 +340,7 @@ def certified_radius(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, meth
     """
     m, options = state_method(method), options or CertifyOptions()
     threat = threat or ThreatModel()
-    lab = torch.as_tensor(labels).long().reshape(-1)
+    lab = torch.as_tensor(labels, device=x.device).long().reshape(-1)
     check = RadiusVerifier(m, m.prepare(net, options), x, lab, threat, options)
     cfg = options.radius
     return _search(check, x.shape[0], float(cfg.init if cfg.init is not None else init), cfg)
@@ -393,7 +397,7 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
     m = state_method(method)
     eps_list = check_eps_list(eps)
     threat, options = threat or ThreatModel(), options or CertifyOptions()
-    x = _as_input(x)
+    x = _as_input(x, module_device(net))
     out = _forward(net.eval(), x)
     m.check(net, tuple(x.shape[1:]), threat.norm, kind, options)
     if isinstance(m, Smoothing):

@@ -115,7 +115,7 @@ def smoothed_returns(agent: Agent, n: int, sigma: float, seed: int = 0,
     if not (sigma > 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma must be positive and finite; got {sigma}")
     gen = torch.Generator().manual_seed(int(seed) + 7919)
-    policy = acting(agent, lambda x: x + sigma * torch.randn(x.shape, generator=gen))
+    policy = acting(agent, lambda x: x + sigma * torch.randn(x.shape, generator=gen).to(x.device))
     ends = play(agent, list(range(n)), seed, lambda i: policy, max_steps)
     return np.asarray([e.ret for e in ends]), np.asarray([e.length for e in ends])
 
@@ -253,6 +253,6 @@ def gwc_action(q: torch.Tensor, lb: torch.Tensor, ub: torch.Tensor) -> list[int]
     """Per state argmin_{a in A} q_a with A = {a : ub_a >= max_j lb_j} plus the greedy
     action (RADIAL's rule; with sound bounds the greedy action is in A anyway)."""
     possible = ub >= lb.max(dim=1, keepdim=True).values
-    possible[torch.arange(q.shape[0]), q.argmax(1)] = True
+    possible[torch.arange(q.shape[0], device=q.device), q.argmax(1)] = True
     masked = torch.where(possible, q, torch.full_like(q, math.inf))
-    return [int(a) for a in masked.argmin(1)]
+    return [int(a) for a in masked.argmin(1).tolist()]

@@ -27,6 +27,7 @@ from certrl.commands.common import (
     truncation_note,
 )
 from certrl.commands.evaluate import add_smoothing_flags, smoothed_from_args
+from certrl.device import add_device_arg, resolve_device
 from certrl.evaluate import (
     DEFAULT_EPISODES,
     EPS_SCALE_HELP,
@@ -98,6 +99,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
     p.add_argument("--threads", type=int, default=1)
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -143,9 +145,11 @@ def check_args(args: argparse.Namespace, kind: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
     out = check_out(args.out or default_out("attack", args.checkpoint, args.attack), "attack",
                     args.force)
-    agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint), args.eps_scale), args)
+    agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint, device), args.eps_scale),
+                               args)
     tm = agent.threat_model
     if args.norm is not None:
         d = tm.to_dict()
@@ -155,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
     if args.smoothed and any(n in LEARNED or n in VALUE_ATTACKS for n in names):
         raise ValueError("--smoothed attacks the smoothed agent with gradient attacks (pgd, "
                          "pgd-ref, fgsm, mad, random) only")
+    learned = [n for n in names if n in LEARNED or n in VALUE_ATTACKS]
+    if device.type != "cpu" and learned:  # their attacker / critic networks live on the CPU
+        raise ValueError(f"attack {', '.join(learned)} runs on the CPU only for now; use "
+                         "--device cpu (gradient attacks pgd, pgd-ref, fgsm, mad, random run "
+                         f"on {device})")
     ctx = Context(agent, str(args.checkpoint), tm, args, out)
     fresh = args.force
     rows_of: dict[str, list] = {}

@@ -6,6 +6,7 @@ import argparse
 
 from certrl.audit import AuditOptions, audit
 from certrl.commands.common import set_threads
+from certrl.device import add_device_arg, resolve_device
 
 DESCRIPTION = """\
 Re-verify the rows of certrl results files (certify, evaluate, attack), e.g. the
@@ -45,6 +46,7 @@ def add_parser(sub) -> None:
                    help="also fail on rows that cannot be re-run and on missing episodes")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=1)
+    add_device_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if args.sample < 0:
         raise ValueError(f"--sample must be >= 0; got {args.sample}")
     set_threads(args.threads)
+    device = resolve_device(args.device)
     opts = AuditOptions(sample=None if args.all else args.sample, seed=args.seed,
                         agents=list(args.agent), progress=not args.no_progress,
-                        strict=args.strict)
+                        strict=args.strict, device=str(device))
     report = audit(args.results, opts)
     print(report.summary())
     return 0 if report.passed else 1

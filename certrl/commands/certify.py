@@ -20,6 +20,7 @@ from certrl.certify import (
     run_certify,
 )
 from certrl.commands.common import add_force, default_out, eps_arg, positive_int, set_threads
+from certrl.device import add_device_arg, configure_determinism, resolve_device
 from certrl.evaluate import DEFAULT_EPISODES, EPS_SCALE_HELP, apply_eps_scale, eps_scale_arg
 from certrl.records import check_out
 from certrl.smoothed import resolve_sigma
@@ -88,6 +89,7 @@ def add_parser(sub) -> None:
                    help="write only per-episode rows (smaller files)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=1)
+    add_device_arg(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> CertifySettings:
@@ -138,11 +140,13 @@ def print_summary(agent, res: dict, out) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
+    configure_determinism(device)
     settings = settings_from_args(args)
     for m in args.method:
         get_method(m)  # ValueError naming the known methods
     out = check_out(args.out or default_out("certify", args.checkpoint), "certify", args.force)
-    agent = apply_eps_scale(load(args.checkpoint), args.eps_scale)
+    agent = apply_eps_scale(load(args.checkpoint, device), args.eps_scale)
     if any(get_method(m).kind == "probabilistic" for m in args.method):
         args.sigma = resolve_sigma(agent, args.sigma)  # the agent's training sigma by default
         settings = settings_from_args(args)

@@ -15,6 +15,7 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
+from certrl.device import add_device_arg, resolve_device
 from certrl.evaluate import (
     DEFAULT_EPISODES,
     EPS_SCALE_HELP,
@@ -45,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
     p.add_argument("--threads", type=int, default=1)
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_flags(p)
 
@@ -83,9 +85,11 @@ def smoothed_from_args(agent, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
     out = check_out(args.out or default_out("evaluate", args.checkpoint), "evaluate",
                     args.force)
-    agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint), args.eps_scale), args)
+    agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint, device), args.eps_scale),
+                               args)
     run_ = EpisodeRun("evaluate", args.episodes, seed=args.seed, max_steps=args.max_steps,
                       deterministic=not args.stochastic,
                       norm=agent.threat_model.to_dict()["norm"])
