@@ -57,6 +57,7 @@ from certrl.report import Column, Style, Table, to_latex, to_markdown, value_tab
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import (  # noqa: E402
     all_results,
+    iqm,
     make_tasks,
     metric_column,
     read_result,
@@ -304,6 +305,7 @@ def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
             continue
         env_md, env_tex, env_tabs = env_tables(env, er)
         md, tex, tables = md + env_md, tex + env_tex, tables + env_tabs
+        md += target_lines(env, er)
     if sweep_wall is not None:
         md.append(f"Sweep wall-clock of the last invocation: {sweep_wall / 60:.1f} min.")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -317,6 +319,55 @@ def mark_resumed(out: Path, r: dict) -> dict:
     cmd = Path(out) / r["env"] / r["method"] / f"seed{r['seed']}" / "train" / "command.json"
     n = len(json.loads(cmd.read_text()).get("resumes", [])) if cmd.exists() else 0
     return {**r, "train_resumes": n}
+
+
+# ------------------------------------------------------------------ issue 11 targets
+TARGET_METHODS = ("radial", "car-ibp", "car-pgd", "sa", "wocar", "vanilla-ft")
+
+
+def target_values(er: list[dict], method: str, e: float) -> dict | None:
+    """IQM over a method's seeds of what the targets read at eps ``e`` (None: no runs)."""
+    mr = [r for r in er if r["method"] == method]
+    if not mr:
+        return None
+
+    def q(key: str) -> float | None:
+        vals = [r.get(key) for r in mr]
+        return None if any(v is None for v in vals) else float(iqm(np.asarray(vals, float)))
+    return {"n": len(mr), "natural": q("natural"), "gwc": q(f"gwc_crown_{e:g}"),
+            "pgd": q(f"pgd_{e:g}"), "rate": q(f"certfrac_crown_{e:g}"), "radius": q("acr_crown")}
+
+
+def target_lines(env: str, er: list[dict]) -> list[str]:
+    """Markdown: the issue's Done-when targets at the train eps, met / not met per method,
+    on the IQMs over seeds (computed here from the result.json files)."""
+    e = ENVS[env]["train_eps"]
+    v = target_values(er, "vanilla", e)
+    if v is None or v["natural"] is None:
+        return []
+
+    def cell(x, ok):
+        return "n/a" if x is None else f"{x:.3g} ({'met' if ok else 'not met'})"
+    lines = [f"### Issue 11 targets at the train eps {e:g} (IQM over seeds)", "",
+             f"Vanilla (base): natural {v['natural']:.1f}, GWC-CROWN {e:g} {v['gwc']:.1f} "
+             f"(target < 50% of natural: {'met' if v['gwc'] < 0.5 * v['natural'] else 'not met'}"
+             f"), CROWN cert. rate {v['rate']:.3f}, mean CROWN radius {v['radius']:.4f}.", "",
+             "| method | seeds | natural >= 0.9 x vanilla | GWC-CROWN >= 0.8 x own natural | "
+             "PGD >= 0.8 x own natural | CROWN cert. rate >= vanilla + 0.2 | mean CROWN radius "
+             ">= vanilla + 0.2 |", "|---|---|---|---|---|---|---|"]
+    for m in TARGET_METHODS:
+        t = target_values(er, m, e)
+        if t is None:
+            continue
+        nat = t["natural"]
+        lines.append(
+            f"| {METHODS[m][0]} | {t['n']} | {cell(nat, nat >= 0.9 * v['natural'])} | "
+            f"{cell(t['gwc'], t['gwc'] is not None and t['gwc'] >= 0.8 * nat)} | "
+            f"{cell(t['pgd'], t['pgd'] is not None and t['pgd'] >= 0.8 * nat)} | "
+            f"{cell(t['rate'], t['rate'] is not None and t['rate'] >= v['rate'] + 0.2)} | "
+            f"{cell(t['radius'], t['radius'] is not None and t['radius'] >= v['radius'] + 0.2)}"
+            " |")
+    return lines + [""]
 
 
 NO_BEST = ("best_step", "train_wall_s")
