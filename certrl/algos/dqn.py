@@ -57,6 +57,7 @@ from certrl.algos.base import (
 )
 from certrl.algos.replay import FrameReplay, make_replay
 from certrl.algos.selection import BestKeeper
+from certrl.algos.tensor_pack import pack_tree, unpack_tree
 from certrl.envs import EnvReplayError, action_space_info, env_family, make_env
 from certrl.identity import agent_identity
 from certrl.io import atomic_torch_save, plain
@@ -506,11 +507,14 @@ class DQN(Algorithm):
                 rep["replay_file"] = self._replay_ref
         return {
             "global_step": self.global_step, "episodes": list(self.episodes),
-            "optimizer": self.optimizer.state_dict(), "target": self.target.state_dict(),
+            # packed losslessly (certrl.algos.tensor_pack): Adam's moments byte-shuffled and
+            # compressed, the target stored as its XOR with the Q weights of this checkpoint
+            "optimizer": pack_tree(self.optimizer.state_dict()),
+            "target": pack_tree(self.target.state_dict(), self.agent_obj.nets["q"].state_dict()),
             **rep, "rng": capture_rngs(self.rng),
             "env": self.env.state(), "obs": np.asarray(self._obs).copy(),
             "ep_return": float(self._ep_return), "ep_len": int(self._ep_len),
-            "robust_loss": (self.robust_loss.state_dict()
+            "robust_loss": (pack_tree(self.robust_loss.state_dict())
                             if self.robust_loss is not None else {}),
             "resume_caveats": list(self.resume_caveats),
             "selection": None if self.selection is None else self.selection.state_dict(),
@@ -544,10 +548,12 @@ class DQN(Algorithm):
     def load_train_state(self, st: dict) -> None:
         self.global_step = int(st["global_step"])
         self.episodes = list(st["episodes"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.target.load_state_dict(st["target"])
+        self.optimizer.load_state_dict(unpack_tree(st["optimizer"]))
+        # the target is stored against the checkpoint's Q weights (loaded before this)
+        self.target.load_state_dict(unpack_tree(st["target"],
+                                                self.agent_obj.nets["q"].state_dict()))
         if self.robust_loss is not None and st.get("robust_loss"):
-            self.robust_loss.load_state_dict(st["robust_loss"])
+            self.robust_loss.load_state_dict(unpack_tree(st["robust_loss"]))
         if self.selection is not None and st.get("selection"):
             self.selection.load_state_dict(st["selection"])
         if st.get("replay") is not None:
