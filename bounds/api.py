@@ -139,6 +139,7 @@ class BoundNetwork:
         self._parsed: dict[tuple[int, ...], tuple[list[nn.Module], list[graph.Layer]]] = {}
         self._fits: dict[tuple[int, ...], list[nn.Module]] = {}
         self._auto: tuple[list[nn.Module], list[str]] | None = None
+        self.last_backend: str | None = None  # the backend that bounded the latest call
 
     def compute(self, ball: LpBall, method: str = "crown", C: torch.Tensor | None = None,
                 alpha_iterations: int = 20,
@@ -193,7 +194,13 @@ class BoundNetwork:
 
     def _resolve(self) -> tuple[str, list[str], list[nn.Module] | None]:
         """The backend to use ("native" or "lirpa") and, for "auto" falling back to
-        auto_LiRPA, the layers the native engine lacks (cached per module list)."""
+        auto_LiRPA, the layers the native engine lacks (cached per module list); also
+        recorded as ``last_backend``."""
+        resolved = self._resolve_backend()
+        self.last_backend = resolved[0]
+        return resolved
+
+    def _resolve_backend(self) -> tuple[str, list[str], list[nn.Module] | None]:
         if self.backend != "auto":
             return self.backend, [], None
         try:
@@ -258,7 +265,17 @@ class BoundNetwork:
 
 
 def _native(layers, ball, method, C, alpha_iterations, bound_upper):
-    """The native engine's bounds for one method on parsed layers."""
+    """The native engine's bounds for one method on parsed layers. Without autograd, the
+    gradient-free methods run under ``torch.inference_mode`` (less per-operation
+    bookkeeping, same numbers); their bounds are returned as ordinary tensors."""
+    if torch.is_grad_enabled() or method == "alpha-crown":  # alpha-CROWN needs autograd
+        return _native_bounds(layers, ball, method, C, alpha_iterations, bound_upper)
+    with torch.inference_mode():
+        lb, ub = _native_bounds(layers, ball, method, C, alpha_iterations, bound_upper)
+    return lb.clone(), (None if ub is None else ub.clone())
+
+
+def _native_bounds(layers, ball, method, C, alpha_iterations, bound_upper):
     if method == "ibp":
         (lb, ub), _ = interval.ibp(layers, ball, C)
         return lb, (ub if bound_upper else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -33,9 +34,10 @@ class Layer:
     out_shape: tuple[int, ...]
     index: int
 
-    @property
+    @cached_property
     def rule(self) -> LayerRule:
-        """The entry of ``bounds.rules.RULES`` for this layer's module."""
+        """The entry of ``bounds.rules.RULES`` for this layer's module (looked up once:
+        a layer holds the same module object for its lifetime)."""
         rule = find_rule(self.module)
         if rule is None:  # parse() admits only modules with a rule
             raise UnsupportedLayerError(f"layer {self.index} ({self.module}) has no rule")

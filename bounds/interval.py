@@ -63,6 +63,24 @@ def apply_spec_interval(C: torch.Tensor, lo: torch.Tensor, up: torch.Tensor) -> 
     return c - d, c + d
 
 
+def _spec_weight(layer: Layer, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(C W, C b) of a Linear layer followed by the spec C (B, m, out)."""
+    m = layer.module
+    return torch.matmul(C, m.weight), (None if m.bias is None else torch.matmul(C, m.bias))
+
+
+def spec_linear_interval(layer: Layer, lo: torch.Tensor, up: torch.Tensor,
+                         C: torch.Tensor) -> Interval:
+    """Bounds of C (W z + b) for z in the box [lo, up] (B, in), with C W merged first
+    (tighter than bounding W z + b and then C): [C W mid -/+ |C W| rad + C b]."""
+    W, b = _spec_weight(layer, C)  # (B, m, in)
+    mid, rad = (up + lo) * 0.5, (up - lo) * 0.5
+    cen = torch.bmm(W, mid.unsqueeze(-1)).squeeze(-1)
+    dev = torch.bmm(W.abs(), rad.unsqueeze(-1)).squeeze(-1)
+    val_l, val_u = cen - dev, cen + dev
+    return (val_l + b, val_u + b) if b is not None else (val_l, val_u)
+
+
 # --------------------------------------------------------------------------- IBP
 def ibp(
     layers: list[Layer], ball: LpBall, C: torch.Tensor | None = None
@@ -78,22 +96,17 @@ def ibp(
     lo = up = None
     last = len(rest) - 1
     for k, layer in enumerate(rest):
-        merge_spec = C is not None and k == last and layer.kind == "linear"
-        if merge_spec:
-            W = torch.matmul(C, layer.module.weight)  # (B, m, in)
-            b = None if layer.module.bias is None else torch.matmul(C, layer.module.bias)
-            if lo is None:  # the whole net is a single linear layer on the ball
-                val_l = ball.concretize(W, sign=-1.0)
-                val_u = ball.concretize(W, sign=1.0)
-            else:
-                mid, rad = (up + lo) * 0.5, (up - lo) * 0.5
-                cen = torch.einsum("bmn,bn->bm", W, mid)
-                dev = torch.einsum("bmn,bn->bm", W.abs(), rad)
-                val_l, val_u = cen - dev, cen + dev
-            if b is not None:
-                val_l, val_u = val_l + b, val_u + b
-            per_layer.append((val_l, val_u))
-            return (val_l, val_u), per_layer
+        if C is not None and k == last and layer.kind == "linear" and lo is not None:
+            out = spec_linear_interval(layer, lo, up, C)
+            per_layer.append(out)
+            return out, per_layer
+        if C is not None and k == last and layer.kind == "linear":
+            # the whole net is a single linear layer on the ball: exact
+            W, b = _spec_weight(layer, C)
+            val_l, val_u = ball.concretize(W, sign=-1.0), ball.concretize(W, sign=1.0)
+            out = (val_l + b, val_u + b) if b is not None else (val_l, val_u)
+            per_layer.append(out)
+            return out, per_layer
         if lo is None and layer.rule.on_ball is not None:
             lo, up = affine_on_ball(layer, ball)
         elif lo is None:

@@ -24,7 +24,7 @@ import math
 import torch
 
 from bounds.graph import Layer
-from bounds.interval import Interval, affine_on_ball, fold_input, ibp
+from bounds.interval import Interval, affine_on_ball, fold_input, ibp, spec_linear_interval
 from bounds.perturbation import LpBall
 from bounds.rules import PreBounds, crop, relu_relaxation, slope_ref, tanh_relaxation
 
@@ -329,6 +329,15 @@ def bound_activations(rest: list[Layer], folded: LpBall, intermediate: str,
     bounding the input of activation layer k: ReLU layer index j < k -> lower slopes in
     [0, 1], see ``_intermediate_crown``) replace the default slopes (every alpha gives
     sound bounds)."""
+    return bound_chain(rest, folded, intermediate, alphas)[0]
+
+
+def bound_chain(rest: list[Layer], folded: LpBall, intermediate: str,
+                alphas: dict[int, torch.Tensor] | None = None
+                ) -> tuple[dict[int, Interval], Interval | None]:
+    """:func:`bound_activations` plus the interval of the last layer's input from the same
+    tightened chain (None when the last layer is the first): every layer's interval is
+    the one-layer step from the previous (tightened) one, hence inside IBP's."""
     bounds_: dict[int, Interval] = {}
     prev: Interval | None = None
     for k, layer in enumerate(rest):
@@ -343,8 +352,23 @@ def bound_activations(rest: list[Layer], folded: LpBall, intermediate: str,
                     prev = _intersect(_intermediate_crown(rest[:k], folded, bounds_, None,
                                                           a_k), prev)
             bounds_[k] = prev
+        if k == len(rest) - 1:
+            return bounds_, (None if prev is None else (prev[0], prev[1]))
         prev = _step(layer, prev, folded)
-    return bounds_
+    return bounds_, None
+
+
+def _output_interval(rest: list[Layer], folded: LpBall, last_in: Interval | None,
+                     C: torch.Tensor | None) -> Interval:
+    """Interval bounds of C f (or f) over the ball from the tightened chain's interval of
+    the last layer's input (never looser than IBP from the input); plain IBP when the
+    chain has no such interval or the last layer is not a Linear."""
+    last = rest[-1] if rest else None
+    if last_in is None or last.kind != "linear" or last_in[0].dim() != 2:
+        return ibp(rest, folded, C)[0]
+    if C is not None:
+        return spec_linear_interval(last, last_in[0], last_in[1], C)
+    return last.rule.ibp(last, *last_in)
 
 
 def _spec_rows(C: torch.Tensor | None, out_shape, ref: torch.Tensor) -> torch.Tensor:
@@ -367,7 +391,8 @@ def crown(
     With ``upper=False`` only the lower bound is computed (half the backward
     work) and None is returned in its place.
     """
-    folded, rest, act = activation_bounds(layers, ball, intermediate)
+    folded, rest = fold_input(layers, ball)
+    act, last_in = bound_chain(rest, folded, intermediate)
     B = ball.batch_size
     spec = _spec_rows(C, layers[-1].out_shape, ball.center)
     m = spec.shape[1]
@@ -381,7 +406,8 @@ def crown(
     lb, ub = val[:, :m], (-val[:, m:] if upper else None)
     if intermediate == "ibp" or not _INTERSECT_OUTPUT:
         return lb, ub
-    (lb_i, ub_i), _ = ibp(layers, ball, C)  # never looser than IBP
+    # never looser than IBP: the tightened chain's interval of the output
+    lb_i, ub_i = _output_interval(rest, folded, last_in, C)
     return torch.maximum(lb, lb_i), (torch.minimum(ub, ub_i) if upper else None)
 
 
