@@ -186,3 +186,39 @@ def test_certify_path_creates_no_tensor_without_a_device(tmp_path, cartpole):
     assert rc == 0
     bad = {k: n for k, n in mode.hits.items() if k.startswith(WATCHED)}
     assert not bad, json.dumps(bad, indent=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_gpu_check_script_fails_clearly_without_cuda(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "gpu.log"
+    env = {**os.environ, "GPU_CHECK_LOG": str(log), "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3
+    assert "no CUDA device is available" in res.stdout
+    assert "no CUDA device is available" in log.read_text()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_dqn_to_cpu_mid_run_changes_no_number():
+    """``algo.to(device)`` moves networks and re-binds optimizer state; on the CPU it must
+    leave a seeded run bit-identical (the optimizer state round trip included)."""
+    from certrl.algos.dqn import DQN, DQNConfig
+
+    def run(move: bool):
+        cfg = DQNConfig.for_env("CartPole-v1", total_steps=160, learning_starts=20, seed=5)
+        algo = DQN(cfg)
+        algo.learn(100)
+        if move:
+            assert algo.to("cpu") is algo
+        algo.learn()
+        return algo
+
+    a, b = run(False), run(True)
+    for k, v in a.agent_obj.nets["q"].state_dict().items():
+        assert torch.equal(v, b.agent_obj.nets["q"].state_dict()[k])
+    assert b.agent_obj.device == torch.device("cpu")

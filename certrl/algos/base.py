@@ -18,6 +18,7 @@ import torch
 
 from certrl.agent import Agent
 from certrl.agent import load as load_agent
+from certrl.device import resolve_device
 from certrl.envs import env_family
 from certrl.io import CheckpointError, load_checkpoint
 from certrl.losses import loss_from_config
@@ -43,9 +44,12 @@ def capture_rngs(gen: np.random.Generator) -> dict:
     np_state = {**np_state, "state": {"key": np_state["state"]["key"].tolist(),
                                       "pos": int(np_state["state"]["pos"])}}
     version, internal, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "numpy": json.dumps(np_state),
-            "python": json.dumps([version, list(internal), gauss]),
-            "algo": json.dumps(gen.bit_generator.state)}
+    out = {"torch": torch.get_rng_state(), "numpy": json.dumps(np_state),
+           "python": json.dumps([version, list(internal), gauss]),
+           "algo": json.dumps(gen.bit_generator.state)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # training on a GPU
+        out["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    return out
 
 
 def restore_rngs(state: dict, gen: np.random.Generator) -> None:
@@ -56,6 +60,8 @@ def restore_rngs(state: dict, gen: np.random.Generator) -> None:
         return
     st = state["rng"]
     torch.set_rng_state(st["torch"])
+    if st.get("torch_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(st["torch_cuda"]))
     np_state = json.loads(st["numpy"])
     np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(np_state)
@@ -458,6 +464,29 @@ class Algorithm:
 
     def load_train_state(self, state: dict) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def to(self, device: str | torch.device | None):
+        """Train on ``device`` (``certrl.device.resolve_device``; None: stay): moves the
+        agent's networks and every network and optimizer state the algorithm and its
+        robust loss hold (parameters keep their identity, so optimizers stay bound).
+        Returns ``self``."""
+        if device is None:
+            return self
+        dev = resolve_device(device)
+        holders = [self, self.robust_loss] if self.robust_loss is not None else [self]
+        modules = list(self.agent_obj.nets.values())
+        optimizers = []
+        for h in holders:
+            for v in vars(h).values():
+                if isinstance(v, torch.nn.Module):
+                    modules.append(v)
+                elif isinstance(v, torch.optim.Optimizer):
+                    optimizers.append(v)
+        for m in modules:
+            m.to(dev)
+        for opt in optimizers:  # loading casts the moments to their parameters' device
+            opt.load_state_dict(opt.state_dict())
+        return self
 
     def save(self, path: str | os.PathLike, with_train_state: bool = True) -> None:
         """Checkpoint the agent (and, for resuming, the training state)."""

@@ -349,13 +349,13 @@ class DQN(Algorithm):
 
     def _sample(self) -> dict[str, torch.Tensor]:
         b = self.replay.sample(self.rng, self.cfg.batch_size)
-        pre = self.agent_obj.preprocess
-        return {
+        pre, dev = self.agent_obj.preprocess, self.agent_obj.device
+        return {  # one host -> device copy per field (the buffer lives in host memory)
             "obs": pre(b["obs"]),
             "next_obs": pre(b["next_obs"]),
-            "actions": torch.as_tensor(b["actions"]),
-            "rewards": torch.as_tensor(b["rewards"]) * self.cfg.reward_scale,
-            "dones": torch.as_tensor(b["dones"]),
+            "actions": torch.as_tensor(b["actions"], device=dev),
+            "rewards": torch.as_tensor(b["rewards"], device=dev) * self.cfg.reward_scale,
+            "dones": torch.as_tensor(b["dones"], device=dev),
         }
 
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
