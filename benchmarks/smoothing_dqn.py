@@ -34,6 +34,7 @@ certrl/agents/cartpole-dqn-noise.{pt,json}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -60,18 +61,42 @@ from sweep import (  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ENV = "CartPole-v1"
-SIGMAS = (0.1, 0.2)
+SIGMAS = (0.02, 0.05, 0.1, 0.2)  # vanilla is measured at each (the noise runs' sigmas)
+RADIAL_SIGMAS = (0.1, 0.2)  # RADIAL at these (its seed-0 run also has 0.05)
 EPISODES = 10
 EVAL_EPS = (0.02, 0.05)  # the robust-DQN table's eps (l_inf, raw observation)
 PS_EPS = (0.001, 0.02)  # policy-smoothing per-step budgets (0.02: the table's eps)
 PGD_EPS = 0.05
 SAMPLES, ATTACK_SAMPLES = 100, 20
 N0, N, ALPHA, M_CROP, PS_EPISODES = 100, 1000, 0.001, 1000, 100
+# noise runs: name -> (from scratch?, steps, eval every, --select, extra flags); sigma = the
+# name's last field. Fine-tunes use the robust-DQN fine-tuning protocol (FINETUNE_DEFAULTS:
+# 20k steps, evaluation every 1000 steps and at step 0); from scratch, the vanilla base's
+# protocol (its hyperparameters; --set / --warmup / --ramp where the name says so).
+NOISE_RUNS = {
+    "noise-0.1": (False, None, None, "natural", []),
+    "noise-0.2": (False, None, None, "natural", []),
+    "noise-scratch-0.1": (True, 50_000, 5000, "natural", []),
+    "noise-sm-0.1": (False, None, None, "smoothed", []),
+    "noise-scratch-sm-0.1": (True, 50_000, 2500, "smoothed", []),
+    "noise-scratch-sm-0.05": (True, 50_000, 2500, "smoothed", []),
+    "noise-scratch-sm-0.02": (True, 50_000, 2500, "smoothed", []),
+    "noise-scratch-sm100k-0.1": (True, 100_000, 2500, "smoothed", []),
+    "noise-lr-0.1": (True, 100_000, 2500, "smoothed", ["--set", "lr=0.0005"]),
+    "noise-ramp-0.1": (True, 100_000, 2500, "smoothed", ["--warmup", "0.3", "--ramp", "0.2"]),
+}
 METHODS = {"vanilla": "Vanilla DQN (base)", "radial": "RADIAL-DQN (IBP)",
-           **{f"noise-{s:g}": f"Noise-trained sigma {s:g}" for s in SIGMAS},
+           "noise-0.1": "Noise sigma 0.1, fine-tune, natural sel.",
+           "noise-0.2": "Noise sigma 0.2, fine-tune, natural sel.",
+           "noise-sm-0.1": "Noise sigma 0.1, fine-tune, smoothed sel.",
            "denoiser-0.1": "S-DQN denoiser sigma 0.1 (vanilla base frozen)",
-           "noise-scratch-0.1": "Noise-trained sigma 0.1, from scratch"}
-SCRATCH_STEPS = 50_000  # the vanilla base's from-scratch protocol (robust_dqn.py)
+           "noise-scratch-0.1": "Noise sigma 0.1, scratch 50k, natural sel.",
+           "noise-scratch-sm-0.1": "Noise sigma 0.1, scratch 50k, smoothed sel.",
+           "noise-scratch-sm-0.05": "Noise sigma 0.05, scratch 50k, smoothed sel.",
+           "noise-scratch-sm-0.02": "Noise sigma 0.02, scratch 50k, smoothed sel.",
+           "noise-scratch-sm100k-0.1": "Noise sigma 0.1, scratch 100k, smoothed sel.",
+           "noise-lr-0.1": "Noise sigma 0.1, scratch 100k, lr 5e-4, smoothed sel.",
+           "noise-ramp-0.1": "Noise sigma 0.1, scratch 100k, sigma ramp 30k-50k, smoothed sel."}
 WHERE = f"this CPU machine ({platform.machine()}, 2 shared cores, 1 torch thread)"
 
 
@@ -91,16 +116,18 @@ def method_sigma(method: str) -> float | None:
 
 
 def noise_argv(method: str, seed: int, base: Path, path: Path) -> list[str]:
-    """``certrl train`` arguments of a noise run: a fine-tune of the seed's vanilla base, or
-    (noise-scratch) the base's own from-scratch protocol with the noise loss."""
+    """``certrl train`` arguments of a noise run (``NOISE_RUNS``): a fine-tune of the seed's
+    vanilla base, or the base's own from-scratch protocol with the noise loss."""
     sigma = f"{method_sigma(method):g}"
-    if method.startswith("noise-scratch"):
-        start = ["--env", ENV, "--algo", "dqn", "--steps", str(SCRATCH_STEPS),
-                 "--eval-every", "5000", "--eval-episodes", "5"]
+    scratch, steps, every, select, extra = NOISE_RUNS[method]
+    if scratch:
+        start = ["--env", ENV, "--algo", "dqn", "--steps", str(steps),
+                 "--eval-every", str(every), "--eval-episodes", "5"]
     else:
         start = ["--init-from", str(base)]
-    return ["train", *start, "--loss", "noise", "--sigma", sigma, "--seed", str(seed),
-            "--out", str(path)]
+    sel = [] if select == "natural" else ["--select", select]
+    return ["train", *start, "--loss", "noise", "--sigma", sigma, *extra, *sel, "--seed",
+            str(seed), "--out", str(path)]
 
 
 def ensure_agent(method: str, seed: int, bases: Path, out: Path) -> tuple[Path, dict]:
@@ -206,27 +233,33 @@ def ps_columns(agent, sigma: float) -> dict:
     return out
 
 
-def run_one(method: str, seed: int, bases: Path, out: Path) -> dict:
-    """Train (if needed) and measure one (method, seed) at its sigmas; writes result.json."""
+def run_one(method: str, seed: int, bases: Path, out: Path,
+            vanilla_sigmas: tuple[float, ...] = SIGMAS) -> dict:
+    """Train (if needed) and measure one (method, seed) at its sigmas; writes result.json.
+    A result missing a sigma of ``vanilla_sigmas`` (vanilla; RADIAL_SIGMAS for RADIAL) gets
+    only that sigma added."""
     from certrl.agent import load
     from certrl.evaluate import evaluate
 
     rdir = out / ENV / method / f"seed{seed}"
-    done = read_result(rdir)
-    if done is not None:
-        return done
+    row = read_result(rdir)
+    sigmas = (method_sigma(method),) if method_sigma(method) else \
+        tuple(vanilla_sigmas) if method == "vanilla" else RADIAL_SIGMAS
+    if row is not None and all(f"{s:g}" in row["by_sigma"] for s in sigmas):
+        return row
     torch.set_num_threads(1)
-    path, info = ensure_agent(method, seed, bases, out)
-    agent, t0 = load(path), time.perf_counter()
+    if row is None:
+        path, info = ensure_agent(method, seed, bases, out)
+        agent = load(path)
+        row = {"env": ENV, "method": method, "seed": seed, "agent": str(path), **info,
+               "natural": evaluate(agent, EPISODES, 0).mean, "by_sigma": {}}
+    agent, t0 = load(row["agent"]), time.perf_counter()
     x = states_of(agent)
-    row = {"env": ENV, "method": method, "seed": seed, "agent": str(path), **info,
-           "natural": evaluate(agent, EPISODES, 0).mean, "by_sigma": {}}
-    sigmas = (method_sigma(method),) if method_sigma(method) else SIGMAS
-    for s in sigmas:
+    for s in (s for s in sigmas if f"{s:g}" not in row["by_sigma"]):
         print(f"  {method} seed {seed} sigma {s:g}", flush=True)
         row["by_sigma"][f"{s:g}"] = {**return_columns(agent, s), **certificate_columns(
             agent, x, s), **ps_columns(agent, s)}
-    row["eval_wall_s"] = time.perf_counter() - t0
+    row["eval_wall_s"] = row.get("eval_wall_s", 0.0) + time.perf_counter() - t0
     rdir.mkdir(parents=True, exist_ok=True)
     write_result(rdir, row)
     return row
@@ -318,48 +351,65 @@ def header() -> list[str]:
 def ship(out: Path) -> None:
     """Copy the selected noise agent to certrl/agents/cartpole-dqn-noise.{pt,json}.
 
-    Rule: the noise method (sigma, fine-tune or scratch) with the largest IQM Cohen mean
-    radius among those meeting the issue's done-when (IQM smoothed natural return >= 90% of
-    the vanilla bases' at that sigma, IQM Cohen mean radius >= 2x theirs), counting only
-    runs whose kept checkpoint is a trained one (not the init weights of a fine-tune); of
-    its seeds the median by smoothed natural return (ties: the higher seed first; lower
-    middle for an even count). The done-when and init-weights conditions were added after
-    the first table was read (without them the rule picked a fine-tune whose kept
-    checkpoint is the vanilla base itself)."""
+    Rule (stated 2026-12-06 ~02:55 UTC, before any smoothed-selection run was measured; it
+    replaces the first table's rule, which shipped nothing unless a method met the
+    done-when): among the methods of NOISE_RUNS with at least 3 seeds whose kept
+    checkpoint is a trained one (``trained``: not the init weights of a fine-tune), the
+    method with the largest target score T = min(R / (0.9 R_v), r / (2 r_v)) (ties: the
+    larger r), where R and r are its IQM smoothed natural return and IQM Cohen mean l2
+    radius at its sigma, and R_v, r_v the vanilla bases' on the same seeds at that sigma:
+    T >= 1 iff it meets the issue's done-when (90% of vanilla's smoothed return, 2x its
+    radius). Of that method's seeds, the median by smoothed natural return (ties: the
+    higher seed first; lower middle for an even count)."""
     rows = [json.loads(p.read_text()) for p in sorted((out / ENV).glob("*/seed*/result.json"))]
-    best = None
-    for m in (m for m in METHODS if m.startswith("noise")):
-        s = f"{method_sigma(m):g}"
-        nr = [r for r in rows if r["method"] == m and trained(r)]
-        vr = [r for r in rows if r["method"] == "vanilla"]
-        if not nr or not vr:
-            continue
-        score = iqm([value(r, "cohen_radius", s) for r in nr])
-        keep = iqm([value(r, "smoothed_natural", s) for r in nr]) >= \
-            0.9 * iqm([value(r, "smoothed_natural", s) for r in vr]) and \
-            score >= 2 * iqm([value(r, "cohen_radius", s) for r in vr])
-        if keep and (best is None or score > best[0]):
-            best = (score, s, nr)
-    if best is None:
-        print("no trained noise agent meets the done-when (90% return, 2x radius): nothing shipped")
+    scored = [c for c in (target_score(rows, m) for m in NOISE_RUNS) if c is not None]
+    if not scored:
+        print("no noise method with 3 trained seeds: nothing shipped")
         return
-    _, s, nr = best
+    best = max(scored, key=lambda c: (c["T"], c["radius"]))
+    s, nr = best["sigma"], best["runs"]
     ranked = sorted(nr, key=lambda r: (value(r, "smoothed_natural", s), r["seed"]))
     pick = ranked[(len(ranked) - 1) // 2]
-    write_sidecar(pick, s, nr)
+    write_sidecar(pick, s, nr, {k: v for k, v in best.items() if k != "runs"})
+
+
+def target_score(rows: list[dict], method: str) -> dict | None:
+    """The done-when numbers of one noise method (None with < 3 trained seeds): IQM
+    smoothed return R and Cohen radius r, the vanilla bases' R_v, r_v on the same seeds,
+    and T = min(R / (0.9 R_v), r / (2 r_v))."""
+    s = f"{method_sigma(method):g}"
+    nr = [r for r in rows if r["method"] == method and trained(r)]
+    seeds = {r["seed"] for r in nr}
+    vr = [r for r in rows if r["method"] == "vanilla" and r["seed"] in seeds
+          and s in r.get("by_sigma", {})]
+    if len(nr) < 3 or len(vr) != len(nr):
+        return None
+    R, r = (iqm([value(x, k, s) for x in nr]) for k in ("smoothed_natural", "cohen_radius"))
+    Rv, rv = (iqm([value(x, k, s) for x in vr]) for k in ("smoothed_natural", "cohen_radius"))
+    T = min(R / (0.9 * Rv), r / (2 * rv) if rv > 0 else math.inf)
+    return {"method": method, "sigma": s, "seeds": sorted(seeds), "T": T, "return": R,
+            "radius": r, "vanilla_return": Rv, "vanilla_radius": rv,
+            "return_ratio": R / Rv, "radius_ratio": r / rv if rv > 0 else math.inf,
+            "meets_done_when": T >= 1, "runs": nr}
 
 
 def trained(r: dict) -> bool:
     """False for a fine-tune whose kept checkpoint is from before its first update (at or
-    below FINETUNE learning_starts: the init weights, not a noise-trained network)."""
+    below FINETUNE learning_starts: the init weights, not a noise-trained network), and for
+    a sigma-ramp run whose kept checkpoint is from before the ramp's end (full sigma)."""
     from certrl.algos.dqn import FINETUNE_DEFAULTS
 
-    sel = r.get("selection") or {}
-    start = FINETUNE_DEFAULTS["classic"]["learning_starts"]
-    return not (r["method"].startswith("noise-0") and sel.get("best_step", start + 1) <= start)
+    best = (r.get("selection") or {}).get("best_step")
+    scratch, steps, _, _, extra = NOISE_RUNS.get(r["method"], (True, 0, 0, "", []))
+    if not scratch:
+        return best is not None and best > FINETUNE_DEFAULTS["classic"]["learning_starts"]
+    if "--warmup" in extra:
+        full = sum(float(extra[extra.index(f) + 1]) for f in ("--warmup", "--ramp")) * steps
+        return best is not None and best >= full
+    return True
 
 
-def write_sidecar(pick: dict, s: str, runs: list[dict]) -> None:
+def write_sidecar(pick: dict, s: str, runs: list[dict], targets: dict) -> None:
     from certrl.agent import AGENTS_DIR, load
     from certrl.identity import agent_identity
 
@@ -368,17 +418,25 @@ def write_sidecar(pick: dict, s: str, runs: list[dict]) -> None:
     shutil.copyfile(src, dst)
     agent = load(dst)
     side = {"name": "cartpole-dqn-noise", "env_id": ENV, "algo": "dqn", "loss": "noise",
-            "seed": pick["seed"], "smoothing_sigma": float(s), "command": pick["command"],
+            "seed": pick["seed"], "smoothing_sigma": float(s),
+            "network": "MLP 4-64-64-2 (ReLU), double DQN, not dueling",
+            "method": pick["method"], "command": pick["command"],
             "init_agent": agent.metadata.get("init_agent"), "identity": agent_identity(agent),
             "benchmark": "benchmarks/smoothing_dqn.py (benchmarks/results/smoothing_dqn.md)",
             "selection": ship.__doc__.split("\n\n", 1)[1].strip(),
-            "seeds": sorted(r["seed"] for r in runs), "measured": pick["by_sigma"][s],
-            "natural_base": pick["natural"], "eval_episodes": EPISODES, "where": WHERE,
+            "checkpoint_selection": agent.metadata.get("selection"),
+            "targets": targets, "seeds": sorted(r["seed"] for r in runs),
+            "measured": pick["by_sigma"][s], "natural_base": pick["natural"],
+            "eval_return_mean": pick["natural"],
+            "smoothed_return_mean": pick["by_sigma"][s]["smoothed_natural"],
+            "eval_episodes": EPISODES, "eval_seeds": f"0..{EPISODES - 1}", "where": WHERE,
+            "weights_sha256": hashlib.sha256(dst.read_bytes()).hexdigest(),
             "reproduce": [pick["command"], "certrl evaluate cartpole-dqn-noise --smoothed",
                           "certrl certify cartpole-dqn-noise --method smoothing "
-                          f"--sigma {s} --eps 0.02 0.05"]}
+                          "--eps 0.02 0.05"]}
     write_text_atomic(dst.with_suffix(".json"), json.dumps(side, indent=2) + "\n")
-    print(f"shipped {dst} (sigma {s}, seed {pick['seed']})")
+    print(f"shipped {dst} ({pick['method']}, sigma {s}, seed {pick['seed']}; T "
+          f"{targets['T']:.2f}, done-when {'met' if targets['meets_done_when'] else 'NOT met'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bases", default="runs/robust_dqn_ft",
                    help="the robust-DQN sweep's --out (vanilla bases, RADIAL runs)")
     p.add_argument("--out", default="runs/smoothing_dqn")
+    p.add_argument("--vanilla-sigmas", type=float, nargs="+", default=list(SIGMAS),
+                   help="sigmas to measure the vanilla bases at (default: all of SIGMAS)")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--ship", action="store_true", help="ship the selected noise agent")
     a = p.parse_args(argv)
@@ -396,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:  # seed-major: every method's seed 0 first
             for m in a.methods:
                 print(f"{m} seed {seed}", flush=True)
-                run_one(m, seed, bases, out)
+                run_one(m, seed, bases, out, tuple(a.vanilla_sigmas))
                 render(out)
     render(out)
     if a.ship:
