@@ -36,6 +36,7 @@ _FUSE_MAX_IN = 32
 _SLOPE_FROM_RAW = True
 _TWO_SLOPES = True
 _INTERSECT_OUTPUT = True
+_ALL_LAYERS_CONV_MAX = 2**24  # per-row intermediate slopes of a conv stack (entries)
 
 
 # --------------------------------------------------------------------------- backward pass
@@ -191,13 +192,15 @@ def _intermediate_crown(
     (B, len(rows)) tensors are returned; otherwise the full output shape.
     ``alphas``: ReLU layer index -> lower slopes (B, 1 or 2 n, *shape), shared by every
     row or one per row of [I; -I] over this output's n neurons (alpha-CROWN on
-    intermediate layers; not used on the windowed convolution path).
+    intermediate layers). With ``alphas`` a conv stack takes the full-size backward pass
+    (the windowed pass reads the default slopes).
     """
     out_shape = prefix[-1].out_shape
     n = math.prod(out_shape)
     index = torch.arange(n, device=ball.center.device) if rows is None else rows
     if (
-        len(out_shape) == 3
+        not alphas
+        and len(out_shape) == 3
         and out_shape[1] * out_shape[2] > 1
         and all(layer.rule.window is not None for layer in prefix)
         and ball.center.dim() == 4
@@ -444,12 +447,33 @@ def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, 
     return best
 
 
+def _inner_alpha_size(rest: list[Layer]) -> int:
+    """Entries of per-row intermediate slopes (per batch element): for every ReLU k bounded
+    by CROWN, 2 n_k rows times the neurons of the ReLUs before it."""
+    sizes = [(k, math.prod(layer.in_shape)) for k, layer in enumerate(rest)
+             if layer.kind == "relu"]
+    return sum(2 * n_k * sum(n_j for _, n_j in sizes[:i]) for i, (_, n_k) in
+               enumerate(sizes))
+
+
 def _all_layers_pay(rest: list[Layer]) -> bool:
-    """Intermediate slopes are optimized on fully connected nets with a ReLU whose input
-    bounds come from CROWN (a ReLU after the first one); convolution stacks keep CROWN's
-    intermediate bounds (their windowed intermediate pass takes no slopes)."""
+    """Intermediate slopes are optimized when some ReLU's input bounds come from CROWN (a
+    ReLU after the first one): on fully connected nets always, on convolution stacks when
+    the per-row intermediate slopes of one batch element fit in ``_ALL_LAYERS_CONV_MAX``
+    entries (small CNNs: every step re-runs CROWN on each unstable intermediate neuron
+    without the windowed pass, so Atari-size stacks keep CROWN's intermediate bounds)."""
     relus = [k for k, layer in enumerate(rest) if layer.kind == "relu"]
-    return len(relus) > 1 and all(layer.kind != "conv" for layer in rest)
+    if len(relus) <= 1:
+        return False
+    return _conv_alphas_fit(rest, 1)
+
+
+def _conv_alphas_fit(rest: list[Layer], batch: int) -> bool:
+    """No convolution, or the per-row intermediate slopes of ``batch`` elements fit in
+    ``_ALL_LAYERS_CONV_MAX`` entries."""
+    if all(layer.kind != "conv" for layer in rest):
+        return True
+    return batch * _inner_alpha_size(rest) <= _ALL_LAYERS_CONV_MAX
 
 
 def _rows(best: torch.Tensor, m: int, upper: bool):
@@ -524,7 +548,8 @@ def alpha_crown(
     with torch.no_grad():
         best = _concretize_rows(rest, fb, A, act_d)
     best_alphas = {k: a.clone() for k, a in alphas.items()}
-    if alphas and iterations > 0 and not torch.is_grad_enabled() and _all_layers_pay(rest):
+    if (alphas and iterations > 0 and not torch.is_grad_enabled() and _all_layers_pay(rest)
+            and _conv_alphas_fit(rest, B)):
         return _rows(_optimize_all_alphas(rest, fb, A, act_d, alphas, best, iterations, lr),
                      m, upper)
     if alphas and iterations > 0:
