@@ -93,6 +93,10 @@ METHODS = {
                                           "0.3"], "scratch"),
 }
 ATTACKS = ("pgd", "pgd-ref")
+# attacks per run: "train" = our PGD at the train eps only (the robust-selection protocol:
+# PGD on 20 full-length episodes took ~15 of a robust run's ~18 evaluation minutes on this
+# shared machine); "all" = both attacks at every eval eps
+ATTACK_PLAN = {"plan": "train"}
 # best-checkpoint rule of the fine-tunes: "robust" (certrl.algos.selection) or "natural"
 SELECT = {"select": "robust"}
 # from-scratch runs keep their best checkpoint too: a natural evaluation (5 episodes) every
@@ -153,6 +157,7 @@ def set_protocol(task: dict) -> None:
 def run_one(task: dict) -> dict:
     """Phase 2: train (or resume) and evaluate one (env, method, seed); writes result.json."""
     set_protocol(task)
+    ATTACK_PLAN["plan"] = task.get("attack_plan", ATTACK_PLAN["plan"])
     def argv(env, method, seed, out, steps):
         return train_argv(env, method, seed, out, steps, task["root"])
 
@@ -195,7 +200,16 @@ def certify_columns(agent, rdir: Path, label: str, eps: tuple, n: int) -> dict:
     return row
 
 
-def attack_columns(agent, eps: tuple, n: int, seed: int) -> dict:
+def planned_attacks(env: str) -> list[tuple[str, float]]:
+    """(attack, eps) pairs of ATTACK_PLAN for the env."""
+    spec = ENVS[env]
+    if ATTACK_PLAN["plan"] == "train":
+        return [("pgd", spec["train_eps"])]
+    return [(a, e) for e in spec["eval_eps"] for a in ATTACKS]
+
+
+def attack_columns(agent, eps: tuple, n: int, seed: int,
+                   only: list[tuple[str, float]] | None = None) -> dict:
     """Mean return under our PGD and the references' PGD at every eval eps, same
     episodes."""
     from certrl.attacks import make_attack
@@ -203,7 +217,7 @@ def attack_columns(agent, eps: tuple, n: int, seed: int) -> dict:
 
     row: dict = {}
     for e in eps:
-        for name in ATTACKS:
+        for name in ATTACKS if only is None else [a for a, x in only if x == e]:
             atk = make_attack(name, agent.forward, agent.threat_model.with_eps(e), e, 10,
                               None, seed, agent.action_space_kind, "ce")
             r = evaluate(agent, episodes=n, seed=EVAL_SEED, attack=atk)
@@ -252,7 +266,7 @@ def measure(task: dict, agent, summary: dict, argv: list[str], t0: float) -> dic
     if METHODS[method][2] == "finetune":
         init = base_dir(Path(task["root"]), env, seed) / "agent.pt"
         row["init_agent"] = {"path": str(init), "sha256": file_sha256(init)}
-    row.update(attack_columns(agent, spec["eval_eps"], n, int(seed)))
+    row.update(attack_columns(agent, spec["eval_eps"], n, int(seed), planned_attacks(env)))
     row.update(certify_columns(agent, rdir, f"{env}/{method}/seed{seed}", spec["eval_eps"], n))
     row.update(final_columns(task, row, spec["train_eps"], n))
     row["eval_wall_s"] = time.perf_counter() - t1
@@ -277,7 +291,8 @@ def header() -> list[str]:
             "vanilla base (`--init-from`, fine-tuning defaults, best checkpoint by "
             + SELECT_WORDS[SELECT["select"]] + " evaluated every 1000 steps on 5 separate "
             "episodes); SortNet trains from scratch. "
-            "PGD: ours, 10 steps, random start, best iterate, CE objective. "
+            "PGD: ours, 10 steps, random start, best iterate, CE objective (at the train eps "
+            "only unless run with `--attacks all`). "
             "PGD-ref: the references' 10 sign steps of 0.1 eps, no random start. "
             "GWC: greedy worst case with IBP or CROWN bounds (RADIAL; a heuristic, not a "
             "certificate). ACR: mean certified radius over the natural-trajectory states "
@@ -386,8 +401,10 @@ def columns(env: str) -> dict[str, list[Column]]:
     column is its result.json key)."""
     eps, te = ENVS[env]["eval_eps"], ENVS[env]["train_eps"]
     ret = [("natural", "Natural")]
+    plan = planned_attacks(env)
     for e in eps:
-        ret += [(f"pgd_{e:g}", f"PGD {e:g}"), (f"pgd_ref_{e:g}", f"PGD-ref {e:g}")]
+        ret += [(f"{a.replace('-', '_')}_{e:g}", f"{'PGD' if a == 'pgd' else 'PGD-ref'} {e:g}")
+                for a in ATTACKS if (a, e) in plan]
         ret += [(f"gwc_ibp_{e:g}", f"GWC-IBP {e:g}"), (f"gwc_crown_{e:g}", f"GWC-CROWN {e:g}")]
     cert = [(f"certfrac_{m}_{e:g}", f"Cert. rate {m.upper()} {e:g}")
             for e in eps for m in ("ibp", "crown")]
@@ -564,17 +581,16 @@ def fill_attacks(out: Path, envs: list[str], seeds: list[int]) -> None:
 
     torch.set_num_threads(1)
     for env in envs:
-        eps = ENVS[env]["eval_eps"]
         for p in sorted(Path(out).glob(f"{env}/*/seed*/result.json")):
             row = read_result(p.parent)
             if int(row["seed"]) not in seeds:
                 continue
-            todo = [e for e in eps if any(f"{a.replace('-', '_')}_{e:g}" not in row
-                                          for a in ATTACKS)]
+            todo = [(a, e) for a, e in planned_attacks(env)
+                    if f"{a.replace('-', '_')}_{e:g}" not in row]
             if todo:
-                row.update(attack_columns(load(p.parent / "train"), tuple(todo),
-                                          row["episodes"], int(row["seed"])))
-                row["attacks_added"] = [f"{e:g}" for e in todo]
+                row.update(attack_columns(load(p.parent / "train"), tuple(e for _, e in todo),
+                                          row["episodes"], int(row["seed"]), todo))
+                row["attacks_added"] = [f"{a} {e:g}" for a, e in todo]
                 write_result(p.parent, row)
                 print(f"{p.parent}: PGD / PGD-ref added at eps {todo}", flush=True)
 
@@ -606,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
                         "sweep's --out instead of training them")
     p.add_argument("--train-eps", type=float, default=None,
                    help="train eps of the robust losses (default: ENVS; one env at a time)")
+    p.add_argument("--attacks", choices=("train", "all"), default=ATTACK_PLAN["plan"],
+                   help="train: our PGD at the train eps only; all: PGD and PGD-ref at every "
+                        "eval eps")
     p.add_argument("--select", choices=("natural", "robust"), default=SELECT["select"],
                    help="best-checkpoint rule of the fine-tunes")
     p.add_argument("--render-only", action="store_true")
@@ -618,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--train-eps applies to one env: give one --envs")
         ENVS[args.envs[0]]["train_eps"] = args.train_eps
     SELECT["select"] = args.select
+    ATTACK_PLAN["plan"] = args.attacks
     if args.bases_from:
         copy_bases(Path(args.bases_from), out, args.envs, args.seeds)
     if args.ship:
@@ -634,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                                    for b in bases], args.workers, lambda: None)
         tasks = make_tasks(out, args.envs, args.seeds, args.methods,
                            lambda env: ENVS[env]["steps"], args.episodes)
-        tasks = [{**t, "root": str(out), "select": args.select,
+        tasks = [{**t, "root": str(out), "select": args.select, "attack_plan": args.attacks,
                   "train_eps": ENVS[t["env"]]["train_eps"]} for t in tasks]
         run_pool(run_one, tasks, args.workers, lambda: None)  # render: once at the end
         fill_attacks(out, args.envs, args.seeds)
