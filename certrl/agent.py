@@ -162,7 +162,9 @@ class Agent:
                 f"observation contains NaN or inf (first at index {where} of the batch of "
                 f"shape {tuple(arr.shape)}); the agent acts on finite observations only"
             )
-        kind = self.preprocessing["kind"]
+        kind, dev = self.preprocessing["kind"], self.device
+        if kind == "pixels" and dev.type != "cpu" and arr.dtype == np.uint8:
+            return pixels_on_device(arr, float(self.preprocessing.get("scale", 255.0)), dev)
         if kind == "pixels":
             x = arr.astype(np.float32) / float(self.preprocessing.get("scale", 255.0))
         elif kind == "normalize":
@@ -174,7 +176,7 @@ class Agent:
                 f"unknown preprocessing kind {kind!r}; known kinds: "
                 f"{', '.join(PREPROCESSING_KINDS)}"
             )
-        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        return torch.as_tensor(x, dtype=torch.float32, device=dev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Network input -> Q-values / logits / action mean."""
@@ -303,6 +305,13 @@ class Agent:
         agent = cls.from_payload(load_checkpoint(path), source=repr(str(path)))
         agent.source = str(path)
         return agent.to(device)
+
+
+def pixels_on_device(arr: np.ndarray, scale: float, device: torch.device) -> torch.Tensor:
+    """uint8 pixels -> float32 x / scale computed on ``device``: the bytes are copied, not
+    the 4x larger floats. Equals the host's ``arr.astype(float32) / scale`` bit for bit
+    (one correctly rounded float32 division either way)."""
+    return torch.as_tensor(arr, device=device).to(torch.float32) / scale
 
 
 def _check_reward_scale(value) -> float:

@@ -222,3 +222,54 @@ def test_dqn_to_cpu_mid_run_changes_no_number():
     for k, v in a.agent_obj.nets["q"].state_dict().items():
         assert torch.equal(v, b.agent_obj.nets["q"].state_dict()[k])
     assert b.agent_obj.device == torch.device("cpu")
+
+
+def test_pixels_on_device_equal_the_host_preprocessing_bit_for_bit():
+    import numpy as np
+
+    from certrl.agent import pixels_on_device
+
+    arr = np.arange(256, dtype=np.uint8).reshape(1, 4, 8, 8).repeat(3, 0)
+    for scale in (255.0, 256.0, 7.0):
+        want = torch.as_tensor(arr.astype(np.float32) / scale)
+        got = pixels_on_device(arr, scale, torch.device("cpu"))
+        assert got.dtype == torch.float32 and torch.equal(got.view(torch.int32),
+                                                          want.view(torch.int32))
+
+
+TRAIN = ["train", "--env", "CartPole-v1", "--algo", "dqn", "--steps", "120", "--no-progress",
+         "--set", "learning_starts=20", "--set", "train_freq=4"]
+
+
+@pytest.mark.usefixtures("keep_threads")
+@pytest.mark.parametrize("device, why", [("tpu", "unknown device 'tpu'"),
+                                         ("cuda", "no CUDA GPU is available")])
+def test_train_refuses_a_bad_device_before_writing(tmp_path, capsys, no_cuda, device, why):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--device", device]) == 2
+    assert why in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_train_refuses_ppo_on_a_gpu_before_writing(tmp_path, capsys, monkeypatch):
+    import certrl.commands.train as train_cmd
+
+    monkeypatch.setattr(train_cmd, "resolve_device", lambda spec: torch.device("cuda", 0))
+    out = tmp_path / "run"
+    argv = ["train", "--env", "CartPole-v1", "--algo", "ppo", "--steps", "64", "--out",
+            str(out), "--no-progress"]
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "ppo trains on the CPU only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_train_device_cpu_gives_the_weights_of_the_default(tmp_path, no_cuda):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*TRAIN, "--out", str(a)]) == 0
+    assert main([*TRAIN, "--out", str(b), "--device", "cpu"]) == 0
+    wa, wb = load(a).net.state_dict(), load(b).net.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summary = [json.loads(line) for line in (b / "train.jsonl").read_text().splitlines()][-1]
+    assert summary["versions"]["device"] == "cpu"

@@ -6,7 +6,7 @@ import argparse
 
 from certrl.audit import AuditOptions, audit
 from certrl.commands.common import set_threads
-from certrl.device import add_device_arg, resolve_device
+from certrl.device import add_device_arg, configure_determinism, resolve_device
 
 DESCRIPTION = """\
 Re-verify the rows of certrl results files (certify, evaluate, attack), e.g. the
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--sample must be >= 0; got {args.sample}")
     set_threads(args.threads)
     device = resolve_device(args.device)
+    configure_determinism(device)
     opts = AuditOptions(sample=None if args.all else args.sample, seed=args.seed,
                         agents=list(args.agent), progress=not args.no_progress,
                         strict=args.strict, device=str(device))

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field, resolve_init
 from certrl.commands.common import eps_arg, positive_int, set_threads
+from certrl.device import add_device_arg, device_label, resolve_device
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint
 from certrl.losses import LOSS_NAMES, make_loss, sortnet_q_spec
@@ -68,6 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default 1 for MLPs, torch's default for Atari); "
                         "resume with the same count for bit-identical results")
+    add_device_arg(p)
     p.add_argument("--replay-cap-mb", type=positive_int, default=None,
                    help="DQN: save no replay buffer at all when it is larger (a resume is "
                         "then not exact; default: no cap)")
@@ -401,7 +403,9 @@ class _TrainRun:
                    "run_group": algo.run_group, "resume": _resume_info(algo),
                    "init_agent": algo.init_info or None,
                    "selection": None if algo.selection is None else
-                   algo.selection.info("best"), "versions": library_versions()}
+                   algo.selection.info("best"),
+                   "versions": {**library_versions(),
+                                "device": device_label(algo.agent_obj.device)}}
         rows = [{"record": "episode", **self.base(), **e} for e in algo.episodes]
         write_jsonl(self.out / "train.jsonl", [*rows, summary])
 
@@ -487,7 +491,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--init-from starts a new run; --resume continues one (drop one)")
     if args.resume and (args.select != "natural" or args.select_eps is not None):
         raise ValueError("--select is fixed when a run starts; --resume keeps the run's rule")
+    device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
     algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
+    _to_device(algo, device, args.device)
     _record_sigma(algo)
     if args.replay_cap_mb is not None:
         algo.max_replay_bytes = args.replay_cap_mb * 2**20
@@ -507,6 +513,17 @@ def run(args: argparse.Namespace) -> int:
         tr.bar.close()
     tr.finish()
     return 0
+
+
+def _to_device(algo, device, asked: str) -> None:
+    """Train on ``device``: DQN anywhere; PPO on the CPU only for now (``auto`` picks the
+    CPU for it, an explicit GPU is refused before anything is written)."""
+    if device.type != "cpu" and algo.algo_name != "dqn":
+        if asked == "auto":
+            return
+        raise ValueError(f"--device {asked}: {algo.algo_name} trains on the CPU only for now "
+                         "(DQN trains on a GPU); use --device cpu")
+    algo.to(device)
 
 
 def _resume_info(algo) -> dict:
