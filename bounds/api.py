@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,21 +97,35 @@ def _check_labels(labels, device) -> torch.Tensor:
     return t.to(device).long().reshape(-1)
 
 
+def _is_everything(idx, n: int) -> bool:
+    """True when the index array ``idx`` is 0..n-1 in order (indexing would copy for
+    nothing)."""
+    return isinstance(idx, np.ndarray) and idx.shape == (n,) and (
+        n == 0 or (idx[0] == 0 and idx[-1] == n - 1 and bool((np.diff(idx) == 1).all())))
+
+
 class MarginProblem:
-    """Margin bounds' per-state data at fixed centres x_b and labels: C (B, K, K) with
-    row j = e_label - e_j, the (B, K) label mask, and the (B, 1) rounding allowance
+    """Margin bounds' per-state data at fixed centres x_b and labels: C (B, K-1, K) with
+    rows e_label - e_j for j != label (the label's own, all-zero row is not bounded),
+    the (B, K) label mask, and the (B, 1) rounding allowance
     rtol * (1 + max_k |f_k(x_b)|). The allowance is a property of the centre's own
     forward pass, so a problem is only ever applied to balls with the same centres
     (checked exactly on every use). Index it (``problem[idx]``) to follow a subset
     of states, as a radius search does."""
 
     def __init__(self, center: torch.Tensor, C: torch.Tensor, own: torch.Tensor,
-                 allowance: torch.Tensor):
+                 allowance: torch.Tensor, others: torch.Tensor | None = None):
         self.center, self.C, self.own, self.allowance = center, C, own, allowance
+        # (B, K-1) the actions j != label in order: the rows of C
+        self.others = others if others is not None else (
+            (~own).nonzero()[:, 1].reshape(own.shape[0], own.shape[1] - 1))
 
     def __getitem__(self, idx) -> MarginProblem:
+        if _is_everything(idx, self.center.shape[0]):
+            return self
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.center.device)
-        return MarginProblem(self.center[idx], self.C[idx], self.own[idx], self.allowance[idx])
+        return MarginProblem(self.center[idx], self.C[idx], self.own[idx], self.allowance[idx],
+                             self.others[idx])
 
     def check_center(self, center: torch.Tensor) -> MarginProblem:
         """Self, if the ball's centres are exactly this problem's centres (else ValueError:
@@ -162,14 +177,18 @@ class BoundNetwork:
             problem = labels.check_center(ball.center)
         else:
             problem = self.margin_problem(ball.center, labels)
+        out = torch.full(problem.own.shape, float("inf"), dtype=ball.center.dtype,
+                         device=ball.center.device)
+        if problem.C.shape[1] == 0:  # a single output: its label is always the argmax
+            return out
         lb, _ = self._bound(ball, method, problem.C.to(ball.center), backend, missing,
                             alpha_iterations, False, known_finite=True, modules=modules)
         lb = lb - problem.allowance.to(lb.dtype)
-        return lb.masked_fill(problem.own, float("inf"))
+        return out.to(lb.dtype).scatter_(1, problem.others.to(lb.device), lb)
 
     def margin_problem(self, center: torch.Tensor, labels) -> MarginProblem:
         """The per-state part of margin bounds at ``center`` (B, *in_shape): the margin
-        spec C = e_label - e_j, the label mask and the rounding allowance from the
+        spec rows C = e_label - e_j (j != label), the label mask and the rounding allowance from the
         network's outputs at the centre, computed once for bounding many radii."""
         labels_t = _check_labels(labels, center.device)
         seq = _as_seq(self.net)
@@ -182,8 +201,9 @@ class BoundNetwork:
             raise ValueError(
                 f"labels has {labels_t.shape[0]} entries but the ball has batch {center.shape[0]}"
             )
-        C = spec.margin_spec(labels_t.cpu(), K).to(center)
+        C = spec.margin_spec(labels_t.cpu(), K).to(center)  # validates the labels
         own = torch.nn.functional.one_hot(labels_t, K).bool()
+        C = C[~own.to(C.device)].reshape(-1, K - 1, K)
         return MarginProblem(center, C, own, rounding_allowance(center_out))
 
     # ------------------------------------------------------------------ cached checks

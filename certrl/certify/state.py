@@ -255,6 +255,8 @@ class RadiusVerifier:
         e = e.reshape(len(idx), *([1] * (self.x.dim() - 1)))
         if self.threat.scale is not None:  # radius in units of the per-dimension scale
             e = e * self.threat.scale_tensor(self.x)
+        if len(idx) == n and (n == 1 or bool((idx == np.arange(n)).all())):
+            return bounds.LpBall.trusted(b.center, e, b.norm, b.lower, b.upper)
         return bounds.LpBall.trusted(b.center[idx], e, b.norm, rows(b.lower), rows(b.upper))
 
     def __call__(self, idx: np.ndarray, eps: np.ndarray) -> np.ndarray:
