@@ -6,6 +6,11 @@ speed-up native/lirpa, the cost relative to a plain forward pass, and the
 largest disagreement between the two backends' bounds (must be ~1e-6).
 
     .venv/bin/python benchmarks/bounds_speed.py [--repeats 5] [--threads 2]
+        [--only mlp|cnn|cnn-crown|alpha-cnn]
+
+``--only alpha-cnn`` prints the alpha-CROWN tightness table of issue 16 instead:
+native alpha-CROWN (every layer) vs auto_LiRPA's CROWN-Optimized, same iterations and
+learning rate, on random CNNs of the shape of auto_LiRPA's mnist_a_adv model.
 
 Targets (issue 2): native CROWN >= 10x faster than lirpa CROWN on the MLP;
 native CROWN-IBP >= 3x faster than lirpa on the CNN; native IBP <= 3x forward.
@@ -42,6 +47,57 @@ def nature_cnn() -> nn.Module:
     )
 
 
+def mnist_a(seed: int) -> nn.Module:
+    """The shape of auto_LiRPA's mnist_a_adv example model (random weights)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10),
+    ).eval()
+
+
+def small_cnn(seed: int) -> nn.Module:
+    """2 conv + 2 linear on 1x8x8 (auto_LiRPA-test size)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=1, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 4),
+    ).eval()
+
+
+def alpha_cnn_table(seeds: int, iterations: int) -> None:
+    """Mean bound width (ub - lb over all outputs) of CROWN, native alpha-CROWN and
+    auto_LiRPA alpha-CROWN, and output 7's (or the last output's) upper bound."""
+    print(f"alpha-CROWN on random CNNs, {iterations} iterations, lr 0.25, one input in "
+          f"[0, 1] per net, l_inf ball clipped to [0, 1]")
+    print("| net | seed | eps | CROWN width | native alpha width | lirpa alpha width | "
+          "native/lirpa | ub[7] native | ub[7] lirpa | native s | lirpa s |")
+    print("|" + "---|" * 11)
+    cases = [("1x8x8 2conv+2fc", small_cnn, (1, 8, 8), 0.1),
+             ("mnist_a shape 1x28x28", mnist_a, (1, 28, 28), 0.02),
+             ("mnist_a shape 1x28x28", mnist_a, (1, 28, 28), 0.05)]
+    for name, make, shape, eps in cases:
+        for seed in range(seeds):
+            net = make(seed)
+            x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(seed))
+            ball = bounds.LpBall(x, eps, lower=0.0, upper=1.0)
+            with torch.no_grad():
+                cr = bounds.compute(net, ball, "crown")
+                t0 = time.perf_counter()
+                nat = bounds.compute(net, ball, "alpha-crown", alpha_iterations=iterations)
+                t1 = time.perf_counter()
+                lir = bounds.compute(net, ball, "alpha-crown", alpha_iterations=iterations,
+                                     backend="lirpa")
+                t2 = time.perf_counter()
+            w = [float((b[1] - b[0]).mean()) for b in (cr, nat, lir)]
+            j = min(7, nat[1].shape[1] - 1)
+            print(f"| {name} | {seed} | {eps:g} | {w[0]:.5f} | {w[1]:.5f} | {w[2]:.5f} | "
+                  f"{w[1] / w[2]:.4f} | {float(nat[1][0, j]):.5f} | "
+                  f"{float(lir[1][0, j]):.5f} | {t1 - t0:.1f} | {t2 - t1:.1f} |", flush=True)
+
+
 def timeit(fns, repeats: int, warmup: bool = True) -> tuple[list[float], list[object]]:
     """Best-of-``repeats`` wall time of each function, calls interleaved.
 
@@ -63,8 +119,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=("mlp", "cnn", "cnn-crown", "alpha-cnn"), default=None,
+                    help="one section only (alpha-cnn: the alpha-CROWN tightness table)")
+    ap.add_argument("--alpha-seeds", type=int, default=2)
+    ap.add_argument("--alpha-iterations", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.only == "alpha-cnn":
+        alpha_cnn_table(args.alpha_seeds, args.alpha_iterations)
+        return
     torch.manual_seed(args.seed)
     cases = [
         ("MLP 8-256-256-4", mlp(), (8,), 1024, ["ibp", "crown-ibp", "crown"], 0.05, None,
@@ -74,6 +137,8 @@ def main() -> None:
         ("Nature-CNN 4x84x84->6", nature_cnn(), (4, 84, 84), 4, ["crown"], 1 / 255, (0.0, 1.0),
          None),
     ]
+    keep = {"mlp": [0], "cnn": [1, 2], "cnn-crown": [2]}.get(args.only, [0, 1, 2])
+    cases = [c for i, c in enumerate(cases) if i in keep]
     print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} "
           f"(best of, interleaved), seed {args.seed}")
     header = ("| network | batch | method | forward ms | native ms | lirpa ms | "
