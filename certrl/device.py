@@ -76,8 +76,13 @@ def device_label(device: torch.device | str) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (cpu when it has none)."""
+def module_device(module) -> torch.device:
+    """The device of a module's first parameter or buffer (cpu when it has none); for a
+    wrapper such as ``bounds.BoundNetwork``, of the module it wraps (``.net``)."""
+    if not isinstance(module, torch.nn.Module):
+        module = getattr(module, "net", None)
+        if not isinstance(module, torch.nn.Module):
+            return torch.device("cpu")
     for t in module.parameters():
         return t.device
     for t in module.buffers():

@@ -151,9 +151,12 @@ class _FlipCounter:
 def evaluate(agent: Agent, episodes: int = DEFAULT_EPISODES, seed: int = 0,
              attack: Attack | None = None, deterministic: bool = True, max_steps: int | None = None,
              on_episode: Callable[[int, float, int], None] | None = None,
-             env_kwargs: dict | None = None, indices: list[int] | None = None) -> EvalResult:
+             env_kwargs: dict | None = None, indices: list[int] | None = None,
+             device: str | torch.device | None = None) -> EvalResult:
     """Run ``episodes`` episodes (seeds seed..seed+N-1), or the episode ``indices`` given;
-    mean and std (ddof 0) of their returns."""
+    mean and std (ddof 0) of their returns. ``device``: move the agent's networks there
+    first (``Agent.to``; None: where they are); the attack runs on the agent's device."""
+    agent.to(device)
     idx = list(range(episodes)) if indices is None else [int(i) for i in indices]
     if not idx:
         raise ValueError(f"episodes must be >= 1; got {episodes}")
@@ -248,7 +251,8 @@ def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLi
                  fields: Callable[[float], dict],
                  attack_for: Callable[[float, int], Attack | None] | None = None,
                  fresh: bool = False, env_kwargs: dict | None = None,
-                 progress: bool = False) -> list[EpisodeRow]:
+                 progress: bool = False,
+                 device: str | torch.device | None = None) -> list[EpisodeRow]:
     """Run the episodes of ``run`` missing from ``out`` and append one row each.
 
     ``fields(eps)`` gives the row fields of a radius (attack name, threat model,
@@ -256,8 +260,9 @@ def run_episodes(agent: Agent, label: str, run: EpisodeRun, out: str | os.PathLi
     Before each unit the finished units are re-read and one finished by another
     process is skipped; ``fresh`` empties ``out`` first (``--force``), after the
     request is checked. ``progress``: a tqdm bar (episodes, ETA) on stderr. Returns
-    the episode rows of ``run`` now in ``out``.
+    the episode rows of ``run`` now in ``out``. ``device``: as for ``evaluate``.
     """
+    agent.to(device)
     aid = agent_identity(agent)
     _preflight(agent, run, attack_for, env_kwargs)
     if fresh:

@@ -175,12 +175,13 @@ class _Factories(TorchFunctionMode):
 @pytest.mark.usefixtures("keep_threads")
 def test_certify_path_creates_no_tensor_without_a_device(tmp_path, cartpole):
     """On a GPU, a tensor made without device= lands on the CPU: a host round trip or a
-    device mismatch. The certify path (episodes, ibp / crown / alpha-crown / smoothing and
-    the radius search) must make none in certrl's own modules."""
+    device mismatch. The certify path (episodes, ibp / crown / alpha-crown / smoothing /
+    bab / gwc-crown and the radius search) must make none in certrl's own modules."""
     mode = _Factories()
     with mode:
         rc = main(["certify", SHIPPED, "--eps", "0.01", "--method", "ibp", "crown",
-                   "alpha-crown", "smoothing", "--episodes", "1", "--max-steps", "3",
+                   "alpha-crown", "smoothing", "bab", "gwc-crown", "--episodes", "1",
+                   "--max-steps", "3",
                    "--n", "40", "--n0", "10", "--no-progress", "--out",
                    str(tmp_path / "c.jsonl")])
     assert rc == 0
@@ -273,3 +274,22 @@ def test_train_device_cpu_gives_the_weights_of_the_default(tmp_path, no_cuda):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     summary = [json.loads(line) for line in (b / "train.jsonl").read_text().splitlines()][-1]
     assert summary["versions"]["device"] == "cpu"
+
+
+def test_python_api_takes_a_device(tmp_path, cartpole, no_cuda):
+    import numpy as np
+
+    from certrl.certify import certify_states, run_certify
+    from certrl.evaluate import evaluate
+
+    agent = load(SHIPPED)
+    res = evaluate(agent, episodes=1, max_steps=5, device="cpu")
+    assert res.lengths == [5]
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        evaluate(agent, episodes=1, max_steps=5, device="cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        run_certify(agent, SHIPPED, [0.01], ["ibp"], 1, tmp_path / "c.jsonl", device="tpu")
+    assert not (tmp_path / "c.jsonl").exists()
+    x = np.zeros((2, *agent.obs_shape), dtype=np.float32)
+    (cert,) = certify_states(agent.bounded_form(), x, 0.01, "crown", device="cpu")
+    assert cert.certified.shape == (2,)

@@ -34,6 +34,7 @@ from bounds.lipschitz import (
     margin_radius,
 )
 from bounds.smoothing import certify as smoothing_certify
+from certrl.device import module_device
 
 INF = math.inf
 ALL_NORMS = frozenset({INF, 2.0, 1.0})
@@ -155,7 +156,7 @@ def leaf_layers(net: nn.Module) -> list[nn.Module]:
 def count_relus(net: nn.Module, in_shape: tuple[int, ...]) -> int:
     """Number of ReLU neurons of ``net`` at input shape ``in_shape``."""
     n = 0
-    z = torch.zeros(1, *in_shape)
+    z = torch.zeros(1, *in_shape, device=module_device(net))
     with torch.no_grad():
         for m in leaf_layers(net):
             z = m(z)
@@ -439,8 +440,8 @@ class BranchAndBound(CertMethod):
     output_note = "crown (per-output bounds)"
 
     def check_net(self, net, in_shape, options) -> None:
-        bounds.bind(net, "native").compute(bounds.LpBall(torch.zeros(1, *in_shape), 0.0),
-                                           "ibp")  # the native engine parses it
+        z = torch.zeros(1, *in_shape, device=module_device(net))
+        bounds.bind(net, "native").compute(bounds.LpBall(z, 0.0), "ibp")  # native parses it
 
     def settings(self, options) -> dict:
         return {**super().settings(options), "bab": asdict(options.bab)}

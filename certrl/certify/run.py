@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from certrl.agent import Agent
 from certrl.certify.methods import (
@@ -232,7 +233,8 @@ def _return_min(agent: Agent, settings: CertifySettings) -> float | None:
 
 def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: list[str],
                 episodes: int, out: str | os.PathLike, settings: CertifySettings | None = None,
-                progress: bool = True, observations=None, fresh: bool = False) -> dict:
+                progress: bool = True, observations=None, fresh: bool = False,
+                device: str | torch.device | None = None) -> dict:
     """Certify ``agent`` over ``episodes`` seeded episodes; append rows to ``out``.
 
     ``checkpoint`` is the label the user gave (path or shipped name); units are
@@ -246,8 +248,10 @@ def run_certify(agent: Agent, checkpoint: str, eps_list: list[float], methods: l
     "certified_trajectories", ...}}} computed over every episode row of this
     agent now in ``out``. With ``observations`` (raw observations (N, *obs_shape))
     those states are certified instead of episodes (one unit per eps and method,
-    episode "obs").
+    episode "obs"). ``device``: move the agent's networks there first (``Agent.to``; None:
+    where they are); every bound is computed on the agent's device.
     """
+    agent.to(device)
     settings = settings or CertifySettings()
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}")

@@ -60,7 +60,7 @@ from certrl.certify.methods import (
     method_names,
     state_method,
 )
-from certrl.device import module_device
+from certrl.device import module_device, resolve_device
 from certrl.threat import ThreatModel, check_eps, parse_norm
 
 INF = float("inf")
@@ -379,7 +379,8 @@ def _radius(check: RadiusVerifier, out64, results: list[StateCertificates]):
 # -------------------------------------------------------------- main entry
 def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "crown", *,
                    kind: str = "discrete", threat: ThreatModel | None = None,
-                   options: CertifyOptions | None = None) -> list[StateCertificates]:
+                   options: CertifyOptions | None = None,
+                   device: str | torch.device | None = None) -> list[StateCertificates]:
     """Certify every state of the batch ``x`` at each eps of ``eps`` with ``method``.
 
     Args:
@@ -393,12 +394,16 @@ def certify_states(net: nn.Module, x, eps: float | list[float], method: str = "c
             l_inf, unbounded).
         options: how to certify (:class:`CertifyOptions`: backend, radius search,
             smoothing / exact settings, seed, deviation_tol, q_values).
+        device: move ``net`` there first (in place; ``certrl.device.resolve_device``;
+            None: where it is). ``x`` goes to the network's device.
     Returns:
         One :class:`StateCertificates` per eps (the radius is computed once).
     """
     m = state_method(method)
     eps_list = check_eps_list(eps)
     threat, options = threat or ThreatModel(), options or CertifyOptions()
+    if device is not None:
+        net.to(resolve_device(device))
     x = _as_input(x, module_device(net))
     out = _forward(net.eval(), x)
     m.check(net, tuple(x.shape[1:]), threat.norm, kind, options)
