@@ -61,11 +61,10 @@ def sign_env(monkeypatch):
         env.reset(seed=int(seed))
         return env
 
-    import certrl.adversaries.paad as pa
     import certrl.adversaries.rollouts as ro
-    import certrl.adversaries.sarl as sa
+    import certrl.adversaries.victim_env as ve
     import certrl.rollout as rollout
-    for mod in (ro, sa, pa, rollout):
+    for mod in (ro, ve, rollout):
         monkeypatch.setattr(mod, "make_env", make)
     return make
 

@@ -2,8 +2,9 @@
 Sarsa (RS, RS+MAD), the SA-RL optimal adversary and PA-AD (see docs/attacks.md).
 
 Modules: ``victim`` (what the attacks read from the victim), ``rollouts`` (victim
-transitions), ``sarsa`` (robust Q^pi and its objective), ``ppo_lite``, ``sarl`` and ``paad`` (the
-adversary policy / director and their envs), ``checkpoint`` (attacker files tied to a victim),
+transitions), ``sarsa`` (robust Q^pi and its objective), ``ppo_lite``, ``victim_env`` (the
+victim's env as an adversary sees it), ``sarl`` and ``paad`` (the adversary policy /
+director and their envs), ``checkpoint`` (attacker files tied to a victim),
 ``learned`` (train or load), ``factory`` (attacks as callables x -> x').
 """
 

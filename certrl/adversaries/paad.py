@@ -19,15 +19,14 @@ docs/attacks.md for why certrl does not). As an attack the director is determini
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from certrl.adversaries.victim import action_dim, flat_input_dim, soft_action
+from certrl.adversaries.victim import action_dim, soft_action
+from certrl.adversaries.victim_env import VictimEnv
 from certrl.agent import Agent
 from certrl.attacks import pgd_minimize_ref
-from certrl.envs import make_env
 from certrl.threat import ThreatModel
 
 
@@ -49,40 +48,19 @@ def paad_step(agent: Agent, x: torch.Tensor, d: torch.Tensor, threat: ThreatMode
     return pgd_minimize_ref(toward, x, threat, eps, steps, None, generator)
 
 
-class DirectorEnv(gym.Env):
+class DirectorEnv(VictimEnv):
     """The victim's env seen by the PA-AD director: observation = the clean network input,
     action = a direction d in the victim's action space, reward = - victim reward."""
 
-    metadata: dict = {}
-
     def __init__(self, agent: Agent, threat: ThreatModel, eps: float, seed: int = 0,
                  deterministic: bool = True, steps: int = 10):
-        n, k = flat_input_dim(agent), action_dim(agent)
-        self.agent, self.threat, self.eps, self.steps = agent, threat, float(eps), int(steps)
-        self.deterministic = bool(deterministic)
-        self.env = make_env(agent.env_id, seed)
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)
-        self.action_space = gym.spaces.Box(-np.inf, np.inf, (k,), np.float32)
-        self.x: torch.Tensor | None = None
+        super().__init__(agent, threat, eps, action_dim(agent), seed, deterministic)
+        self.steps = int(steps)
 
-    def _observe(self, obs) -> np.ndarray:
-        self.x = self.agent.preprocess(np.asarray(obs)[None])
-        return self.x[0].numpy()
-
-    def reset(self, *, seed=None, options=None):
-        obs, info = self.env.reset(seed=seed)
-        return self._observe(obs), info
-
-    def step(self, action):
+    def perturbed_input(self, action: np.ndarray) -> torch.Tensor:
+        """The actor's perturbation of x toward the direction d = ``action``."""
         d = torch.as_tensor(np.asarray(action, dtype=np.float32))[None]
-        x_adv = paad_step(self.agent, self.x, d, self.threat, self.eps, self.steps, self.gen)
-        a = self.agent.act(x_adv, self.deterministic, self.gen)
-        obs, r, term, trunc, info = self.env.step(a[0])
-        return self._observe(obs), -float(r), term, trunc, info
-
-    def close(self) -> None:
-        self.env.close()
+        return paad_step(self.agent, self.x, d, self.threat, self.eps, self.steps, self.gen)
 
 
 def paad_attack(director: nn.Module, agent: Agent, threat: ThreatModel, eps: float,

@@ -14,15 +14,14 @@ deterministic: u = the policy mean (ATLA's ``advpolicy`` attack).
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from certrl.adversaries.victim import flat_input_dim
+from certrl.adversaries.victim_env import VictimEnv
 from certrl.agent import Agent
 from certrl.attacks import project
-from certrl.envs import make_env
 from certrl.threat import ThreatModel
 
 
@@ -33,40 +32,18 @@ def perturb(x: torch.Tensor, u: torch.Tensor, threat: ThreatModel, eps: float) -
     return project(x + d, x, threat, eps).detach()
 
 
-class AdversaryEnv(gym.Env):
+class AdversaryEnv(VictimEnv):
     """The victim's env seen by the adversary: observation = the victim's clean network
     input, action = u, reward = - victim reward (see the module docstring)."""
 
-    metadata: dict = {}
-
     def __init__(self, agent: Agent, threat: ThreatModel, eps: float, seed: int = 0,
                  deterministic: bool = True):
-        d = flat_input_dim(agent)
-        self.agent, self.threat, self.eps = agent, threat, float(eps)
-        self.deterministic = bool(deterministic)
-        self.env = make_env(agent.env_id, seed)
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (d,), np.float32)
-        self.action_space = gym.spaces.Box(-np.inf, np.inf, (d,), np.float32)
-        self.x: torch.Tensor | None = None
+        super().__init__(agent, threat, eps, flat_input_dim(agent), seed, deterministic)
 
-    def _observe(self, obs) -> np.ndarray:
-        self.x = self.agent.preprocess(np.asarray(obs)[None])
-        return self.x[0].numpy()
-
-    def reset(self, *, seed=None, options=None):
-        obs, info = self.env.reset(seed=seed)
-        return self._observe(obs), info
-
-    def step(self, action):
+    def perturbed_input(self, action: np.ndarray) -> torch.Tensor:
+        """x' = Proj(x + eps * s * hardtanh(u)), u = ``action``."""
         u = torch.as_tensor(np.asarray(action, dtype=np.float32))
-        x_adv = perturb(self.x, u, self.threat, self.eps)
-        a = self.agent.act(x_adv, self.deterministic, self.gen)
-        obs, r, term, trunc, info = self.env.step(a[0])
-        return self._observe(obs), -float(r), term, trunc, info
-
-    def close(self) -> None:
-        self.env.close()
+        return perturb(self.x, u, self.threat, self.eps)
 
 
 def sarl_attack(policy: nn.Module, threat: ThreatModel, eps: float):
