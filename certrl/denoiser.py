@@ -98,6 +98,8 @@ def compose(q: nn.Module, den: Denoiser) -> nn.Module:
     return fused.eval()
 
 
+# Deliberate parallel (duplicates lists it): settings dataclasses are lists of typed fields
+# of one shape (algorithms, adversaries, denoiser, schedules); each owns its own defaults.
 @dataclass
 class DenoiserConfig:
     """S-DQN denoiser training (reference Pong config: sigma 0.1, lr_denoiser 1e-3,

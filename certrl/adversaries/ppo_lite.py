@@ -13,19 +13,21 @@ with flat Box observations and actions.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from certrl.adversaries.rounds import RoundsConfig
 from certrl.envs import RunningMeanStd
 from certrl.nets import build_network
 
 
+# Deliberate parallel (duplicates lists it): settings dataclasses are lists of typed fields
+# of one shape (algorithms, adversaries, denoiser, schedules); each owns its own defaults.
 @dataclass
-class PPOLiteConfig:
+class PPOLiteConfig(RoundsConfig):
     """Adversary PPO settings (ATLA's MuJoCo defaults; ``budget`` = env steps)."""
 
     budget: int = 488 * 2048  # ATLA's attack configs: train_steps 488 x T 2048
@@ -42,22 +44,6 @@ class PPOLiteConfig:
     anneal_lr: bool = True
     hidden: tuple[int, ...] = (64, 64)
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("budget", "steps_per_iter", "epochs", "minibatches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PPOLiteConfig.{name} must be a positive integer; got {v!r}")
-        self.hidden = tuple(int(h) for h in self.hidden)
-
-    @property
-    def iterations(self) -> int:
-        return max(1, math.ceil(self.budget / self.steps_per_iter))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
 
 
 def make_nets(obs_dim: int, act_dim: int, hidden=(64, 64)) -> dict[str, nn.Module]:

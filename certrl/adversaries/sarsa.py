@@ -25,7 +25,7 @@ the action the victim takes at the perturbed input (``rs_objective``), ratio 0 f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 import bounds
 from certrl.adversaries.rollouts import Batch, VictimRollouts
+from certrl.adversaries.rounds import RoundsConfig
 from certrl.adversaries.victim import (
     action_dim,
     flat_input_dim,
@@ -45,8 +46,10 @@ from certrl.agent import Agent
 from certrl.nets import build_network
 
 
+# Deliberate parallel (duplicates lists it): settings dataclasses are lists of typed fields
+# of one shape (algorithms, adversaries, denoiser, schedules); each owns its own defaults.
 @dataclass
-class SarsaConfig:
+class SarsaConfig(RoundsConfig):
     """Robust Sarsa settings (defaults: SA-PPO's MuJoCo config and ``test.py``)."""
 
     budget: int = 30 * 2048  # victim env steps: the reference's 30 Sarsa steps x T = 2048
@@ -64,26 +67,13 @@ class SarsaConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("budget", "steps_per_iter", "epochs", "minibatches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SarsaConfig.{name} must be a positive integer; got {v!r}")
+        super().__post_init__()
         for name in ("lr", "sarsa_eps", "sarsa_reg"):
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
                 raise ValueError(f"SarsaConfig.{name} must be finite and >= 0; got {v}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"SarsaConfig.gamma must be in (0, 1]; got {self.gamma}")
-        self.hidden = tuple(int(h) for h in self.hidden)
-
-    @property
-    def iterations(self) -> int:
-        return max(1, math.ceil(self.budget / self.steps_per_iter))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
 
 
 def sarsa_spec(agent: Agent, hidden=(64, 64)) -> dict:

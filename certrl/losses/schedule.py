@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# Deliberate parallel (duplicates lists it): settings dataclasses are lists of typed fields
+# of one shape (algorithms, adversaries, denoiser, schedules); each owns its own defaults.
 @dataclass
 class EpsSchedule:
     """Warm-up / polynomial / linear / constant eps schedule (fractions of training steps).
