@@ -125,7 +125,21 @@ def bound_regression(q: Tensor, lb: Tensor, ub: Tensor, actions: Tensor, y: Tens
     return F.huber_loss(d, torch.zeros_like(d), reduction="none", delta=delta).sum(1)
 
 
-class WocarDQNLoss(ScheduledLoss):
+class WorstCriticLoss(ScheduledLoss):
+    """Base of the WocaR losses: a worst-attack critic Q_w (``self.worst``, set by ``setup``)
+    saved with the agent as ``worst_q`` and trained by its own optimizer, not jointly."""
+
+    worst: nn.Module
+
+    def extra_networks(self) -> dict[str, nn.Module]:
+        return {"worst_q": self.worst}
+
+    def jointly_optimized(self) -> dict[str, nn.Module]:
+        """None: Q_w is trained by its own optimizer (``worst_optimizer``)."""
+        return {}
+
+
+class WocarDQNLoss(WorstCriticLoss):
     """Worst-case Q network with its own optimizer, worst-case-aware main target and the
     (1 - kappa_t)-weighted bound regression on the main Q (the reference's WocaR-DQN).
 
@@ -148,13 +162,6 @@ class WocarDQNLoss(ScheduledLoss):
         self.worst_target = copy.deepcopy(self.worst) if self.cfg.target_update_interval else None
         self._calls = 0
         self._worst_logs: Logs = {}
-
-    def extra_networks(self) -> dict[str, nn.Module]:
-        return {"worst_q": self.worst}
-
-    def jointly_optimized(self) -> dict[str, nn.Module]:
-        """None: Q_w is trained by its own optimizer (``worst_optimizer``)."""
-        return {}
 
     def state_dict(self) -> dict:
         """Q_w's optimizer state, the update counter and the lagged Q_w^- (if any)."""
@@ -310,7 +317,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
             t.mul_(1 - tau).add_(s, alpha=tau)
 
 
-class WocarPPOLoss(ScheduledLoss):
+class WocarPPOLoss(WorstCriticLoss):
     """WocaR-PPO: worst-attack critic Q_w (own Adam, MSE to r + gamma (1 - d) Q_w^-(s', a_w),
     a_w the action-PGD minimizer of Q_w within the policy's attackable set), surrogate on
     norm(A) + q_weight_t norm(Q_w^-(s, a)), plus reg * the SA-PPO regularizer.
@@ -332,13 +339,6 @@ class WocarPPOLoss(ScheduledLoss):
         self.worst_target = copy.deepcopy(self.worst)
         self.worst_optimizer = torch.optim.Adam(self.worst.parameters(), lr=float(self.cfg.q_lr))
         self._worst_logs: Logs = {}
-
-    def extra_networks(self) -> dict[str, nn.Module]:
-        return {"worst_q": self.worst}
-
-    def jointly_optimized(self) -> dict[str, nn.Module]:
-        """None: Q_w has its own optimizer."""
-        return {}
 
     def state_dict(self) -> dict:
         return {"worst_optimizer": self.worst_optimizer.state_dict(),
