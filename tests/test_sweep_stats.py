@@ -109,19 +109,20 @@ def test_fine_tunes_start_from_their_own_seeds_vanilla_base():
         assert ("--train-eps" in argv) == (m not in ("vanilla", "vanilla-ft"))
 
 
-def test_robust_ppo_tables_render_through_certrl_report(tmp_path, monkeypatch):
+def test_robust_ppo_tables_render_through_certrl_report(tmp_path):
     import robust_ppo
 
-    monkeypatch.setattr(robust_ppo, "RESULTS", tmp_path)
     runs = [{"env": "InvertedPendulum-v5", "method": m, "seed": s, "natural": 1000.0,
-             "mad": mad + 10 * s, "random": 1000.0, "train_wall_s": 20.0 + s,
-             "train_steps": 50000} for m, mad in (("vanilla", 170.0), ("sa", 990.0))
-            for s in range(3)]
-    robust_ppo.render_rows(runs)
-    md = (tmp_path / "robust_ppo.md").read_text()
-    assert "| SA-PPO (IBP), 3 seeds | **1000.0 [1000.0, 1000.0]** | **1000.0 [990.0, 1010.0]**" \
-        in md
-    tex = (tmp_path / "robust_ppo.tex").read_text()
-    assert r"\label{tab:robust-ppo}" in tex and r"\textbf{1000.0}\,{\scriptsize[990,1010]}" in tex
-    lines = (tmp_path / "robust_ppo.csv").read_text().splitlines()
-    assert lines[0].startswith("env_id,") and len(lines) == 1 + 2 * 4
+             "mad": mad + 10 * s, "random": 1000.0, "train_steps": 50000, "train_eps": 0.1,
+             "eval_eps": 0.5, "episodes": 10, "cert_episodes": 5, "train_cpu_s": 60.0,
+             "budgets": {"rs_budget": 61440, "sarl_budget": 999424, "paad_budget": 999424}}
+            for m, mad in (("vanilla", 170.0), ("sa", 990.0)) for s in range(3)]
+    (md_path,) = robust_ppo.render_rows(runs, results=tmp_path)
+    md = md_path.read_text()
+    assert "| SA-PPO (convex relax.), 3 seeds | **1000.0 [1000.0, 1000.0]** | " \
+        "**1000.0 [1000.0, 1000.0]** | n/a | **1000.0 [990.0, 1010.0]**" in md
+    tex = md_path.with_suffix(".tex").read_text()
+    assert r"\label{tab:robust_ppo_pendulum" in tex
+    assert r"\textbf{1000.0}\,{\scriptsize[990,1010]}" in tex
+    lines = md_path.with_suffix(".csv").read_text().splitlines()
+    assert lines[0].startswith("env_id,") and any(",mad," in x for x in lines)
