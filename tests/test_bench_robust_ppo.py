@@ -93,3 +93,27 @@ def test_tiny_run_renders(bench, tmp_path, monkeypatch):
     text = md.read_text()
     assert "PILOT" in text and "Vanilla PPO, 1 seed" in text and "Worst" in text
     assert md.with_suffix(".csv").exists() and md.with_suffix(".tex").exists()
+
+
+@pytest.mark.parametrize("name", ["robust_ppo_hopper", "robust_ppo"])
+def test_sweep_specs_match_the_benchmark(bench, name, tmp_path):
+    """Every unit of the specs parses; the trainings are the benchmark's; the Hopper spec
+    runs every attack column of the benchmark in its worst job."""
+    from certrl.cli import build_parser
+    from certrl.sweeps import expand, load_spec
+
+    parser, _ = build_parser()
+    units = expand(load_spec(BENCH / "specs" / f"{name}.yaml"), tmp_path)
+    for u in units:
+        parser.parse_args(list(u.argv))
+    env = "Hopper-v5" if name == "robust_ppo_hopper" else "InvertedPendulum-v5"
+    trains = {tuple(u.argv) for u in units if u.argv[0] == "train"}
+    for m in bench.METHODS:
+        want = bench.train_argv(env, m, 0, Path("X"), bench.ENVS[env]["steps"])
+        assert any(set(want) - {"X"} <= set(t) and "0" == t[t.index("--seed") + 1]
+                   for t in trains), m
+    if name == "robust_ppo_hopper":
+        assert len(units) == 4 * 5 * 4
+        atk = [u for u in units if u.argv[0] == "attack"]
+        worst_of = atk[0].argv[atk[0].argv.index("--worst-of") + 1].split(",")
+        assert set(worst_of) == set(bench.ATTACKS)
