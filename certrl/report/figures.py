@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import trim_mean
 
-from certrl.io import umask
-from certrl.records import StateRow, row_from_json
+from certrl.records import StateRow, row_from_json, write_atomic
 from certrl.report.grouping import (
     GroupSpec,
     RowSpec,
@@ -541,29 +539,10 @@ def figure_bytes(fig, fmt: str, dpi: int = 150) -> bytes:
     return buf.getvalue()
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` through a temp file in the same folder, fsync, rename (a reader never
-    sees half a figure; on error nothing is left)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_figure(rows: list, kind: str, out: str | os.PathLike, dpi: int = 150,
                 **options) -> Path:
     """Render ``kind`` from ``rows`` (``make_figure`` options) and write it to ``out``
     (format from its extension) atomically; nothing is written on any error."""
     fmt = figure_format(out)
     data = figure_bytes(make_figure(rows, kind, **options), fmt, dpi)
-    return write_bytes_atomic(out, data)
+    return write_atomic(out, data)
