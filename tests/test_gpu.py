@@ -131,3 +131,20 @@ def test_short_dqn_training_on_cuda(tmp_path):
     rc = main(["train", "--out", str(out), "--resume", "--steps", "500", "--no-progress",
                "--device", "cuda"])
     assert rc == 0
+    assert _summary(out)["versions"]["device"].startswith("cuda:")
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_short_ppo_training_on_cuda(tmp_path):
+    out = tmp_path / "ppo"
+    assert main(["train", "--env", "CartPole-v1", "--algo", "ppo", "--steps", "1024",
+                 "--out", str(out), "--no-progress", "--device", "cuda"]) == 0
+    assert _summary(out)["versions"]["device"].startswith("cuda:")
+    agent = load(out / "agent.pt")
+    assert all(torch.isfinite(p).all() for p in agent.net.parameters())
+
+
+def _summary(out) -> dict:
+    import json
+
+    return [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()][-1]

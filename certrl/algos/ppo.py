@@ -194,7 +194,7 @@ class PPO(Algorithm):
                 if not self.discrete:
                     logp = logp.sum(-1)
                 v = value(x).squeeze(1)
-            a_np = a.numpy()
+            a_np = a.cpu().numpy()
             env_a = a_np if self.discrete else self.agent_obj.clip_action(a_np)
             obs, r, term, trunc, info = self.envs.step(env_a)
             r = np.asarray(r, dtype=np.float64)
@@ -215,8 +215,8 @@ class PPO(Algorithm):
             acts.append(a)
             logps.append(logp)
             vals.append(v)
-            rews.append(torch.as_tensor(r_train, dtype=torch.float32))
-            dones.append(torch.as_tensor(done, dtype=torch.float32))
+            rews.append(torch.as_tensor(r_train, dtype=torch.float32, device=x.device))
+            dones.append(torch.as_tensor(done, dtype=torch.float32, device=x.device))
             self._obs = obs
             self.global_step += n
         x_last = self._input(self._obs, update_stats=False)
@@ -225,7 +225,7 @@ class PPO(Algorithm):
         vals_t, rews_t = torch.stack(vals), torch.stack(rews)
         dones_t = torch.stack(dones)
         adv = torch.zeros_like(rews_t)
-        gae = torch.zeros(n)
+        gae = torch.zeros(n, device=rews_t.device)
         for t in reversed(range(num_steps)):
             next_v = last_v if t == num_steps - 1 else vals_t[t + 1]
             # a finished episode's successor value is the *new* episode's: cut at done,
@@ -297,7 +297,7 @@ class PPO(Algorithm):
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         logs: dict[str, float] = {}
         for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(size, generator=gen)
+            perm = torch.randperm(size, generator=gen).to(roll["obs"].device)  # CPU draw
             for start in range(0, size, mb):
                 idx = perm[start:start + mb]
                 loss, mb_logs = self.minibatch_loss({k: v[idx] for k, v in roll.items()})
