@@ -27,7 +27,7 @@ from torch import nn
 from bounds.perturbation import LpBall
 from bounds.verify import verify
 
-__all__ = ["VnnlibSpec", "read_vnnlib", "parse_vnnlib_text", "verify_vnnlib"]
+__all__ = ["VnnlibSpec", "read_vnnlib", "parse_vnnlib_text", "sexprs", "verify_vnnlib"]
 
 
 @dataclass
@@ -41,7 +41,9 @@ class VnnlibSpec:
     unsafe: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
-def _sexprs(text: str) -> list:
+def sexprs(text: str) -> list:
+    """The S-expressions of VNN-LIB / SMT-LIB ``text`` (``;`` comments dropped) as nested
+    lists of token strings; ValueError for unbalanced parentheses."""
     text = "\n".join(line.split(";", 1)[0] for line in text.splitlines())
     stack: list[list] = [[]]
     for tok in re.findall(r"\(|\)|[^\s()]+", text):
@@ -115,7 +117,7 @@ def parse_vnnlib_text(text: str) -> VnnlibSpec:
     input constraints other than single-variable bounds, unbounded inputs, non-linear
     terms, disjunctions over inputs."""
     xs, ys, box, unsafe = [], [], [], []
-    for e in _sexprs(text):
+    for e in sexprs(text):
         if e[0] == "declare-const":
             (xs if e[1].startswith("X_") else ys).append(e[1])
         elif e[0] == "assert":

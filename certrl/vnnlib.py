@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bounds.vnnlib import sexprs
 from certrl.onnx_agent import refuse_clipped
 
 
@@ -88,28 +89,6 @@ class VnnlibProperty:
         return out
 
 
-def _tokens(text: str) -> list[str]:
-    text = "\n".join(line.split(";", 1)[0] for line in text.splitlines())
-    return re.findall(r"\(|\)|[^\s()]+", text)
-
-
-def _sexprs(tokens: list[str]) -> list:
-    stack: list[list] = [[]]
-    for t in tokens:
-        if t == "(":
-            stack.append([])
-        elif t == ")":
-            if len(stack) < 2:
-                raise ValueError("unbalanced ')' in VNN-LIB text")
-            done = stack.pop()
-            stack[-1].append(done)
-        else:
-            stack[-1].append(t)
-    if len(stack) != 1:
-        raise ValueError("unbalanced '(' in VNN-LIB text")
-    return stack[0]
-
-
 def _atom(t: str):
     return t if re.fullmatch(r"[XY]_\d+", t) else float(t)
 
@@ -124,7 +103,7 @@ def parse_vnnlib(text: str) -> VnnlibProperty:
     """Parse the subset of VNN-LIB ``property_text`` writes (input box bounds as single
     asserts, one output assert made of or/and of comparisons)."""
     xs, ys, bounds_, disjuncts = [], [], [], []
-    for e in _sexprs(_tokens(text)):
+    for e in sexprs(text):
         if e[0] == "declare-const":
             (xs if e[1].startswith("X_") else ys).append(e[1])
             continue
