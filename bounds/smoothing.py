@@ -86,7 +86,14 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
 
 
-def _check_common(x: torch.Tensor, sigma: float, batch_size: int) -> torch.Tensor:
+def _check_common(x: torch.Tensor, sigma: float, batch_size: int, alpha: float,
+                  **samples: int) -> torch.Tensor:
+    """x as a float batch after checking it, sigma, batch_size, alpha and every sample
+    count in ``samples`` (>= 1); ValueError naming the first bad one."""
+    _check_alpha(alpha)
+    for name, v in samples.items():
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1; got {v}")
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x, dtype=torch.get_default_dtype())
     if x.dim() < 2:
@@ -220,10 +227,7 @@ def predict(
     two-sided binomial test of nA vs nB (top two counts, H0: p = 1/2) has
     p-value > alpha, in which case it abstains (-1).
     """
-    _check_alpha(alpha)
-    x = _check_common(x, sigma, batch_size)
-    if int(n) < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
+    x = _check_common(x, sigma, batch_size, alpha, n=n)
     gen = _as_generator(generator, x.device)
     counts = _class_counts(f, x, float(sigma), int(n), gen, int(batch_size))
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
@@ -242,6 +246,7 @@ def predict(
     )
 
 
+# Deliberate parallel (duplicates lists it): CERTIFY takes PREDICT's arguments (and n0).
 def certify(
     f: ScoreFn,
     x: torch.Tensor,
@@ -260,10 +265,7 @@ def certify(
     Abstain (-1, radius 0) unless pA_lower > 1/2; otherwise the l2 radius is
     R = sigma * PhiInv(pA_lower).
     """
-    _check_alpha(alpha)
-    x = _check_common(x, sigma, batch_size)
-    if int(n0) < 1 or int(n) < 1:
-        raise ValueError(f"n0 and n must be >= 1; got n0={n0}, n={n}")
+    x = _check_common(x, sigma, batch_size, alpha, n0=n0, n=n)
     gen = _as_generator(generator, x.device)
     c0 = _class_counts(f, x, float(sigma), int(n0), gen, int(batch_size))
     cA = c0.argmax(dim=1)
@@ -390,10 +392,7 @@ def certify_value(
                      - PhiInv((Q2 + D - V_lo) / (V_hi - V_lo))],
     abstaining (-1, R = 0) when R is not positive.
     """
-    _check_alpha(alpha)
-    x = _check_common(x, sigma, batch_size)
-    if int(m) < 1:
-        raise ValueError(f"m must be >= 1; got {m}")
+    x = _check_common(x, sigma, batch_size, alpha, m=m)
     v_lo, v_hi = float(v_lo), float(v_hi)
     if not (math.isfinite(v_lo) and math.isfinite(v_hi) and v_hi > v_lo):
         raise ValueError(f"need finite V_lo < V_hi; got [{v_lo}, {v_hi}]")
