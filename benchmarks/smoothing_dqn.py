@@ -1,19 +1,21 @@
 """Smoothing benchmark on CartPole: noise-trained and S-DQN-denoised agents vs vanilla/RADIAL.
 
-    .venv/bin/python benchmarks/smoothing_dqn.py --seeds 0 1 2
+    .venv/bin/python benchmarks/smoothing_dqn.py --seeds 0 1 2 [--methods ...]
 
 Per seed K (the robust-DQN table's runs, ``benchmarks/robust_dqn.py``, under --bases):
   * vanilla: the seed's vanilla base (BASES/CartPole-v1/vanilla/seedK/train);
   * radial: the seed's RADIAL-DQN fine-tune (the best bound-trained agent of that table);
-  * noise-S (S in SIGMAS): ``certrl train --init-from <vanilla base> --loss noise --sigma S
-    --seed K`` (the robust-DQN fine-tuning protocol: FINETUNE_DEFAULTS, best checkpoint by
-    natural return every 1000 steps), into OUT/CartPole-v1/noise-S/seedK/train;
-  * noise-scratch-0.1: the vanilla base's from-scratch protocol (50k steps, best checkpoint
-    by natural return every 5000 steps) with ``--loss noise --sigma 0.1``;
+  * noise runs (``NOISE_RUNS``; the command is ``noise_argv``), into
+    OUT/CartPole-v1/<name>/seedK/train: fine-tunes ``certrl train --init-from <vanilla
+    base> --loss noise --sigma S --seed K`` (the robust-DQN fine-tuning protocol:
+    FINETUNE_DEFAULTS, best checkpoint every 1000 steps) and from-scratch runs (the vanilla
+    base's protocol, 50k or 100k steps, best checkpoint every 5000 or 2500 steps), with
+    natural or ``--select smoothed`` best-checkpoint selection and, where the name says
+    so, a smaller lr or a sigma ramp;
   * denoiser-S: S-DQN's denoiser trained in front of the frozen vanilla base
     (``certrl.denoiser.train_denoiser``, DenoiserConfig(sigma=S, seed=K)), the composition
     saved as OUT/CartPole-v1/denoiser-S/seedK/agent.pt.
-Each agent is measured at its own sigma (vanilla and RADIAL at every sigma of SIGMAS):
+Each agent is measured at its own sigma (vanilla at SIGMAS, RADIAL at RADIAL_SIGMAS):
   * Natural (base): greedy return; Smoothed: the smoothed agent (majority vote over 100
     noise samples, ``certrl.smoothed.SmoothedAgent``); Smoothed PGD: PGD (10 steps, CE,
     random start) on the smoothed agent's expectation surrogate (20 noise samples);
@@ -343,7 +345,9 @@ def header() -> list[str]:
             "l_inf eps iff the l2 radius exceeds eps * sqrt(4). Policy smoothing: "
             f"{PS_EPISODES} smoothed episodes (one noise draw per step), DKW, total l2 budget "
             "eps * sqrt(4) * sqrt(H). Noise agents: fine-tuned from the seed's vanilla base "
-            "(robust-DQN protocol); denoiser: the seed's vanilla base frozen. "
+            "(robust-DQN protocol) or trained from scratch (the base's protocol), best "
+            "checkpoint by natural or smoothed return as the row says (commands: "
+            "docs/smoothing.md, section 8); denoiser: the seed's vanilla base frozen. "
             f"Where: {WHERE}.", ""]
 
 
