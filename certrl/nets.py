@@ -145,6 +145,16 @@ class _SpecNet(nn.Module):
         return nn.Sequential(*self.body, self.head)
 
 
+class _BodyHeadNet(_SpecNet):
+    """Base of the networks that are a body then one Linear head: f(x) = head(body(x))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def bounded_form(self) -> nn.Sequential:
+        return nn.Sequential(*[copy.deepcopy(m) for m in self.body], copy.deepcopy(self.head))
+
+
 class QNetwork(_SpecNet):
     """Q(s, .) = head(body(x)); with ``dueling``, Q = V + A - mean_a A.
 
@@ -230,7 +240,7 @@ class QNetwork(_SpecNet):
         return self.value_stream(self.body(x))
 
 
-class CategoricalPolicy(_SpecNet):
+class CategoricalPolicy(_BodyHeadNet):
     """Logits of a categorical policy: Linear head (init gain 0.01) on the body."""
 
     def __init__(self, spec: dict):
@@ -239,17 +249,11 @@ class CategoricalPolicy(_SpecNet):
         self.body, feat = build_body(spec["body"], gain=math.sqrt(2))
         self.head = _init(nn.Linear(feat, int(spec["n_out"])), 0.01)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
     def distribution(self, x: torch.Tensor) -> torch.distributions.Distribution:
         return torch.distributions.Categorical(logits=self.forward(x))
 
-    def bounded_form(self) -> nn.Sequential:
-        return nn.Sequential(*[copy.deepcopy(m) for m in self.body], copy.deepcopy(self.head))
 
-
-class GaussianPolicy(_SpecNet):
+class GaussianPolicy(_BodyHeadNet):
     """Diagonal Gaussian policy: mean = MLP(x) (tanh hidden), state-independent log std."""
 
     def __init__(self, spec: dict):
@@ -260,19 +264,12 @@ class GaussianPolicy(_SpecNet):
         self.head = _init(nn.Linear(feat, n), 0.01)
         self.log_std = nn.Parameter(torch.full((n,), float(spec.get("log_std_init", 0.0))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The action mean."""
-        return self.head(self.body(x))
-
     def distribution(self, x: torch.Tensor) -> torch.distributions.Distribution:
         mean = self.forward(x)
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
 
-    def bounded_form(self) -> nn.Sequential:
-        return nn.Sequential(*[copy.deepcopy(m) for m in self.body], copy.deepcopy(self.head))
 
-
-class ValueNetwork(_SpecNet):
+class ValueNetwork(_BodyHeadNet):
     """State value V(x): Linear head (init gain 1) on the body; output (B, 1)."""
 
     def __init__(self, spec: dict):
@@ -280,12 +277,6 @@ class ValueNetwork(_SpecNet):
         self.spec = copy.deepcopy(spec)
         self.body, feat = build_body(spec["body"], gain=math.sqrt(2))
         self.head = _init(nn.Linear(feat, 1), 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-    def bounded_form(self) -> nn.Sequential:
-        return nn.Sequential(*[copy.deepcopy(m) for m in self.body], copy.deepcopy(self.head))
 
 
 class LipschitzQNetwork(_SpecNet):
