@@ -228,12 +228,7 @@ def parse_scale(scale) -> tuple[float, ...] | None:
         raise ValueError("scale is empty; give one positive factor per input element")
     out = []
     for i, p in enumerate(parts):
-        if isinstance(p, bool):
-            raise ValueError(f"scale[{i}] must be a number; got {p!r}")
-        try:
-            v = float(p)
-        except (TypeError, ValueError):
-            raise ValueError(f"scale[{i}] must be a number; got {p!r}") from None
+        v = as_number(p, f"scale[{i}]")
         if not math.isfinite(v) or v <= 0 or v > FLOAT32_MAX:
             raise ValueError(f"scale[{i}] must be positive and finite; got {v}")
         out.append(v)
@@ -243,15 +238,20 @@ def parse_scale(scale) -> tuple[float, ...] | None:
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+def as_number(v, what: str) -> float:
+    """float(v); ValueError naming ``what`` for a bool or anything float() refuses."""
+    if isinstance(v, bool):
+        raise ValueError(f"{what} must be a number; got {v!r}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number; got {v!r}") from None
+
+
 def check_eps(eps) -> float:
     """Return eps as a float; raise ValueError if negative, NaN, infinite, or too large
     to be finite in float32 (the networks' dtype: such an eps would turn into inf)."""
-    if isinstance(eps, bool):
-        raise ValueError(f"eps must be a number; got {eps!r}")
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a number; got {eps!r}") from None
+    value = as_number(eps, "eps")
     if math.isnan(value):
         raise ValueError("eps is NaN")
     if math.isinf(value):
