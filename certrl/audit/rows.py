@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# Deliberate parallel (duplicates lists it): the audit reads every row type, so it imports
+# the same names as tests/test_records_reader.py.
 from certrl.certify.methods import METHODS
 from certrl.records import (
     CertEpisodeRow,
