@@ -105,6 +105,22 @@ class PPOConfig:
         return cls(**base)
 
 
+def gae_advantages(rews: torch.Tensor, vals: torch.Tensor, dones: torch.Tensor,
+                   last_v: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """GAE (T, n): A_t = delta_t + gamma lam (1 - d_t) A_{t+1}, delta_t = r_t +
+    gamma (1 - d_t) V_{t+1} - V_t, V_T = ``last_v``. A finished episode's successor value
+    is the *new* episode's, so it is cut at done (truncations bootstrap through r_t)."""
+    adv = torch.zeros_like(rews)
+    gae = torch.zeros_like(last_v)
+    T = rews.shape[0]
+    for t in reversed(range(T)):
+        next_v = last_v if t == T - 1 else vals[t + 1]
+        delta = rews[t] + gamma * next_v * (1.0 - dones[t]) - vals[t]
+        gae = delta + gamma * lam * (1.0 - dones[t]) * gae
+        adv[t] = gae
+    return adv
+
+
 class PPO(Algorithm):
     """Proximal policy optimization; ``learn()`` then ``agent``."""
 
@@ -224,15 +240,7 @@ class PPO(Algorithm):
             last_v = value(x_last).squeeze(1)
         vals_t, rews_t = torch.stack(vals), torch.stack(rews)
         dones_t = torch.stack(dones)
-        adv = torch.zeros_like(rews_t)
-        gae = torch.zeros(n, device=rews_t.device)
-        for t in reversed(range(num_steps)):
-            next_v = last_v if t == num_steps - 1 else vals_t[t + 1]
-            # a finished episode's successor value is the *new* episode's: cut at done,
-            # and bootstrap truncations through the reward (above)
-            delta = rews_t[t] + cfg.gamma * next_v * (1.0 - dones_t[t]) - vals_t[t]
-            gae = delta + cfg.gamma * cfg.gae_lambda * (1.0 - dones_t[t]) * gae
-            adv[t] = gae
+        adv = gae_advantages(rews_t, vals_t, dones_t, last_v, cfg.gamma, cfg.gae_lambda)
         flat = lambda t: t.reshape(num_steps * n, *t.shape[2:])  # noqa: E731
         return {"obs": flat(torch.stack(xs)), "actions": flat(torch.stack(acts)),
                 "logprobs": flat(torch.stack(logps)), "values": flat(vals_t),
