@@ -109,6 +109,8 @@ OBS_STD_EPISODES = 10
 OBS_STD_SEED = 2_000_000
 
 
+# Deliberate parallel (duplicates lists it): settings dataclasses are lists of typed fields
+# of one shape (algorithms, adversaries, denoiser, schedules); each owns its own defaults.
 @dataclass
 class DQNConfig:
     """DQN hyper-parameters (defaults suit CartPole; ``for_env`` adapts them)."""

@@ -54,6 +54,8 @@ from certrl.losses.base import RobustLoss, TrainContext
 from certrl.nets import body_spec, build_network
 
 
+# Deliberate parallel (duplicates lists it): settings dataclasses are lists of typed fields
+# of one shape (algorithms, adversaries, denoiser, schedules); each owns its own defaults.
 @dataclass
 class PPOConfig:
     """PPO hyper-parameters (CleanRL's MuJoCo defaults, 4 envs x 512 steps)."""
