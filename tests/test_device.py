@@ -293,3 +293,15 @@ def test_python_api_takes_a_device(tmp_path, cartpole, no_cuda):
     x = np.zeros((2, *agent.obs_shape), dtype=np.float32)
     (cert,) = certify_states(agent.bounded_form(), x, 0.01, "crown", device="cpu")
     assert cert.certified.shape == (2,)
+
+
+def test_configure_determinism_sets_cudnn_for_a_gpu_only(monkeypatch):
+    from certrl.device import configure_determinism
+
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    configure_determinism(torch.device("cpu"))
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    configure_determinism(torch.device("cuda", 0))  # flags only: no GPU needed
+    assert (cudnn.benchmark, cudnn.deterministic) == (False, True)

@@ -27,7 +27,7 @@ from certrl.commands.common import (
     truncation_note,
 )
 from certrl.commands.evaluate import add_smoothing_flags, smoothed_from_args
-from certrl.device import add_device_arg, resolve_device
+from certrl.device import add_device_arg, configure_determinism, resolve_device
 from certrl.evaluate import (
     DEFAULT_EPISODES,
     EPS_SCALE_HELP,
@@ -146,6 +146,7 @@ def check_args(args: argparse.Namespace, kind: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
+    configure_determinism(device)
     out = check_out(args.out or default_out("attack", args.checkpoint, args.attack), "attack",
                     args.force)
     agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint, device), args.eps_scale),

@@ -15,7 +15,7 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
-from certrl.device import add_device_arg, resolve_device
+from certrl.device import add_device_arg, configure_determinism, resolve_device
 from certrl.evaluate import (
     DEFAULT_EPISODES,
     EPS_SCALE_HELP,
@@ -86,6 +86,7 @@ def smoothed_from_args(agent, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
+    configure_determinism(device)
     out = check_out(args.out or default_out("evaluate", args.checkpoint), "evaluate",
                     args.force)
     agent = smoothed_from_args(apply_eps_scale(load(args.checkpoint, device), args.eps_scale),

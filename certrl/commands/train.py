@@ -38,7 +38,7 @@ from tqdm import tqdm
 from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field, resolve_init
 from certrl.commands.common import eps_arg, positive_int, set_threads
-from certrl.device import add_device_arg, device_label, resolve_device
+from certrl.device import add_device_arg, configure_determinism, device_label, resolve_device
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint
 from certrl.losses import LOSS_NAMES, make_loss, sortnet_q_spec
@@ -492,6 +492,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (args.select != "natural" or args.select_eps is not None):
         raise ValueError("--select is fixed when a run starts; --resume keeps the run's rule")
     device = resolve_device(args.device)  # ValueError (exit 2) before anything is written
+    configure_determinism(device)  # bit-identical --resume on a GPU too
     algo = _resume_algo(args, latest) if args.resume else _new_algo(args, out, latest)
     _to_device(algo, device, args.device)
     _record_sigma(algo)
