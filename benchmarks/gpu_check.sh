@@ -49,7 +49,11 @@ run_step() {  # name, command...
     local t0; t0=$(date +%s)
     timeout "$t" "$@" >>"$LOG" 2>&1
     local rc=$?
-    say "== $name: exit $rc after $(( $(date +%s) - t0 ))s"
+    if [ "$rc" -eq 124 ]; then
+        say "== $name: TIMED OUT at the ${BUDGET_S}s budget (GPU_CHECK_BUDGET_S to raise it)"
+    else
+        say "== $name: exit $rc after $(( $(date +%s) - t0 ))s"
+    fi
     [ "$rc" -eq 0 ] || status=1
 }
 
@@ -63,7 +67,10 @@ device_flag() {  # --device cuda when the benchmark has the option
 
 run_step "gpu tests" "$PYTHON" -m pytest -q -p no:xdist -m gpu -rs tests/test_gpu.py
 # shellcheck disable=SC2046
-run_step "bounds_speed" "$PYTHON" benchmarks/bounds_speed.py --repeats 2 \
+run_step "bounds_speed mlp" "$PYTHON" benchmarks/bounds_speed.py --repeats 2 --only mlp \
+    $(device_flag benchmarks/bounds_speed.py)
+# shellcheck disable=SC2046
+run_step "bounds_speed cnn" "$PYTHON" benchmarks/bounds_speed.py --repeats 2 --only cnn \
     $(device_flag benchmarks/bounds_speed.py)
 # shellcheck disable=SC2046
 run_step "certify_speed" "$PYTHON" benchmarks/certify_speed.py --quick \
