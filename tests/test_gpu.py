@@ -148,3 +148,22 @@ def _summary(out) -> dict:
     import json
 
     return [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()][-1]
+
+
+@pytest.mark.usefixtures("keep_threads")
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "cartpole-dqn-vanilla", "--episodes", "2", "--max-steps", "50"],
+    ["evaluate", "cartpole-dqn-vanilla", "--episodes", "1", "--max-steps", "20", "--smoothed",
+     "--samples", "20"],
+    ["attack", "cartpole-dqn-vanilla", "--attack", "pgd", "--eps", "0.02", "--episodes", "1",
+     "--max-steps", "20"],
+], ids=["evaluate", "smoothed", "pgd"])
+def test_episode_commands_on_cuda_match_cpu(tmp_path, cartpole, argv):
+    gpu, cpu = tmp_path / "g.jsonl", tmp_path / "c.jsonl"
+    quiet = ["--no-progress"] if argv[0] == "evaluate" else []
+    assert main([*argv, *quiet, "--out", str(gpu), "--device", "cuda"]) == 0
+    assert main([*argv, *quiet, "--out", str(cpu), "--device", "cpu"]) == 0
+    rg, rc = read_rows(gpu), read_rows(cpu)
+    assert all(r["versions"]["device"].startswith("cuda:") for r in rg)
+    # the same seeded episodes: CPU-drawn noise, argmax actions (ties aside) agree
+    assert [r["return"] for r in rg] == [r["return"] for r in rc]
