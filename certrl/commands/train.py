@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field, resolve_init
-from certrl.commands.common import eps_arg, positive_int, set_threads
+from certrl.commands.common import eps_arg, nonneg_int, positive_int, set_threads
 from certrl.device import add_device_arg, configure_determinism, device_label, resolve_device
 from certrl.envs import env_family, env_version
 from certrl.io import CheckpointError, library_versions, load_checkpoint
@@ -121,7 +121,7 @@ def _add_telemetry_flags(p) -> None:
                         "(needs the tensorboard package: pip install -e .[tensorboard])")
     t.add_argument("--log-every", type=positive_int, default=None, metavar="N",
                    help="env steps between metrics rows (default: steps / 100, at least 1)")
-    t.add_argument("--log-eval-every", type=_nonneg_int, default=0, metavar="N",
+    t.add_argument("--log-eval-every", type=nonneg_int, default=0, metavar="N",
                    help="every N env steps also log a greedy evaluation's natural return and "
                         "its ACR (CROWN) at the agent's eps (0: off, the default)")
     t.add_argument("--log-eval-episodes", type=positive_int, default=None, metavar="M",
@@ -165,7 +165,7 @@ def _add_finetune_flags(p) -> None:
                    help="start from this agent's Q weights (checkpoint path, run folder or "
                         "shipped name, e.g. cartpole-dqn-vanilla) with the fine-tuning "
                         "defaults (--set overrides them; --env/--algo/--steps optional)")
-    f.add_argument("--eval-every", type=_nonneg_int, default=None, metavar="N",
+    f.add_argument("--eval-every", type=nonneg_int, default=None, metavar="N",
                    help="evaluate the greedy agent every N env steps and keep the best "
                         "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
     f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
@@ -180,17 +180,6 @@ def _add_finetune_flags(p) -> None:
     f.add_argument("--eps-scale", choices=("none", "std"), default=None,
                    help="std: scale eps per observation dimension by its std on the init "
                         "agent's greedy trajectories (needs --init-from; default none)")
-
-
-def _nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def _robust_loss(args: argparse.Namespace, algo: str):
