@@ -38,6 +38,8 @@ def methods_by_kind() -> str:
     return "; ".join(parts)
 
 
+# Deliberate parallel (duplicates lists it): every command's argparse block stays its own
+# (flags, defaults and help differ per command), so their shapes repeat.
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "certify", help="certify actions along episodes (ACR, radius, bounds)",

@@ -17,6 +17,8 @@ INPUT_HELP = ("raw: the ONNX input is the raw observation, the agent's preproces
               "the network input, the space eps is measured in")
 
 
+# Deliberate parallel (duplicates lists it): every command's argparse block stays its own
+# (flags, defaults and help differ per command), so their shapes repeat.
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export", help="export an agent as ONNX or as a VNN-LIB benchmark",

@@ -52,6 +52,8 @@ from certrl.telemetry import (
 )
 
 
+# Deliberate parallel (duplicates lists it): every command's argparse block stays its own
+# (flags, defaults and help differ per command), so their shapes repeat.
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a DQN or PPO agent",
                        description="Train an agent; writes DIR/agent.pt and DIR/train.jsonl.")
