@@ -58,6 +58,8 @@ def all_methods() -> tuple[str, ...]:
     return method_names()
 
 
+# Deliberate parallel (duplicates lists it): a run's settings repeat CertifyOptions' fields
+# flat (rows record them flat); ``options`` converts them.
 @dataclass
 class CertifySettings:
     """Everything that changes the numbers of a certification run (recorded in every row)."""
