@@ -57,6 +57,7 @@ def mnist_a(seed: int) -> nn.Module:
     ).eval()
 
 
+# Deliberate parallel (duplicates lists it): each benchmark model is its own architecture.
 def small_cnn(seed: int) -> nn.Module:
     """2 conv + 2 linear on 1x8x8 (auto_LiRPA-test size)."""
     torch.manual_seed(seed)

@@ -26,6 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# Deliberate parallel (duplicates lists it): this benchmark and tests/test_certify_state.py
+# import the same certify API.
 import bounds  # noqa: E402
 from certrl.certify import (  # noqa: E402
     CertifyOptions,

@@ -184,6 +184,8 @@ def train_timed(tdir: Path, argv: list[str]) -> tuple[dict, float | None]:
     return summary, (json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.exists() else None)
 
 
+# Deliberate parallel (duplicates lists it): sweep.run_task's resume protocol, but training is
+# timed (train_timed) and columns are measured from the checkpoint file.
 def run_one(task: dict) -> dict:
     """Train (or resume) and measure one (env, method, seed); writes result.json."""
     import torch

@@ -52,6 +52,7 @@ from certrl.records import write_text_atomic
 from certrl.report import Column, Style, to_latex, to_markdown, value_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Deliberate parallel (duplicates lists it): benchmarks import the same sweep helpers.
 from sweep import (  # noqa: E402
     iqm,
     read_result,
