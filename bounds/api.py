@@ -201,7 +201,7 @@ class BoundNetwork:
             raise ValueError(
                 f"labels has {labels_t.shape[0]} entries but the ball has batch {center.shape[0]}"
             )
-        C = spec.margin_spec(labels_t.cpu(), K).to(center)  # validates the labels
+        C = spec.margin_spec(labels_t, K).to(center)  # validates the labels
         own = torch.nn.functional.one_hot(labels_t, K).bool()
         C = C[~own.to(C.device)].reshape(-1, K - 1, K)
         return MarginProblem(center, C, own, rounding_allowance(center_out))

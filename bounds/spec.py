@@ -23,7 +23,7 @@ def margin_spec(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
             f"labels must lie in [0, {num_outputs}); got range "
             f"[{int(labels.min())}, {int(labels.max())}]"
         )
-    eye = torch.eye(num_outputs)
+    eye = torch.eye(num_outputs, device=labels.device)
     C = eye[labels].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K)
     return C
 
