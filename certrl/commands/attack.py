@@ -26,15 +26,12 @@ from certrl.commands.common import (
     set_threads,
     truncation_note,
 )
-from certrl.commands.evaluate import add_smoothing_flags, smoothed_from_args
+from certrl.commands.evaluate import add_episode_flags, add_smoothing_flags, smoothed_from_args
 from certrl.device import add_device_arg, configure_determinism, resolve_device
 from certrl.evaluate import (
-    DEFAULT_EPISODES,
-    EPS_SCALE_HELP,
     EpisodeRun,
     apply_eps_scale,
     episode_rng_seed,
-    eps_scale_arg,
     run_episodes,
     run_rows,
     summarize_episodes,
@@ -89,13 +86,7 @@ def add_parser(sub) -> None:
                    help="discrete agents: cross-entropy or Q-margin of the clean action")
     add_learned_args(p)
     add_smoothing_flags(p)
-    p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
-                   help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
-    p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
-    p.add_argument("--eps-scale", type=eps_scale_arg, default="agent", metavar="SCALE",
-                   help=EPS_SCALE_HELP)
-    p.add_argument("--max-steps", type=positive_int, default=None,
-                   help="cut episodes after this many steps (rows say truncated: true)")
+    add_episode_flags(p)
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
     p.add_argument("--threads", type=int, default=1)

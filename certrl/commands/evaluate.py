@@ -35,13 +35,7 @@ def add_parser(sub) -> None:
                                    "Writes one JSON line per episode; re-running with the "
                                    "same --out runs only the missing episodes.")
     p.add_argument("checkpoint", help="checkpoint file or shipped agent name")
-    p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
-                   help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
-    p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
-    p.add_argument("--eps-scale", type=eps_scale_arg, default="agent", metavar="SCALE",
-                   help=EPS_SCALE_HELP)
-    p.add_argument("--max-steps", type=positive_int, default=None,
-                   help="cut episodes after this many steps (rows say truncated: true)")
+    add_episode_flags(p)
     p.add_argument("--stochastic", action="store_true", help="sample actions")
     p.add_argument("--out", default=None, help="JSON lines file (default results/...)")
     add_force(p)
@@ -49,6 +43,19 @@ def add_parser(sub) -> None:
     add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_smoothing_flags(p)
+
+
+
+def add_episode_flags(p) -> None:
+    """--episodes, --seed, --eps-scale, --max-steps: the seeded episodes (evaluate; attack
+    runs the same episodes)."""
+    p.add_argument("--episodes", type=positive_int, default=DEFAULT_EPISODES,
+                   help=f"seeded episodes (default {DEFAULT_EPISODES}, as RADIAL / CAR-DQN)")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses env seed SEED + i")
+    p.add_argument("--eps-scale", type=eps_scale_arg, default="agent", metavar="SCALE",
+                   help=EPS_SCALE_HELP)
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="cut episodes after this many steps (rows say truncated: true)")
 
 
 def add_smoothing_flags(p) -> None:
