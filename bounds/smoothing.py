@@ -71,7 +71,7 @@ def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
     return np.where(k > 0, lo, 0.0)
 
 
-def _binom_two_sided_pvalue_half(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+def binom_two_sided_pvalue_half(k: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Two-sided exact binomial test p-value of H0: p = 1/2 (as scipy.binomtest)."""
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
@@ -233,7 +233,7 @@ def predict(
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
     nA = top2.values[:, 0].cpu().numpy()
     nB = top2.values[:, 1].cpu().numpy() if counts.shape[1] > 1 else np.zeros_like(nA)
-    pval = _binom_two_sided_pvalue_half(nA, nA + nB)
+    pval = binom_two_sided_pvalue_half(nA, nA + nB)
     pred = top2.indices[:, 0].clone()
     pred[torch.as_tensor(pval > alpha, device=pred.device)] = -1
     return SmoothingPrediction(

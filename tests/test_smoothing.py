@@ -44,7 +44,7 @@ def test_clopper_pearson_matches_scipy(k, n, alpha):
 
 def test_predict_pvalue_matches_binomtest():
     for nA, nB in [(0, 0), (5, 5), (6, 4), (60, 40), (900, 100), (3, 0)]:
-        ours = float(sm._binom_two_sided_pvalue_half(nA, nA + nB))
+        ours = float(sm.binom_two_sided_pvalue_half(nA, nA + nB))
         ref = binomtest(nA, nA + nB, 0.5).pvalue if nA + nB > 0 else 1.0
         assert ours == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
