@@ -50,7 +50,7 @@ def test_finetune_starts_from_the_init_weights_and_first_loss_is_the_init_agents
     for k, v in init.nets["q"].state_dict().items():
         assert torch.equal(q.state_dict()[k], v)
     state = algo.rng.bit_generator.state
-    expected = _td_loss(init.nets["q"], algo._sample(), algo.cfg.gamma)
+    expected = _td_loss(init.nets["q"], algo.sample_batch(), algo.cfg.gamma)
     algo.rng.bit_generator.state = state  # the same batch again
     logs = algo.update()
     assert logs["td_loss"] == pytest.approx(expected, rel=1e-6)

@@ -44,7 +44,7 @@ def test_noise_is_fresh_per_observation_and_has_the_recorded_sigma():
 def test_td_loss_is_taken_at_noisy_states_with_a_clean_target():
     algo = _dqn(sigma=0.5)
     algo.learn(100)
-    batch = algo._sample()  # noqa: SLF001 - the test builds one gradient step by hand
+    batch = algo.sample_batch()  # the test builds one gradient step by hand
     loss = algo.robust_loss
     state = loss.generator.get_state()
     total, logs = algo.loss(dict(batch))
@@ -65,7 +65,7 @@ def test_td_loss_is_taken_at_noisy_states_with_a_clean_target():
 def test_noise_next_puts_noise_on_the_target_state():
     algo = _dqn(sigma=0.5, noise_next=True)
     algo.learn(100)
-    batch = algo._sample()  # noqa: SLF001
+    batch = algo.sample_batch()
     batch["td_target"] = algo.td_target(batch)
     ctx = TrainContext(batch=batch, nets={**algo.agent_obj.nets, "target": algo.target},
                        threat=algo.agent_obj.threat_model, step=0, gamma=algo.cfg.gamma)

@@ -349,7 +349,9 @@ class DQN(Algorithm):
     def _store(self, obs, action, reward, next_obs, done) -> None:
         self.replay.add(obs, action, reward, next_obs, done)
 
-    def _sample(self) -> dict[str, torch.Tensor]:
+    def sample_batch(self) -> dict[str, torch.Tensor]:
+        """A replay minibatch on the agent's device: preprocessed obs / next_obs, actions,
+        rewards (times ``cfg.reward_scale``), dones."""
         b = self.replay.sample(self.rng, self.cfg.batch_size)
         pre, dev = self.agent_obj.preprocess, self.agent_obj.device
         return {  # one host -> device copy per field (the buffer lives in host memory)
@@ -362,7 +364,7 @@ class DQN(Algorithm):
 
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """y = r + gamma (1 - done) Q_target(x', a'), a' = argmax Q(x') (double) or of Q_target;
-        ``batch["rewards"]`` is already multiplied by ``cfg.reward_scale`` (``_sample``)."""
+        ``batch["rewards"]`` is already multiplied by ``cfg.reward_scale`` (``sample_batch``)."""
         q, target = self.agent_obj.nets["q"], self.target
         with torch.no_grad():
             if self.cfg.double:
@@ -400,7 +402,7 @@ class DQN(Algorithm):
 
     def update(self) -> dict[str, float]:
         """One gradient step on a sampled batch; returns scalar logs."""
-        loss, logs = self.loss(self._sample())
+        loss, logs = self.loss(self.sample_batch())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
