@@ -128,10 +128,9 @@ def column_summary(col: str, path: Path) -> dict:
         return {"value": sum(dev) / len(dev), "max": max(r["max_max_deviation"] for r in rows),
                 "states": sum(r["length"] for r in rows)}
     ret = {str(r["episode_seed"]): float(r["return"]) for r in rows}  # JSON keys
-    extra = rows[0].get("extra") or {}
     out = {"value": sum(ret.values()) / len(ret), "returns": ret,
            "steps": sum(int(r["length"]) for r in rows)}
-    out.update({k: v for k, v in extra.items() if k.startswith("attacker_")})
+    out.update({k: v for k, v in rows[0].items() if k.startswith("attacker_")})
     return out
 
 
@@ -144,7 +143,8 @@ def worst_returns(cols: dict) -> dict[str, float]:
 
 def measure_columns(task: dict, agent: Path) -> dict:
     """Run the columns of ``task["columns"]`` not yet in RDIR/columns.json, one at a time;
-    after each, columns.json is rewritten atomically (its CPU / wall seconds included)."""
+    after each, columns.json is rewritten atomically (its CPU / wall seconds included).
+    Finished columns are summarized again from their JSON lines files."""
     from certrl.cli import main
     from certrl.records import write_text_atomic
 
@@ -152,7 +152,8 @@ def measure_columns(task: dict, agent: Path) -> dict:
     path = rdir / "columns.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     for col in task["columns"]:
-        if col in done:
+        if col in done:  # values re-read from the column's file; its CPU seconds kept
+            done[col].update(column_summary(col, rdir / f"{col}.jsonl"))
             continue
         argv = column_argv(col, agent, rdir, task)
         c0, w0 = time.process_time(), time.perf_counter()

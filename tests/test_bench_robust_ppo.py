@@ -117,3 +117,15 @@ def test_sweep_specs_match_the_benchmark(bench, name, tmp_path):
         atk = [u for u in units if u.argv[0] == "attack"]
         worst_of = atk[0].argv[atk[0].argv.index("--worst-of") + 1].split(",")
         assert set(worst_of) == set(bench.ATTACKS)
+
+
+def test_column_summary_keeps_the_attacker_fields(bench, tmp_path):
+    from certrl.records import write_jsonl
+
+    rows = [{"record": "episode", "episode_seed": 1000 + i, "return": 10.0 * i, "length": 5,
+             "attacker_budget": 2048, "attacker_train_cpu_s": 1.5} for i in range(2)]
+    write_jsonl(tmp_path / "rs.jsonl", rows)
+    s = bench.column_summary("rs", tmp_path / "rs.jsonl")
+    assert s["returns"] == {"1000": 0.0, "1001": 10.0} and s["value"] == 5.0
+    assert s["steps"] == 10 and s["attacker_budget"] == 2048
+    assert s["attacker_train_cpu_s"] == 1.5
