@@ -265,9 +265,9 @@ def test_wocar_state_dict_restores_the_worst_optimizer():
     b = wocar(copy.deepcopy(net))
     b.worst.load_state_dict(a.worst.state_dict())  # as the agent's weights are loaded
     b.load_state_dict(copy.deepcopy(a.state_dict()))
-    assert b._calls == a._calls == 3
+    assert b.calls == a.calls == 3
     nets_b = {"q": nets["q"], "target": nets["target"], **b.extra_networks()}
-    a._calls = b._calls = 0  # both due for a worst step now
+    a.calls = b.calls = 0  # both due for a worst step now
     before = copy.deepcopy(a.worst.state_dict())
     with torch.no_grad():
         a.td_target(ctx(_batch(seed=9), nets, 0.05))

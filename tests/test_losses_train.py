@@ -102,7 +102,7 @@ def test_wocar_resume_restores_lagged_worst_net_and_its_optimizer(tmp_path):
     resumed = DQN.resume(path, robust_loss=make_loss("dqn", "wocar",
                                                      target_update_interval=10_000))
     got = resumed.robust_loss
-    assert got._calls == algo.robust_loss._calls > 0
+    assert got.calls == algo.robust_loss.calls > 0
     for k, v in got.worst_target.state_dict().items():
         torch.testing.assert_close(v, lagged[k])
     got_opt = got.worst_optimizer.state_dict()

@@ -145,6 +145,7 @@ class WocarDQNLoss(WorstCriticLoss):
 
     Per DQN update: ``td_target`` (the first hook) first takes Q_w's own Adam step when
     due (as the reference does before the main loss), then returns the main target.
+    ``calls`` counts those updates (saved with the loss state).
     """
 
     name = "wocar"
@@ -160,18 +161,18 @@ class WocarDQNLoss(WorstCriticLoss):
         lr = self.cfg.worst_lr if self.cfg.worst_lr is not None else float(cfg.lr)
         self.worst_optimizer = torch.optim.Adam(self.worst.parameters(), lr=lr)
         self.worst_target = copy.deepcopy(self.worst) if self.cfg.target_update_interval else None
-        self._calls = 0
+        self.calls = 0
         self._worst_logs: Logs = {}
 
     def state_dict(self) -> dict:
         """Q_w's optimizer state, the update counter and the lagged Q_w^- (if any)."""
-        st = {"worst_optimizer": self.worst_optimizer.state_dict(), "calls": self._calls}
+        st = {"worst_optimizer": self.worst_optimizer.state_dict(), "calls": self.calls}
         if self.worst_target is not None:
             st["worst_target"] = self.worst_target.state_dict()
         return st
 
     def load_state_dict(self, state: dict) -> None:
-        self._calls = int(state["calls"])
+        self.calls = int(state["calls"])
         if "worst_optimizer" in state:
             self.worst_optimizer.load_state_dict(state["worst_optimizer"])
         if self.worst_target is not None and "worst_target" in state:
@@ -190,10 +191,10 @@ class WocarDQNLoss(WorstCriticLoss):
     def td_target(self, ctx: TrainContext) -> Tensor | None:
         """Q_w's own step when due, then y = r + gamma (1 - d) Q^-(s', argmax_a (1 - r)
         Q(s', a) + r Q_w(s', a))."""
-        if self._calls % int(self.cfg.worst_every) == 0:
+        if self.calls % int(self.cfg.worst_every) == 0:
             with torch.enable_grad():
                 self._worst_logs = self.worst_step(ctx)
-        self._calls += 1
+        self.calls += 1
         b, nets = ctx.batch, ctx.nets
         x2, rw = b["next_obs"], self.cfg.worst_weight
         with torch.no_grad():
@@ -225,7 +226,7 @@ class WocarDQNLoss(WorstCriticLoss):
         self.worst_optimizer.zero_grad(set_to_none=True)
         lw.backward()
         self.worst_optimizer.step()
-        n = self._calls // int(self.cfg.worst_every) + 1
+        n = self.calls // int(self.cfg.worst_every) + 1
         every = int(self.cfg.target_update_interval)
         if self.worst_target is not None and n % every == 0:
             self.worst_target.load_state_dict(self.worst.state_dict())
