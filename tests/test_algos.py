@@ -192,7 +192,7 @@ def test_resume_mid_episode_is_exact_python_api(tmp_path):
     cfg = dict(total_steps=700, learning_starts=200, train_freq=4, seed=3)
     full = DQN(DQNConfig(**cfg)).learn()
     part = DQN(DQNConfig(**cfg)).learn(435)
-    assert part._ep_len > 0  # mid-episode
+    assert not part.at_episode_start  # mid-episode
     part.save(tmp_path / "d.pt")
     again = DQN.resume(tmp_path / "d.pt").learn()
     assert again.resume_caveats == [] and again.episodes == full.episodes
@@ -202,7 +202,7 @@ def test_resume_mid_episode_is_exact_python_api(tmp_path):
     pfull = PPO(pcfg).learn()
     ppart = PPO(PPOConfig.for_env("CartPole-v1", total_steps=512, num_envs=2, num_steps=64,
                                   seed=2)).learn(256)
-    assert (ppart._ep_len > 0).any()
+    assert (ppart.train_state()["ep_len"] > 0).any()
     ppart.save(tmp_path / "p.pt")
     pagain = PPO.resume(tmp_path / "p.pt").learn()
     a, b = _weights(pfull), _weights(pagain)
