@@ -328,8 +328,8 @@ def render_rows(rows: list[dict], suffix: str = "", wall: float | None = None,
               "CPU minutes of each run (training; each column's command, its attacker's "
               "training included: RS+MAD reuses the RS attacker):", "",
               to_markdown([ct], MD_STYLE)]
-        if env == "Hopper-v5":
-            md += ["", *estimate_lines(er)]
+        if env == "Hopper-v5" and all(set(COLUMNS) <= set(r["columns"]) for r in er):
+            md += ["", *estimate_lines(er)]  # only from runs with every column
         if wall is not None:
             md.append(f"\nWall-clock of this invocation: {wall / 60:.1f} min ({workers} "
                       f"workers, {os.cpu_count()} CPU cores, 1 torch thread per run).")
@@ -350,7 +350,9 @@ def header_lines(r: dict, suffix: str) -> list[str]:
              f"{r['episodes']} episodes (env seeds {EPISODE_SEED}..), deterministic (mean) "
              f"actions. MAD, critic, RS, RS+MAD: 10 steps. Attacker training budgets (env steps): "
              f"RS {b['rs_budget']}, SA-RL {b['sarl_budget']}, PA-AD {b['paad_budget']}. "
-             "Worst: per episode seed the lowest return over the seven attacks. Cert.: "
+             f"Columns measured: {', '.join(r.get('columns', {})) or 'as in the row'}. "
+             "Worst: per episode seed the lowest return over the attack columns measured. "
+             "Cert.: "
              "certified bound on the action mean's largest per-dimension change (CROWN), mean "
              f"over the states of {r['cert_episodes']} episodes (lower is better)."]
     if suffix:
