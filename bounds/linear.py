@@ -32,6 +32,7 @@ __all__ = ["activation_bounds", "alpha_crown", "backward", "crown", "relu_relaxa
            "tanh_relaxation"]
 
 _CHUNK_ELEMENTS = 2**25  # max elements of one backward A tensor (memory cap)
+_CHUNK_ELEMENTS_CONV = 2**20  # the same through convolutions (cache-sized: ~1.4x faster)
 _FUSE_MAX_IN = 32
 _SLOPE_FROM_RAW = True
 _TWO_SLOPES = True
@@ -212,7 +213,8 @@ def _intermediate_crown(
         return lo.reshape(B, *out_shape), up.reshape(B, *out_shape)
     total = index.numel()
     B = ball.batch_size
-    chunk = max(1, min(total, _CHUNK_ELEMENTS // max(1, _peak_per_row(prefix, B) * 2)))
+    cap = _CHUNK_ELEMENTS_CONV if any(layer.kind == "conv" for layer in prefix) else _CHUNK_ELEMENTS
+    chunk = max(1, min(total, cap // max(1, _peak_per_row(prefix, B) * 2)))
     lows, ups = [], []
     for start in range(0, total, chunk):
         sel = index[start : start + chunk]
