@@ -6,7 +6,11 @@ speed-up native/lirpa, the cost relative to a plain forward pass, and the
 largest disagreement between the two backends' bounds (must be ~1e-6).
 
     .venv/bin/python benchmarks/bounds_speed.py [--repeats 5] [--threads 2]
-        [--only mlp|cnn|cnn-crown|alpha-cnn]
+        [--only mlp|cnn|cnn-crown|alpha-cnn|verify] [--cpu-time]
+
+``--only verify`` prints ``bounds.verify`` throughput (domains/s, input splitting, the
+default) on the shipped CartPole agent and a random 4-64-64-2 MLP: 8 seeded states per
+net, eps = 1.1x and 1.3x the state's CROWN radius (so branching is needed), 10 s timeout.
 
 ``--only alpha-cnn`` prints the alpha-CROWN tightness table of issue 16 instead:
 native alpha-CROWN (every layer) vs auto_LiRPA's CROWN-Optimized, same iterations and
@@ -99,7 +103,53 @@ def alpha_cnn_table(seeds: int, iterations: int) -> None:
                   f"{float(lir[1][0, j]):.5f} | {t1 - t0:.1f} | {t2 - t1:.1f} |", flush=True)
 
 
-def timeit(fns, repeats: int, warmup: bool = True) -> tuple[list[float], list[object]]:
+def crown_radius(net: nn.Module, x: torch.Tensor, label: int, hi: float = 2.0) -> float:
+    """Largest eps (bisection, 14 steps) at which CROWN certifies ``label`` at ``x``."""
+    lo = 0.0
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        ok = bool(bounds.certified(bounds.margin_lower(net, bounds.LpBall(x, mid), [label])))
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo
+
+
+def verify_table(states: int = 8, factors=(1.1, 1.3), timeout: float = 10.0) -> None:
+    """Domains per second of ``bounds.verify`` (all calls of a net together)."""
+    import certrl  # the shipped agent only
+
+    torch.manual_seed(0)
+    rand = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 2)).eval()
+    nets = [("CartPole DQN (shipped vanilla)",
+             certrl.load("cartpole-dqn-vanilla").bounded_form().eval()),
+            ("random MLP 4-64-64-2", rand)]
+    scale = torch.tensor([[0.5, 0.5, 0.08, 0.5]])
+    xs = torch.randn(states, 4, generator=torch.Generator().manual_seed(0)) * scale
+    print(f"bounds.verify (split=input), {states} states, eps = factor x CROWN radius, "
+          f"timeout {timeout:g} s")
+    print("| net | factor | verified | falsified | unknown | domains | seconds | domains/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, net), factor in ((n, f) for n in nets for f in factors):
+        count = {"verified": 0, "falsified": 0, "unknown": 0}
+        doms, secs = 0, 0.0
+        for b in range(states):
+            x = xs[b:b + 1]
+            with torch.no_grad():
+                label = int(net(x).argmax(1))
+            C = bounds.margin_spec(torch.tensor([label]), 2)[0][torch.arange(2) != label]
+            eps = max(factor * crown_radius(net, x, label), 1e-4)
+            t0 = time.perf_counter()
+            r = bounds.verify(net, bounds.LpBall(x, eps), C, timeout_s=timeout)
+            secs += time.perf_counter() - t0
+            doms += r.stats["domains"]
+            count[r.status] += 1
+        print(f"| {name} | {factor:g} | {count['verified']} | {count['falsified']} | "
+              f"{count['unknown']} | {doms} | {secs:.2f} | {doms / max(secs, 1e-9):.0f} |",
+              flush=True)
+
+
+def timeit(fns, repeats: int, warmup: bool = True,
+           clock=time.perf_counter) -> tuple[list[float], list[object]]:
     """Best-of-``repeats`` wall time of each function, calls interleaved.
 
     Interleaving gives every contender the same machine conditions, and the
@@ -109,9 +159,9 @@ def timeit(fns, repeats: int, warmup: bool = True) -> tuple[list[float], list[ob
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = clock()
             outs[i] = fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
+            best[i] = min(best[i], clock() - t0)
     return best, outs
 
 
@@ -120,12 +170,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=("mlp", "cnn", "cnn-crown", "alpha-cnn"), default=None,
+    ap.add_argument("--only", default=None,
+                    choices=("mlp", "cnn", "cnn-crown", "alpha-cnn", "verify"),
                     help="one section only (alpha-cnn: the alpha-CROWN tightness table)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time by process CPU time (steadier on a loaded machine; use with "
+                         "--threads 1) instead of wall time")
     ap.add_argument("--alpha-seeds", type=int, default=2)
     ap.add_argument("--alpha-iterations", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.only == "verify":
+        verify_table()
+        return
     if args.only == "alpha-cnn":
         alpha_cnn_table(args.alpha_seeds, args.alpha_iterations)
         return
@@ -141,7 +198,8 @@ def main() -> None:
     keep = {"mlp": [0], "cnn": [1, 2], "cnn-crown": [2]}.get(args.only, [0, 1, 2])
     cases = [c for i, c in enumerate(cases) if i in keep]
     print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} "
-          f"(best of, interleaved), seed {args.seed}")
+          f"(best of, interleaved), seed {args.seed}"
+          f"{', CPU time' if args.cpu_time else ''}")
     header = ("| network | batch | method | forward ms | native ms | lirpa ms | "
               "lirpa/native | native/forward | max abs diff |")
     print(header)
@@ -162,6 +220,7 @@ def main() -> None:
                     ],
                     reps,
                     warmup=True,
+                    clock=time.process_time if args.cpu_time else time.perf_counter,
                 )
                 diff = max((ln - ll).abs().max().item(), (un - ul).abs().max().item())
                 print(f"| {name} | {batch} | {m} | {t_fwd * 1e3:.1f} | {t_nat * 1e3:.1f} | "
