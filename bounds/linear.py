@@ -416,18 +416,22 @@ def crown(
     return torch.maximum(lb, lb_i), (torch.minimum(ub, ub_i) if upper else None)
 
 
-def _ascent_step(opt: torch.optim.Optimizer, params: list[torch.Tensor],
-                 val: torch.Tensor) -> None:
-    """One Adam step raising sum(val) over the slopes ``params``, projected to [0, 1]."""
+def ascent_step(opt: torch.optim.Optimizer, params: list[torch.Tensor],
+                val: torch.Tensor, nonneg: list[torch.Tensor] | tuple = ()) -> None:
+    """One step of ``opt`` raising sum(val) over the slopes ``params`` and the multipliers
+    ``nonneg`` (beta-CROWN's), then projected: slopes to [0, 1], multipliers to >= 0."""
     opt.zero_grad()
+    both = [*params, *nonneg]
     # autograd.grad (not backward) so the network's .grad stays untouched
-    grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
-    for a, g in zip(params, grads):
+    grads = torch.autograd.grad(-val.sum(), both, allow_unused=True)
+    for a, g in zip(both, grads):
         a.grad = torch.zeros_like(a) if g is None else g
     opt.step()
     with torch.no_grad():
         for a in params:
             a.clamp_(0, 1)
+        for b in nonneg:
+            b.clamp_(min=0)
 
 
 def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, lr):
@@ -438,7 +442,7 @@ def _optimize_alphas(rest, fb, A, act_d, alphas, best, best_alphas, iterations, 
     opt = torch.optim.Adam(params, lr=lr)
     with torch.enable_grad():
         for _ in range(iterations):
-            _ascent_step(opt, params, _concretize_rows(rest, fb, A, act_d, alphas))
+            ascent_step(opt, params, _concretize_rows(rest, fb, A, act_d, alphas))
             with torch.no_grad():
                 val = _concretize_rows(rest, fb, A, act_d, alphas)
                 better = val > best
@@ -509,7 +513,7 @@ def _optimize_all_alphas(rest, fb, A, act, alphas, best, iterations, lr, patienc
             stale = 0 if gain > 1e-6 * (1.0 + float(best.abs().sum())) else stale + 1
             if it == iterations or stale >= patience:
                 break
-            _ascent_step(opt, params, val)
+            ascent_step(opt, params, val)
     return best
 
 

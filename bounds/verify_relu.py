@@ -35,7 +35,7 @@ import torch
 
 from bounds import graph
 from bounds.exact import relu_chain, relu_program
-from bounds.linear import activation_bounds, backward, relu_relaxation
+from bounds.linear import activation_bounds, ascent_step, backward, relu_relaxation
 from bounds.perturbation import LpBall
 
 __all__ = ["ReluSetup", "bound_domains", "branch", "leaf_minimum", "optimize_domains"]
@@ -254,15 +254,6 @@ def optimize_domains(setup: ReluSetup, C, act: dict, splits: dict, lb: torch.Ten
         for _ in range(iterations):
             val = _final_pass(setup, C, act, splits, alphas, betas)
             best = torch.maximum(best, val.detach())
-            opt.zero_grad()
-            grads = torch.autograd.grad(-val.sum(), params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = torch.zeros_like(p) if g is None else g
-            opt.step()
-            with torch.no_grad():
-                for a in alphas.values():
-                    a.clamp_(0, 1)
-                for b in betas.values():
-                    b.clamp_(min=0)
+            ascent_step(opt, list(alphas.values()), val, list(betas.values()))
     with torch.no_grad():
         return torch.maximum(best, _final_pass(setup, C, act, splits, alphas, betas))
