@@ -462,7 +462,7 @@ def _inner_alpha_size(rest: list[Layer]) -> int:
                enumerate(sizes))
 
 
-def _all_layers_pay(rest: list[Layer]) -> bool:
+def all_layers_pay(rest: list[Layer]) -> bool:
     """Intermediate slopes are optimized when some ReLU's input bounds come from CROWN (a
     ReLU after the first one): on fully connected nets always, on convolution stacks when
     the per-row intermediate slopes of one batch element fit in ``_ALL_LAYERS_CONV_MAX``
@@ -471,10 +471,10 @@ def _all_layers_pay(rest: list[Layer]) -> bool:
     relus = [k for k, layer in enumerate(rest) if layer.kind == "relu"]
     if len(relus) <= 1:
         return False
-    return _conv_alphas_fit(rest, 1)
+    return conv_alphas_fit(rest, 1)
 
 
-def _conv_alphas_fit(rest: list[Layer], batch: int) -> bool:
+def conv_alphas_fit(rest: list[Layer], batch: int) -> bool:
     """No convolution, or the per-row intermediate slopes of ``batch`` elements fit in
     ``_ALL_LAYERS_CONV_MAX`` entries."""
     if all(layer.kind != "conv" for layer in rest):
@@ -554,8 +554,8 @@ def alpha_crown(
     with torch.no_grad():
         best = _concretize_rows(rest, fb, A, act_d)
     best_alphas = {k: a.clone() for k, a in alphas.items()}
-    if (alphas and iterations > 0 and not torch.is_grad_enabled() and _all_layers_pay(rest)
-            and _conv_alphas_fit(rest, B)):
+    if (alphas and iterations > 0 and not torch.is_grad_enabled() and all_layers_pay(rest)
+            and conv_alphas_fit(rest, B)):
         return _rows(_optimize_all_alphas(rest, fb, A, act_d, alphas, best, iterations, lr),
                      m, upper)
     if alphas and iterations > 0:

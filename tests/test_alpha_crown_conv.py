@@ -37,7 +37,7 @@ def test_conv_every_layer_alpha_is_sound_and_tighter(seed, one_thread, monkeypat
     with torch.no_grad():
         cr = bounds.compute(net, ball, "crown")
         full = bounds.compute(net, ball, "alpha-crown", alpha_iterations=20)
-        monkeypatch.setattr(linear, "_all_layers_pay", lambda rest: False)
+        monkeypatch.setattr(linear, "all_layers_pay", lambda rest: False)
         last = bounds.compute(net, ball, "alpha-crown", alpha_iterations=20)
         pts = sample_ball(ball, 4000, torch.Generator().manual_seed(100 + seed))
         out = net(pts.reshape(-1, 1, 6, 6)).reshape(4000, 2, -1)
@@ -68,6 +68,6 @@ def test_large_conv_stacks_keep_crown_intermediates():
         nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 512),
         nn.ReLU(), nn.Linear(512, 6))
-    assert not linear._all_layers_pay(parse(nature, (4, 84, 84)))
-    assert linear._all_layers_pay(parse(small_cnn(0), (1, 6, 6)))
-    assert not linear._conv_alphas_fit(parse(small_cnn(0), (1, 6, 6)), batch=10**7)
+    assert not linear.all_layers_pay(parse(nature, (4, 84, 84)))
+    assert linear.all_layers_pay(parse(small_cnn(0), (1, 6, 6)))
+    assert not linear.conv_alphas_fit(parse(small_cnn(0), (1, 6, 6)), batch=10**7)
