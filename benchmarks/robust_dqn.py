@@ -534,7 +534,9 @@ def sidecar(name: str, res: dict, results: list[dict], src: Path) -> dict:
         "seed": res["seed"],
         "network": ("SortNet Q-network (certrl.nets lipschitz_q), from scratch" if sortnet
                     else "MLP 4-64-64-2 (ReLU), double DQN, not dueling"),
-        "command": res["command"], "init_agent": res.get("init_agent"),
+        "command": res["command"].replace(f"{ROOT}/", ""),
+        "init_agent": None if res.get("init_agent") is None else {
+            **res["init_agent"], "path": res["init_agent"]["path"].replace(f"{ROOT}/", "")},
         "benchmark": "benchmarks/robust_dqn.py (one run of the committed table, "
                      "benchmarks/results/robust_dqn.md)",
         "selection": f"{SHIP_RULE_ROBUST}; seeds {sorted(r['seed'] for r in results)}",
