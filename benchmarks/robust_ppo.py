@@ -372,7 +372,8 @@ def estimate_lines(rows: list[dict]) -> list[str]:
     for m, h in one.items():
         out.append(f"| {METHODS[m][0]} | {h:.1f} | {3 * h:.1f} | {5 * h:.1f} |")
         tot3, tot5 = tot3 + 3 * h, tot5 + 5 * h
-    out.append(f"| all methods | {sum(one.values()):.1f} | {tot3:.1f} | {tot5:.1f} |")
+    if len(one) > 1:
+        out.append(f"| all methods | {sum(one.values()):.1f} | {tot3:.1f} | {tot5:.1f} |")
     return out
 
 
