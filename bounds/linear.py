@@ -219,7 +219,7 @@ def _intermediate_crown(
     for start in range(0, total, chunk):
         sel = index[start : start + chunk]
         eye = torch.zeros(sel.numel(), n, dtype=ball.center.dtype, device=ball.center.device)
-        eye[torch.arange(sel.numel()), sel] = 1.0
+        eye[torch.arange(sel.numel(), device=sel.device), sel] = 1.0
         eye = eye.reshape(1, sel.numel(), *out_shape)
         A = torch.cat([eye, -eye], dim=1)
         sub = None
