@@ -428,7 +428,7 @@ def write_sidecar(pick: dict, s: str, runs: list[dict], targets: dict) -> None:
             "method": pick["method"], "command": pick["command"],
             "init_agent": agent.metadata.get("init_agent"), "identity": agent_identity(agent),
             "benchmark": "benchmarks/smoothing_dqn.py (benchmarks/results/smoothing_dqn.md)",
-            "selection": ship.__doc__.split("\n\n", 1)[1].strip(),
+            "selection": " ".join(ship.__doc__.split("\n\n", 1)[1].split()),
             "checkpoint_selection": agent.metadata.get("selection"),
             "targets": targets, "seeds": sorted(r["seed"] for r in runs),
             "measured": pick["by_sigma"][s], "natural_base": pick["natural"],
