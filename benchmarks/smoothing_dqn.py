@@ -431,7 +431,9 @@ def write_sidecar(pick: dict, s: str, runs: list[dict], targets: dict) -> None:
             "selection": " ".join(ship.__doc__.split("\n\n", 1)[1].split()),
             "checkpoint_selection": agent.metadata.get("selection"),
             "targets": targets, "seeds": sorted(r["seed"] for r in runs),
-            "measured": pick["by_sigma"][s], "natural_base": pick["natural"],
+            "measured": {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                         for k, v in pick["by_sigma"][s].items()},  # -inf: n/a
+            "natural_base": pick["natural"],
             "eval_return_mean": pick["natural"],
             "smoothed_return_mean": pick["by_sigma"][s]["smoothed_natural"],
             "eval_episodes": EPISODES, "eval_seeds": f"0..{EPISODES - 1}", "where": WHERE,
