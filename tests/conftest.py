@@ -19,6 +19,17 @@ SHIPPED = "cartpole-dqn-vanilla"
 # The first shipped vanilla CartPole agent (before the 2026-12-05 re-ship), frozen for the
 # tests whose recorded numbers depend on one fixed set of weights.
 FROZEN = Path(__file__).parent / "data" / "cartpole-dqn-vanilla-v0.pt"
+
+
+def tiny_finetune(**over):
+    """A seconds-long DQN fine-tune config of the shipped vanilla agent with periodic
+    selection (60 steps, an evaluation of one episode every 10); ``over`` overrides."""
+    from certrl.algos.dqn import DQNConfig
+
+    base = dict(total_steps=60, learning_starts=5, buffer_size=500, eval_every=10,
+                eval_episodes=1)
+    base.update(over)
+    return DQNConfig.for_finetune(SHIPPED, **base)
 has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
 
 

@@ -5,20 +5,13 @@ import json
 import pytest
 
 import certrl
-from certrl.algos import DQN, DQNConfig
+from certrl.algos import DQN
 from certrl.algos import selection as S
 from certrl.certify.trajectory import gwc_rollout
 from certrl.cli import main
-from tests.conftest import FROZEN, SHIPPED, has_shipped
+from tests.conftest import FROZEN, SHIPPED, has_shipped, tiny_finetune
 
 pytestmark = has_shipped
-
-
-def _ft(**over) -> DQNConfig:
-    base = dict(total_steps=60, learning_starts=5, buffer_size=500, eval_every=10,
-                eval_episodes=1)
-    base.update(over)
-    return DQNConfig.for_finetune(SHIPPED, **base)
 
 
 def test_robust_score_is_the_min_of_natural_and_gwc_crown_on_the_same_episodes():
@@ -36,7 +29,7 @@ def test_robust_rule_picks_the_checkpoint_the_hand_made_evaluator_says(monkeypat
     gwc = iter([10, 200, 400, 300, 480, 90, 480])
     monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: next(nat))
     monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: next(gwc))
-    algo = DQN(_ft(threat={"eps": 0.02}), init_agent=SHIPPED)
+    algo = DQN(tiny_finetune(threat={"eps": 0.02}), init_agent=SHIPPED)
     algo.selection.set_select("robust", 0.02)
     algo.learn()
     sel = algo.selection
@@ -53,7 +46,7 @@ def test_robust_ties_go_to_the_later_evaluation(monkeypatch):
     monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: 500.0)
     scores = iter([5.0, 7.0, 7.0, 1.0, 7.0, 2.0, 0.0])
     monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: next(scores))
-    algo = DQN(_ft(), init_agent=SHIPPED)
+    algo = DQN(tiny_finetune(), init_agent=SHIPPED)
     algo.selection.set_select("robust", 0.05)
     algo.learn()
     assert algo.selection.best_step == 40
@@ -73,7 +66,7 @@ def test_select_is_validated_and_fixed_before_evaluations():
 def test_resume_keeps_the_robust_rule(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: 500.0)
     monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: 100.0 * eps)
-    half = DQN(_ft(), init_agent=SHIPPED)
+    half = DQN(tiny_finetune(), init_agent=SHIPPED)
     half.selection.set_select("robust", 0.03)
     half.learn(30)
     half.save(tmp_path / "latest.pt")

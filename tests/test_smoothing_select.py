@@ -6,22 +6,15 @@ import numpy as np
 import pytest
 
 import certrl
-from certrl.algos import DQN, DQNConfig
+from certrl.algos import DQN
 from certrl.algos import selection as S
 from certrl.cli import main
 from certrl.losses import make_loss
 from certrl.rollout import acting, play
 from certrl.smoothed import SmoothedAgent
-from tests.conftest import FROZEN, SHIPPED, has_shipped
+from tests.conftest import FROZEN, SHIPPED, has_shipped, tiny_finetune
 
 pytestmark = has_shipped
-
-
-def _ft(**over) -> DQNConfig:
-    base = dict(total_steps=60, learning_starts=5, buffer_size=500, eval_every=10,
-                eval_episodes=1)
-    base.update(over)
-    return DQNConfig.for_finetune(SHIPPED, **base)
 
 
 def test_smoothed_score_is_the_vote_agents_mean_return_on_the_eval_episodes():
@@ -49,7 +42,8 @@ def test_smoothed_rule_picks_the_checkpoint_the_hand_made_evaluator_says(monkeyp
 
     monkeypatch.setattr(S, "smoothed_score", fake)
     monkeypatch.setattr(S, "natural_score", lambda *a, **k: pytest.fail("natural scored"))
-    algo = DQN(_ft(), robust_loss=make_loss("dqn", "noise", sigma=0.05), init_agent=SHIPPED)
+    algo = DQN(tiny_finetune(), robust_loss=make_loss("dqn", "noise", sigma=0.05),
+               init_agent=SHIPPED)
     algo.selection.set_select("smoothed", sigma=0.05)
     algo.learn()
     sel = algo.selection
@@ -68,7 +62,8 @@ def test_smoothed_select_is_validated_and_kept_through_resume(tmp_path, monkeypa
         S.BestKeeper(10, 1).set_select("smoothed")
     monkeypatch.setattr(S, "smoothed_score", lambda agent, n, sigma, seed, env_kwargs=None:
                         1000.0 * sigma)
-    half = DQN(_ft(), robust_loss=make_loss("dqn", "noise", sigma=0.07), init_agent=SHIPPED)
+    half = DQN(tiny_finetune(), robust_loss=make_loss("dqn", "noise", sigma=0.07),
+               init_agent=SHIPPED)
     half.selection.set_select("smoothed", sigma=0.07)
     half.learn(30)
     half.save(tmp_path / "latest.pt")
