@@ -93,19 +93,34 @@ def make_tasks(out: Path, envs, seeds, methods, steps: Callable[[str], int],
 def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
              after_each: Callable[[], None]) -> None:
     """Run ``fn`` on the tasks without a result.json, ``workers`` processes (1 torch thread
-    each, a fresh process per task); ``after_each`` runs after every finished task."""
+    each, a fresh spawned process per task); ``after_each`` runs after every finished task.
+    One ``multiprocessing.Process`` per task instead of a ``Pool(maxtasksperchild=1)``,
+    which twice hung here after its last task (parent waiting, workers gone). Raises
+    RuntimeError naming the tasks whose process failed, after the others finished."""
     todo = [t for t in tasks if not (Path(t["dir"]) / "result.json").exists()]
     print(f"{len(tasks)} runs, {len(tasks) - len(todo)} done, {len(todo)} to go, "
           f"{workers} workers", flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-            for _ in pool.imap_unordered(fn, todo):
-                after_each()
-    else:
+    if workers <= 1:
         for t in todo:
             fn(t)
             after_each()
+        return
+    ctx, running, failed = mp.get_context("spawn"), [], []
+    while todo or running:
+        while todo and len(running) < workers:
+            task = todo.pop(0)
+            proc = ctx.Process(target=fn, args=(task,))
+            proc.start()
+            running.append((proc, task))
+        running[0][0].join(timeout=0.5)
+        for proc, task in [r for r in running if not r[0].is_alive()]:
+            running.remove((proc, task))
+            if proc.exitcode != 0:
+                failed.append(f"{task['dir']} (exit {proc.exitcode})")
+            after_each()
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: " + "; ".join(failed))
 
 
 def seed_values(runs: list[dict], value: Callable[[dict, str], float | None],
