@@ -176,10 +176,19 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true",
                     help="time by process CPU time (steadier on a loaded machine; use with "
                          "--threads 1) instead of wall time")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu | cuda[:N] | auto: where the MLP / CNN rows run (both backends; "
+                         "CUDA timings synchronize the device); alpha-cnn / verify stay on CPU")
     ap.add_argument("--alpha-seeds", type=int, default=2)
     ap.add_argument("--alpha-iterations", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from certrl.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"bounds_speed: {e}") from None
     if args.only == "verify":
         verify_table()
         return
@@ -197,15 +206,21 @@ def main() -> None:
     ]
     keep = {"mlp": [0], "cnn": [1, 2], "cnn-crown": [2]}.get(args.only, [0, 1, 2])
     cases = [c for i, c in enumerate(cases) if i in keep]
-    print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats} "
-          f"(best of, interleaved), seed {args.seed}"
+    print(f"torch {torch.__version__}, device {device}, threads {args.threads}, repeats "
+          f"{args.repeats} (best of, interleaved), seed {args.seed}"
           f"{', CPU time' if args.cpu_time else ''}")
     header = ("| network | batch | method | forward ms | native ms | lirpa ms | "
               "lirpa/native | native/forward | max abs diff |")
     print(header)
     print("|" + "---|" * 9)
+    def synced(fn):  # CUDA runs asynchronously: time until the device is done
+        if device.type != "cuda":
+            return fn
+        return lambda: (fn(), torch.cuda.synchronize(device))[0]
+
     for name, net, shape, batch, methods, eps, clip, margins in cases:
-        x = torch.rand((batch, *shape))
+        net = net.to(device)
+        x = torch.rand((batch, *shape)).to(device)
         kw = {} if clip is None else {"lower": clip[0], "upper": clip[1]}
         ball = bounds.LpBall(x, eps, **kw)
         with torch.no_grad():
@@ -213,11 +228,11 @@ def main() -> None:
                 slow = m == "crown" and len(shape) > 1  # full CROWN on the CNN: ~10 s a call
                 reps = 1 if slow else args.repeats
                 (t_fwd, t_nat, t_lir), (_, (ln, un), (ll, ul)) = timeit(
-                    [
+                    [synced(f) for f in (
                         lambda: net(x),
                         lambda: bounds.compute(net, ball, m),
                         lambda: bounds.compute(net, ball, m, backend="lirpa"),
-                    ],
+                    )],
                     reps,
                     warmup=True,
                     clock=time.process_time if args.cpu_time else time.perf_counter,
@@ -231,11 +246,11 @@ def main() -> None:
                 labels = net(x).argmax(1)
                 m = margins
                 (t_fwd, t_nat, t_lir), (_, ln, ll) = timeit(
-                    [
+                    [synced(f) for f in (
                         lambda: net(x),
                         lambda: bounds.margin_lower(net, ball, labels, m),
                         lambda: bounds.margin_lower(net, ball, labels, m, backend="lirpa"),
-                    ],
+                    )],
                     args.repeats,
                 )
                 fin = torch.isfinite(ln)

@@ -105,7 +105,8 @@ def bind_vs_per_call(net, xs, methods=("ibp", "crown"), per_state=40,
     new_ball = RadiusVerifier.ball
 
     def old_ball(self, idx, eps):  # the former path: a fully validated ball per step
-        return self.threat.ball(self.x[idx], torch.as_tensor(eps, dtype=self.x.dtype))
+        return self.threat.ball(self.x[idx], torch.as_tensor(eps, dtype=self.x.dtype,
+                                                             device=self.x.device))
     with torch.no_grad():
         lab = net(xs).argmax(dim=1)
     opts = CertifyOptions(radius=RadiusConfig(rtol=0.01), q_values=False)
@@ -158,15 +159,24 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu | cuda[:N] | auto: the device of the networks and states (the "
+                         "exact MILP rows solve on the CPU whatever this says)")
     ap.add_argument("--only", choices=("bind",), default=None,
                     help="run one section: bind = the radius search, bind vs per-call parse")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import certrl
+    from certrl.device import resolve_device
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"certify_speed: {e}") from None
+    print(f"device {device}")
     agent = certrl.load("cartpole-dqn-vanilla")
     ep = rollout(agent, 1, seed=0, max_steps=100 if args.quick else None)[0]
-    mlp, xs = agent.bounded_form(), ep.x
+    mlp, xs = agent.bounded_form().to(device), ep.x.to(device)
     if args.only == "bind":
         print(bind_table(mlp, xs, args.quick))
         return 0
@@ -177,13 +187,13 @@ def main() -> int:
             ("exact", 5, False, {}), ("ibp", B, True, {}), ("crown", B, True, {}),
             ("exact", 2, True, {})]
     rows = speed_rows("CartPole MLP 4-64-64-2", mlp, xs, 0.01, plan)
-    lip = bounds.LipschitzMLP(4, 2, hidden=64, depth=3).eval()
+    lip = bounds.LipschitzMLP(4, 2, hidden=64, depth=3).eval().to(device)
     rows += speed_rows("SortNet 4-64-64-2 (random)", lip, xs, 0.01,
                        [("lipschitz", B, False, {}), ("lipschitz", B, True, {})])
     torch.manual_seed(0)
     cnn = build_network({"type": "q", "body": {"kind": "cnn", "in_shape": [4, 84, 84]},
-                         "n_out": 6, "dueling": False}).bounded_form().eval()
-    xc = torch.rand(32, 4, 84, 84, generator=torch.Generator().manual_seed(0))
+                         "n_out": 6, "dueling": False}).bounded_form().eval().to(device)
+    xc = torch.rand(32, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
     smc = {"smoothing": SmoothingConfig(sigma=0.1, n0=20, n=100, batch_size=500)}
     cplan = [("ibp", 32, False, {}), ("crown-ibp", 32 if not args.quick else 8, False, {}),
              ("crown", 1, False, {}), ("smoothing", 4, False, smc), ("exact", 1, False, {})]
