@@ -30,6 +30,20 @@ def tiny_finetune(**over):
                 eval_episodes=1)
     base.update(over)
     return DQNConfig.for_finetune(SHIPPED, **base)
+
+
+def check_counterexample(net, ball, C, d, res, mode="all") -> None:
+    """A ``bounds.verify`` counterexample lies in the ball and breaks the property
+    C f(x) > d: in some row (mode "all", which needs every row) or in every row
+    (mode "any", which needs one)."""
+    lo, hi = ball.box()
+    p = res.counterexample.unsqueeze(0)
+    assert (p >= lo).all() and (p <= hi).all()
+    with torch.no_grad():
+        v = net(p) @ C.T - d
+    assert (v.amin() if mode == "all" else v.amax()) <= 0
+
+
 has_shipped = pytest.mark.skipif(SHIPPED not in shipped_agents(), reason="no shipped agent")
 
 

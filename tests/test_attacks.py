@@ -13,11 +13,8 @@ from certrl.evaluate import evaluate
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (``conftest.one_thread``)."""
 
 
 def _net(din=8, dout=4, seed=0):

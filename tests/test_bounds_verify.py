@@ -7,6 +7,7 @@ from torch import nn
 import bounds
 from bounds.exact import milp_margin
 from bounds.verify import verify
+from tests.conftest import check_counterexample
 
 
 def tiny(seed, din=3, w=8, dout=3, depth=2):
@@ -29,15 +30,6 @@ def _margin_case(seed):
     return net, x, eps, label, C
 
 
-def _check_counterexample(net, ball, C, d, res, mode="all"):
-    lo, hi = ball.box()
-    p = res.counterexample.unsqueeze(0)
-    assert (p >= lo).all() and (p <= hi).all()
-    with torch.no_grad():
-        v = net(p) @ C.T - d
-    assert (v.amin() if mode == "all" else v.amax()) <= 0
-
-
 @pytest.mark.parametrize("chunk", range(6))
 def test_verify_agrees_with_milp(chunk):
     """30 random specs per chunk (180 in all): verified iff the MILP minimum is > 0."""
@@ -56,7 +48,7 @@ def test_verify_agrees_with_milp(chunk):
         assert res.status == want, (seed, m, res)
         seen[want] += 1
         if want == "falsified":
-            _check_counterexample(net, ball, C, torch.zeros(2), res)
+            check_counterexample(net, ball, C, torch.zeros(2), res)
             assert res.value >= m - 1e-4  # no point goes below the exact minimum
         else:  # the proven bound is positive and below the exact minimum
             assert 0 < res.lower <= m + 1e-5, (seed, m, res.lower)
@@ -75,7 +67,7 @@ def test_offset_d_and_single_output(seed):
     assert verify(net, ball, C, torch.tensor([m - 0.01])).status == "verified"
     res = verify(net, ball, C, torch.tensor([m + 0.01]))
     assert res.status == "falsified"
-    _check_counterexample(net, ball, C, torch.tensor([m + 0.01]), res)
+    check_counterexample(net, ball, C, torch.tensor([m + 0.01]), res)
 
 
 def test_any_mode():
@@ -91,7 +83,7 @@ def test_any_mode():
     assert verify(net, ball, C, torch.tensor([t, -t - 0.05]), mode="all").status == "falsified"
     res = verify(net, ball, C, torch.tensor([t + 0.01, -t + 0.01]), mode="any")
     assert res.status == "falsified"
-    _check_counterexample(net, ball, C, torch.tensor([t + 0.01, -t + 0.01]), res, "any")
+    check_counterexample(net, ball, C, torch.tensor([t + 0.01, -t + 0.01]), res, "any")
 
 
 def test_timeout_and_budget_give_unknown():

@@ -8,6 +8,7 @@ import bounds
 from bounds.exact import milp_margin
 from bounds.verify import verify
 from bounds.verify_relu import ReluSetup, bound_domains, optimize_domains
+from tests.conftest import check_counterexample
 
 
 def mlp(seed, din, w=6, dout=3, depth=2):
@@ -28,15 +29,6 @@ def _case(seed, w=6):
     label = int(net(x).argmax(1))
     C = bounds.margin_spec(torch.tensor([label]), 3)[0][torch.arange(3) != label]
     return net, x, eps, label, C
-
-
-def _check_counterexample(net, ball, C, d, res, mode="all"):
-    lo, hi = ball.box()
-    p = res.counterexample.unsqueeze(0)
-    assert (p >= lo).all() and (p <= hi).all()
-    with torch.no_grad():
-        v = net(p) @ C.T - d
-    assert (v.amin() if mode == "all" else v.amax()) <= 0
 
 
 def _agree(seeds, leaf_relus, w=6, timeout_s=60.0, allow_unknown=False):
@@ -62,7 +54,7 @@ def _agree(seeds, leaf_relus, w=6, timeout_s=60.0, allow_unknown=False):
         assert res.status == want, (seed, m, res)
         seen[want] += 1
         if want == "falsified":
-            _check_counterexample(net, ball, C, torch.zeros(2), res)
+            check_counterexample(net, ball, C, torch.zeros(2), res)
             assert res.value >= m - 1e-4
         else:
             assert 0 < res.lower <= m + 1e-5, (seed, m, res.lower)
@@ -107,7 +99,7 @@ def test_offset_specs_need_splits():
     assert 0 < res.lower <= 0.01 + 1e-5
     res = verify(net, ball, C, torch.tensor([m + 0.01]), split="relu", leaf_relus=4)
     assert res.status == "falsified"
-    _check_counterexample(net, ball, C, torch.tensor([m + 0.01]), res)
+    check_counterexample(net, ball, C, torch.tensor([m + 0.01]), res)
 
 
 def test_any_mode_relu():
@@ -123,7 +115,7 @@ def test_any_mode_relu():
     d = torch.tensor([t + 0.01, -t + 0.01])
     res = verify(net, ball, C, d, mode="any", split="relu", leaf_relus=0)
     assert res.status == "falsified"
-    _check_counterexample(net, ball, C, d, res, "any")
+    check_counterexample(net, ball, C, d, res, "any")
 
 
 def test_split_domain_bounds_are_sound():
@@ -168,7 +160,7 @@ def test_timeout_budget_and_auto():
                  leaf_relus=0)
     assert res.status in ("unknown", "falsified")
     if res.status == "falsified":
-        _check_counterexample(net, ball, C, torch.tensor([t - 1e-3]), res)
+        check_counterexample(net, ball, C, torch.tensor([t - 1e-3]), res)
     assert verify(net, ball, C, timeout_s=0.0, split="auto").stats["split"] == "relu"
     small = mlp(0, 3)
     r = verify(small, bounds.LpBall(torch.zeros(1, 3), 0.1), torch.eye(3)[:1], split="auto")

@@ -29,11 +29,8 @@ SOUND = ("ibp", "crown", "crown-ibp", "alpha-crown")
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (``conftest.one_thread``)."""
 
 
 BARE = CertifyOptions(radius=False, q_values=False)  # action certificate only

@@ -18,11 +18,8 @@ PPO_LOSSES = [("sa", "ibp"), ("radial", "crown-ibp"), ("wocar", "ibp"), ("car", 
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (``conftest.one_thread``)."""
 
 
 def _dqn(name, solver, steps=300, **kw):

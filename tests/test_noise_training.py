@@ -16,11 +16,8 @@ from certrl.smoothed import agent_smoothing_sigma, resolve_sigma
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (``conftest.one_thread``)."""
 
 
 def _dqn(sigma=0.3, steps=200, **kw):

@@ -35,11 +35,8 @@ class _Cfg:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (``conftest.one_thread``)."""
 
 
 def linear_gaussian(w=(1.0, -2.0), std=2.0):

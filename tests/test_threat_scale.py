@@ -19,11 +19,8 @@ TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (``conftest.one_thread``)."""
 
 
 def _scale_for(shape, seed=0):
