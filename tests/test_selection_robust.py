@@ -137,3 +137,35 @@ def test_ship_rule_takes_the_highest_robust_selection_score_then_the_lower_seed(
             for s, v in ((0, 300.0), (1, 480.0), (2, 480.0), (3, 100.0))]
     assert rd.pick_seed_robust(runs)["seed"] == 1
     assert rd.pick_seed_robust(runs[2:])["seed"] == 2
+
+
+def _rows(env, method, natural, gwc, pgd, rate, e):
+    return [{"env": env, "method": method, "seed": s, "natural": natural, f"gwc_crown_{e:g}": gwc,
+             f"pgd_{e:g}": pgd, f"certfrac_crown_{e:g}": rate, "acr_crown": 0.01}
+            for s in range(3)]
+
+
+def test_targets_read_negative_returns_above_the_env_floor():
+    """Acrobot's returns are negative (floor -500): 80% of a natural -100 is -420, not -80,
+    and a vanilla GWC of -500 is below half its natural return (CartPole: floor 0)."""
+    rd = _bench()
+    e = rd.ENVS["Acrobot-v1"]["train_eps"]
+    rows = (_rows("Acrobot-v1", "vanilla", -100.0, -500.0, -120.0, 0.1, e)
+            + _rows("Acrobot-v1", "radial", -95.0, -400.0, -430.0, 0.35, e))
+    text = "\n".join(rd.target_lines("Acrobot-v1", rows))
+    assert "(target < 50% of natural: met)" in text
+    radial = next(line for line in text.splitlines() if line.startswith("| RADIAL"))
+    cells = [c.strip() for c in radial.split("|")[1:-1]]
+    # natural -95 >= floor + 0.9 * 400 = -140; GWC -400 >= -500 + 0.8 * 405 = -176? no;
+    # PGD -430 >= -176? no; rate 0.35 >= 0.1 + 0.2: met
+    assert cells[2].startswith("-95 (met") and cells[3].startswith("-400 (not met")
+    assert cells[4].startswith("-430 (not met") and cells[5].startswith("0.35 (met")
+    cp = rd.ENVS["CartPole-v1"]["train_eps"]
+    rows = (_rows("CartPole-v1", "vanilla", 500.0, 240.0, 500.0, 0.1, cp)
+            + _rows("CartPole-v1", "radial", 460.0, 370.0, 360.0, 0.2, cp))
+    text = "\n".join(rd.target_lines("CartPole-v1", rows))
+    assert "(target < 50% of natural: met)" in text
+    cells = [c.strip() for c in next(ln for ln in text.splitlines()
+                                     if ln.startswith("| RADIAL")).split("|")[1:-1]]
+    assert cells[2].startswith("460 (met") and cells[3].startswith("370 (met")
+    assert cells[4].startswith("360 (not met") and cells[5].startswith("0.2 (not met")
