@@ -12,6 +12,9 @@ Loop (CleanRL-style, one env):
     every ``eval_every`` steps (and at step 0 when fine-tuning): greedy natural evaluation,
         best weights kept (``certrl.algos.selection``; ``best_agent``)
 Only *terminated* ends bootstrapping; time-limit truncation still bootstraps.
+``num_envs`` = N > 1 acts in N envs at once, one batched forward pass per iteration, the
+schedule above still counted in env steps (``certrl.algos.dqn_vec``); N = 1 is the loop
+above, unchanged.
 
 Fine-tuning: ``DQN(cfg, robust_loss, init_agent=...)`` starts from a solved agent's Q
 weights (target = init), rescaled to this run's ``reward_scale``; ``DQNConfig.for_finetune``
@@ -55,10 +58,17 @@ from certrl.algos.base import (
     seed_everything,
     split_config,
 )
+from certrl.algos.dqn_vec import VecActing
 from certrl.algos.replay import FrameReplay, make_replay
 from certrl.algos.selection import BestKeeper
 from certrl.algos.tensor_pack import pack_tree, unpack_tree
-from certrl.envs import EnvReplayError, action_space_info, env_family, make_env
+from certrl.envs import (
+    EnvReplayError,
+    action_space_info,
+    env_family,
+    make_env,
+    make_vec_env,
+)
 from certrl.identity import agent_identity
 from certrl.io import atomic_torch_save, plain
 from certrl.losses.base import RobustLoss, TrainContext
@@ -142,6 +152,7 @@ class DQNConfig:
     eval_every: int = 0
     eval_episodes: int = 5
     eps_scale: str = "none"
+    num_envs: int = 1
 
     # old field names, accepted from old checkpoints, configs and --set (eps is the radius)
     LEGACY_NAMES: ClassVar[dict[str, str]] = {"eps_start": "exploration_start",
@@ -149,12 +160,12 @@ class DQNConfig:
                                               "eps_fraction": "exploration_fraction"}
     # fields added later: left out of run_group at these values (old runs keep their group)
     ADDED_FIELDS: ClassVar[dict] = {"reward_scale": 1.0, "eval_every": 0, "eval_episodes": 5,
-                                    "eps_scale": "none"}
+                                    "eps_scale": "none", "num_envs": 1}
 
     def __post_init__(self) -> None:
         check_config(self, pos_int=("total_steps", "buffer_size", "batch_size", "train_freq",
                                     "gradient_steps", "target_update_interval",
-                                    "eval_episodes"),
+                                    "eval_episodes", "num_envs"),
                      nonneg_int=("seed", "learning_starts", "eval_every"),
                      pos=("lr", "huber_delta", "max_grad_norm", "reward_scale"),
                      unit=("exploration_start", "exploration_end", "exploration_fraction"),
@@ -197,7 +208,7 @@ class DQNConfig:
         return cls.for_env(agent.env_id, **base)
 
 
-class DQN(Algorithm):
+class DQN(VecActing, Algorithm):
     """Deep Q-learning on a discrete-action env; ``learn()`` then ``agent``."""
 
     algo_name = "dqn"
@@ -210,12 +221,21 @@ class DQN(Algorithm):
         self.cfg = cfg
         self.robust_loss = robust_loss
         self.rng = seed_everything(cfg.seed)
-        self.env = make_env(cfg.env_id, cfg.seed, episode_seeds=(cfg.seed, 0), **cfg.env_kwargs)
-        aspace = action_space_info(self.env.action_space)
+        if cfg.num_envs == 1:
+            self.env = make_env(cfg.env_id, cfg.seed, episode_seeds=(cfg.seed, 0),
+                                **cfg.env_kwargs)
+            act_space, obs_space = self.env.action_space, self.env.observation_space
+        else:  # N envs (certrl.algos.dqn_vec), reset at the end of the constructor
+            self.env = None
+            self.envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, episode_seeds=True,
+                                     **cfg.env_kwargs)
+            act_space = self.envs.single_action_space
+            obs_space = self.envs.single_observation_space
+        aspace = action_space_info(act_space)
         if aspace["kind"] != "discrete":
             raise ValueError(f"DQN needs a discrete action space; {cfg.env_id} is continuous "
                              "(use --algo ppo)")
-        obs_shape = tuple(self.env.observation_space.shape)
+        obs_shape = tuple(obs_space.shape)
         q = build_network(self._q_spec(obs_shape, aspace))
         self.agent_obj = self._make_agent({"q": q}, obs_shape, aspace)
         self.init_info: dict = {}
@@ -240,8 +260,11 @@ class DQN(Algorithm):
         self.selection = None if cfg.eval_every == 0 else BestKeeper(
             cfg.eval_every, cfg.eval_episodes, from_init=bool(self.init_info),
             env_kwargs=cfg.env_kwargs)
-        self._obs, _ = self.env.reset()
-        self._ep_return, self._ep_len = 0.0, 0
+        if cfg.num_envs == 1:
+            self._obs, _ = self.env.reset()
+            self._ep_return, self._ep_len = 0.0, 0
+        else:
+            self.reset_vec()
 
     def _q_spec(self, obs_shape: tuple[int, ...], aspace: dict) -> dict:
         """The Q-network spec the config asks for."""
@@ -334,8 +357,9 @@ class DQN(Algorithm):
 
     @property
     def at_episode_start(self) -> bool:
-        """True right after a reset (a checkpoint here replays no actions)."""
-        return self._ep_len == 0
+        """True right after a reset (a checkpoint here replays no actions); with N envs
+        always (resume replays each sub-env's current episode)."""
+        return self.cfg.num_envs > 1 or self._ep_len == 0
 
     # ----------------------------------------------------------------- helpers
     def epsilon(self, step: int) -> float:
@@ -452,6 +476,9 @@ class DQN(Algorithm):
         """One env step, then ``gradient_steps`` updates every ``train_freq`` steps after
         ``learning_starts`` and a target update every ``target_update_interval`` steps."""
         cfg = self.cfg
+        if cfg.num_envs > 1:
+            self.vec_advance()
+            return
         self.maybe_evaluate()  # step 0 of a fine-tuning run: the init weights
         self.env_step()
         if self.global_step > cfg.learning_starts and self.global_step % cfg.train_freq == 0:
@@ -509,15 +536,16 @@ class DQN(Algorithm):
                         (every > 0 and self._replay_saves % every == 0):
                     self._write_replay(Path(replay_path))
                 rep["replay_file"] = self._replay_ref
+        envs = self.vec_state() if self.cfg.num_envs > 1 else {
+            "env": self.env.state(), "obs": np.asarray(self._obs).copy(),
+            "ep_return": float(self._ep_return), "ep_len": int(self._ep_len)}
         return {
             "global_step": self.global_step, "episodes": list(self.episodes),
             # packed losslessly (certrl.algos.tensor_pack): Adam's moments byte-shuffled and
             # compressed, the target stored as its XOR with the Q weights of this checkpoint
             "optimizer": pack_tree(self.optimizer.state_dict()),
             "target": pack_tree(self.target.state_dict(), self.agent_obj.nets["q"].state_dict()),
-            **rep, "rng": capture_rngs(self.rng),
-            "env": self.env.state(), "obs": np.asarray(self._obs).copy(),
-            "ep_return": float(self._ep_return), "ep_len": int(self._ep_len),
+            **rep, "rng": capture_rngs(self.rng), **envs,
             "robust_loss": (pack_tree(self.robust_loss.state_dict())
                             if self.robust_loss is not None else {}),
             "resume_caveats": list(self.resume_caveats),
@@ -570,7 +598,10 @@ class DQN(Algorithm):
         elif self.global_step > 0:
             self.note("the checkpoint holds no replay buffer (over the size cap); "
                        "training went on with an empty one")
-        self._restore_env(st)
+        if self.cfg.num_envs > 1:
+            self.restore_vec(st)
+        else:
+            self._restore_env(st)
         restore_rngs(st, self.rng)
 
     def _restore_env(self, st: dict) -> None:

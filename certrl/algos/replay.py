@@ -16,6 +16,14 @@ reuse is decided by comparing frames, never assumed. Frames live in a ring of
 one per episode start for episodes of >= 16 steps); a transition whose oldest frame was
 overwritten is evicted with the oldest transitions. Sampling draws a logical index
 u ~ U{0 .. size-1} (oldest first), as ``ArrayReplay`` does.
+
+Streams (DQN acting in N envs at once, ``DQNConfig.num_envs``): ``add(..., stream=i)``
+tracks the previous o' per stream, so N interleaved episodes still store about one frame
+per transition. Within one stream frame ids never decrease; across interleaved streams a
+transition may use older frames than the one stored before it, so once a stream other
+than 0 has been added, eviction and the checkpointed frame range look at every live
+transition's oldest frame (``min_ids``) instead of the oldest transition's only. Stream
+0 alone behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ class ArrayReplay:
     def __len__(self) -> int:
         return self.capacity if self.full else self.pos
 
-    def add(self, obs, action, reward, next_obs, done) -> None:
-        """Write the transition at ``pos`` (overwriting the oldest once full)."""
+    def add(self, obs, action, reward, next_obs, done, stream: int = 0) -> None:
+        """Write the transition at ``pos`` (overwriting the oldest once full); ``stream``
+        (the env index) is not needed here: every transition holds its own arrays."""
         i, a = self.pos, self.arrays
         a["obs"][i], a["next_obs"][i] = obs, next_obs
         a["actions"][i], a["rewards"][i], a["dones"][i] = action, reward, done
@@ -104,8 +113,10 @@ class FrameReplay:
         self.actions = np.zeros(n, np.int64)
         self.rewards = np.zeros(n, np.float32)
         self.dones = np.zeros(n, np.float32)
+        self.min_ids = np.zeros(n, np.int64)  # oldest frame id of each slot's transition
         self.start, self.size, self.n_frames = 0, 0, 0
-        self.last_next: np.ndarray | None = None  # ids of the last stored o'
+        self.last_next: np.ndarray | None = None  # ids of the last stored o' (stream 0)
+        self.stream_next: dict[int, np.ndarray] = {}  # the same for streams 1, 2, ...
 
     def __len__(self) -> int:
         return self.size
@@ -131,15 +142,20 @@ class FrameReplay:
     def _holds(self, ids: np.ndarray, obs: np.ndarray) -> bool:
         return bool(np.array_equal(self.frames[ids % self.frame_capacity], obs))
 
-    def add(self, obs, action, reward, next_obs, done) -> None:
-        """Store the transition (frames reused where equal, see the module docstring)."""
+    def add(self, obs, action, reward, next_obs, done, stream: int = 0) -> None:
+        """Store the transition (frames reused where equal, see the module docstring);
+        ``stream`` is the env the transition comes from (0 with one env)."""
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         if obs.shape != self.obs_shape or next_obs.shape != self.obs_shape \
                 or obs.dtype != np.uint8 or next_obs.dtype != np.uint8:
             raise ValueError(f"FrameReplay stores uint8 observations of shape "
                              f"{self.obs_shape}; got {obs.dtype} {obs.shape}")
-        if self.last_next is not None and self._holds(self.last_next, obs):
-            oi = self.last_next
+        stream = int(stream)
+        prev = self.last_next if stream == 0 else self.stream_next.get(stream)
+        # reuse only frames that the (at most k) frames put below cannot overwrite
+        if prev is not None and int(prev.min()) >= self.n_frames + self.k - self.frame_capacity \
+                and self._holds(prev, obs):
+            oi = prev
         else:
             oi = self._put_stack(obs)
         if self.k > 1 and np.array_equal(next_obs[:-1], obs[1:]):
@@ -151,14 +167,31 @@ class FrameReplay:
             self.start = (self.start + 1) % self.capacity
             self.size -= 1
         i = self.pos
-        self.obs_ids[i], self.next_ids[i] = oi, ni
+        self.obs_ids[i], self.next_ids[i], self.min_ids[i] = oi, ni, oi.min()
         self.actions[i], self.rewards[i], self.dones[i] = action, reward, done
         self.size += 1
-        self.last_next = ni
+        if stream == 0:
+            self.last_next = ni
+        else:
+            self.stream_next[stream] = ni
+
+    @property
+    def multi_stream(self) -> bool:
+        """True once a stream other than 0 has been added."""
+        return bool(self.stream_next)
 
     def _evict(self, lowest_kept: int) -> None:
-        """Drop the oldest transitions while they use a frame id below ``lowest_kept``
-        (ids are non-decreasing in insertion order, so the oldest go first)."""
+        """Drop the oldest transitions while one of them uses a frame id below
+        ``lowest_kept``. One stream: ids are non-decreasing in insertion order, so the
+        oldest go first. Several streams: through the newest live transition that does."""
+        if self.multi_stream:
+            if self.size and lowest_kept > 0:
+                u = np.nonzero(self.min_ids[self.slots(np.arange(self.size))] < lowest_kept)[0]
+                if len(u):
+                    drop = int(u[-1]) + 1
+                    self.start = (self.start + drop) % self.capacity
+                    self.size -= drop
+            return
         while self.size and self.obs_ids[self.start].min() < lowest_kept:
             self.start = (self.start + 1) % self.capacity
             self.size -= 1
@@ -179,9 +212,13 @@ class FrameReplay:
         return self.get(rng.integers(0, self.size, batch_size))
 
     def _live_frames(self) -> tuple[int, int]:
-        lo = int(self.obs_ids[self.start].min()) if self.size else self.n_frames
-        if self.last_next is not None:
-            lo = min(lo, int(self.last_next.min()))
+        if self.multi_stream and self.size:
+            lo = int(self.min_ids[self.slots(np.arange(self.size))].min())
+        else:
+            lo = int(self.obs_ids[self.start].min()) if self.size else self.n_frames
+        for ids in [self.last_next, *self.stream_next.values()]:
+            if ids is not None:
+                lo = min(lo, int(ids.min()))
         return lo, self.n_frames
 
     def nbytes(self) -> int:
@@ -203,6 +240,10 @@ class FrameReplay:
                "next_ids": t(self.next_ids[i]), "actions": t(self.actions[i]),
                "rewards": t(self.rewards[i]), "dones": t(self.dones[i]),
                "last_next": None if self.last_next is None else t(self.last_next.copy())}
+        if self.stream_next:  # other streams' last o' (only then: one-env checkpoints as before)
+            keys = sorted(self.stream_next)
+            rep["stream_next"] = {"streams": torch.tensor(keys, dtype=torch.int64),
+                                  "ids": t(np.stack([self.stream_next[j] for j in keys]))}
         return {"replay": rep, "buf_pos": self.size, "buf_full": self.size == self.capacity}
 
     def load_state_dict(self, st: dict) -> None:
@@ -226,6 +267,11 @@ class FrameReplay:
         self.start, self.size, self.n_frames = 0, n, hi
         ln = rep.get("last_next")
         self.last_next = None if ln is None else np.asarray(ln).astype(np.int64)
+        sn = rep.get("stream_next")
+        self.stream_next = {} if sn is None else {
+            int(j): np.asarray(ids).astype(np.int64)
+            for j, ids in zip(np.asarray(sn["streams"]), np.asarray(sn["ids"]))}
+        self.min_ids[:n] = self.obs_ids[:n].min(1) if n else 0
 
     def _load_arrays(self, rep: dict, pos: int, full: bool) -> None:
         n = len(rep["actions"])

@@ -81,6 +81,9 @@ def add_parser(sub) -> None:
     # test hook: SIGKILL this process right after the Nth latest.pt is written
     p.add_argument("--kill-after-checkpoint", type=positive_int, default=None,
                    help=argparse.SUPPRESS)
+    p.add_argument("--num-envs", type=positive_int, default=None, metavar="N",
+                   help="DQN: act in N envs at once (one batched forward pass per N env "
+                        "steps; the update schedule stays in env steps; default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_telemetry_flags(p)
     _add_finetune_flags(p)
@@ -255,6 +258,7 @@ def _resume_algo(args: argparse.Namespace, latest: Path):
     over = _overrides(cfg_cls, args.set)
     if args.steps:
         over["total_steps"] = args.steps
+    _num_envs_flag(args, algo_name, over)
     _threads(args, head["env_id"])
     with warnings.catch_warnings():  # caveats are printed as one-line notes below
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -276,6 +280,18 @@ def _finetune_flags(args: argparse.Namespace, over: dict) -> None:
         raise ValueError("--eps-scale std measures the observation std on the init agent's "
                          "trajectories: it needs --init-from")
     over.update(given)
+
+
+def _num_envs_flag(args: argparse.Namespace, algo: str, over: dict) -> None:
+    """--num-envs N into the overrides (DQN only; PPO's is --set num_envs=N)."""
+    if args.num_envs is None:
+        return
+    if algo != "dqn":
+        raise ValueError(f"--num-envs is a DQN option (got --algo {algo}); PPO sets its "
+                         "number of envs with --set num_envs=N")
+    if over.get("num_envs", args.num_envs) != args.num_envs:
+        raise ValueError(f"--num-envs {args.num_envs} but --set num_envs={over['num_envs']}")
+    over["num_envs"] = args.num_envs
 
 
 def _init_agent(args: argparse.Namespace):
@@ -310,6 +326,7 @@ def _new_algo(args: argparse.Namespace, out: Path, latest: Path):
     over["seed"] = args.seed
     if args.steps:
         over["total_steps"] = args.steps
+    _num_envs_flag(args, args.algo, over)
     _finetune_flags(args, over)
     rl = _robust_loss(args, args.algo)
     if args.train_eps is not None:
