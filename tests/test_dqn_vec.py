@@ -222,3 +222,31 @@ def test_dqn_pong_two_envs_uses_streams():
     rep = algo.replay
     assert isinstance(rep, FrameReplay) and set(rep.stream_next) == {1}
     assert len(rep) == 40 and rep.n_frames <= 40 + 2 * 4  # no episode ends in 20 steps
+
+
+def test_vec_evaluates_when_an_interval_is_crossed():
+    algo = DQN(tiny(3, 150, eval_every=50, eval_episodes=1)).learn()
+    assert [h[0] for h in algo.selection.history] == [51, 102, 150]
+
+
+def test_vec_with_a_robust_loss(tmp_path):
+    assert _train(tmp_path, "--algo", "dqn", "--num-envs", "2", "--loss", "sa", "--train-eps",
+                  "0.01", "--set", "learning_starts=20", "--set", "train_freq=4",
+                  "--set", "gradient_steps=1") in (0, None)
+    assert (tmp_path / "run" / "agent.pt").exists()
+
+
+def test_vec_pong_resume_rebuilds_envs_and_streams(tmp_path):
+    cfg = DQNConfig.for_env("ALE/Pong-v5", total_steps=40, learning_starts=1000,
+                            buffer_size=200, num_envs=2, seed=1)
+    full = DQN(cfg).learn()
+    part = DQN(cfg).learn(18)
+    part.save(tmp_path / "latest.pt")
+    again = DQN.resume(tmp_path / "latest.pt")
+    assert again.resume_caveats == [] and again.replay.stream_next.keys() == {1}
+    again.learn()
+    assert again.replay.n_frames == full.replay.n_frames
+    x, y = again.replay.get(np.arange(40)), full.replay.get(np.arange(40))
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+    np.testing.assert_array_equal(again._obs, full._obs)
