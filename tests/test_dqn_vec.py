@@ -54,6 +54,12 @@ def test_one_env_is_the_former_loop():
     assert "env" in st and "envs" not in st and not hasattr(algo, "envs")
 
 
+def test_one_env_keeps_its_run_group():  # recorded from commit 0a7550a, as above
+    assert DQN(tiny(1)).run_group == \
+        "9f44bc15dc07851713124784513ec1ab7b71040e7c413432f7e78d20bd79809a"
+    assert DQN(tiny(2)).run_group != DQN(tiny(1)).run_group
+
+
 def test_vec_counts_env_steps_and_schedules_updates_in_env_steps():
     cfg = tiny(4, 203, learning_starts=40, train_freq=8, gradient_steps=3,
                target_update_interval=20)
