@@ -317,8 +317,10 @@ def threat_words(env: str, rows: list[dict]) -> str:
     return f"l_inf, raw observation space, per-dimension scale {scale}"
 
 
-def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
-    """Markdown / LaTeX / CSV tables from OUT/**/result.json (``certrl.report``)."""
+def render(out: Path, envs: list[str], sweep_wall: float | None = None,
+           name: str = "robust_dqn") -> None:
+    """Markdown / LaTeX / CSV tables from OUT/**/result.json (``certrl.report``), written to
+    benchmarks/results/NAME.{md,tex,csv}."""
     rows = [mark_resumed(out, r) for r in all_results(out)]
     md, tex, tables = header(), [], []
     for env in envs:
@@ -331,8 +333,8 @@ def render(out: Path, envs: list[str], sweep_wall: float | None = None) -> None:
     if sweep_wall is not None:
         md.append(f"Sweep wall-clock of the last invocation: {sweep_wall / 60:.1f} min.")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_tables(RESULTS / "robust_dqn", md, tex, tables)
-    print(f"wrote {RESULTS / 'robust_dqn.md'} ({len(rows)} runs)", flush=True)
+    write_tables(RESULTS / name, md, tex, tables)
+    print(f"wrote {RESULTS / (name + '.md')} ({len(rows)} runs)", flush=True)
 
 
 def mark_resumed(out: Path, r: dict) -> dict:
@@ -656,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select", choices=("natural", "robust"), default=SELECT["select"],
                    help="best-checkpoint rule of the fine-tunes")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--name", default="robust_dqn",
+                   help="table files: benchmarks/results/NAME.{md,tex,csv}")
     p.add_argument("--ship", action="store_true",
                    help="copy one CartPole agent per method to certrl/agents/ (with sidecars)")
     args = p.parse_args(argv)
@@ -686,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
                   "train_eps": ENVS[t["env"]]["train_eps"]} for t in tasks]
         run_pool(run_one, tasks, args.workers, lambda: None)  # render: once at the end
         fill_attacks(out, args.envs, args.seeds)
-    render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None)
+    render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None,
+           args.name)
     return 0
 
 

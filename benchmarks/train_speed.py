@@ -248,7 +248,8 @@ def main() -> None:
         print(f"| {algo} | {env_id}{tag} | {res['steps_per_s']:.0f} | "
               f"{100 * res['update_share']:.0f}% | {rnd:.0f} | "
               f"{res['steps_per_s'] / rnd:.3f} |", flush=True)
-    print("DQN: batch 64 (Atari 32), one update per env step (Atari: every 4 steps); "
+    print("DQN: certrl's per-env defaults (DQNConfig.for_env; CartPole: batch 64, 128 "
+          "updates every 256 env steps; Atari: batch 32, an update every 4 env steps); "
           "PPO: CleanRL defaults (CartPole 4x128, 4 epochs; Hopper 4x512, 10 epochs, 32 "
           "minibatches). DQN on Hopper: n/a (continuous actions).")
     if args.pong_steps > 0:

@@ -92,7 +92,8 @@ def test_bad_specs_are_refused(bad, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["tiny", "robust_dqn", "robust_ppo", "robust_ppo_hopper"])
+@pytest.mark.parametrize("name", ["tiny", "robust_dqn", "robust_dqn_acrobot", "robust_ppo",
+                                  "robust_ppo_hopper"])
 def test_benchmark_specs_expand_to_valid_commands(name, tmp_path):
     """Every unit of the shipped specs is a command line certrl's own parser accepts."""
     from certrl.cli import build_parser
@@ -104,10 +105,47 @@ def test_benchmark_specs_expand_to_valid_commands(name, tmp_path):
             parser.parse_args(list(u.argv))
         except SystemExit:
             pytest.fail(f"{name}: certrl {' '.join(u.argv)} does not parse")
-    if name == "robust_dqn":  # 8 methods x 5 seeds, 4 jobs each
+    if name.startswith("robust_dqn"):  # 8 methods x 5 seeds, 4 jobs each
         assert len(units) == 8 * 5 * 5
         cert = [u for u in units if u.kind == "certify" and "/sortnet/" in u.uid]
         assert len(cert) == 5 and all("lipschitz" in u.argv for u in cert)
+
+
+def flag_pairs(argv) -> dict:
+    """{--flag: its values} of a certrl command line (paths of --out / --init-from dropped)."""
+    out, key = {}, None
+    for a in argv[1:]:
+        if a.startswith("--"):
+            key = a
+            out[key] = ()
+        elif key is not None:
+            out[key] += (a,)
+    out.pop("--out", None)
+    out.pop("--init-from", None)
+    return out
+
+
+@pytest.mark.parametrize("name,env", [("robust_dqn", "CartPole-v1"),
+                                      ("robust_dqn_acrobot", "Acrobot-v1")])
+def test_robust_dqn_specs_train_what_the_benchmark_script_trains(name, env, tmp_path):
+    """Every train unit of the robust DQN specs has the flags (loss, eps, solver, selection,
+    steps, evaluation) that benchmarks/robust_dqn.py gives the same (env, method, seed)."""
+    sys.path.insert(0, str(SPECS.parent))
+    try:
+        import robust_dqn
+    finally:
+        sys.path.remove(str(SPECS.parent))
+    units = [u for u in expand(load_spec(SPECS / f"{name}.yaml"), tmp_path) if u.kind == "train"]
+    methods = {u.uid.split("/")[1] for u in units}
+    assert methods == set(robust_dqn.METHODS)
+    for u in units:
+        method, seed = u.uid.split("/")[1], int(u.uid.split("/")[3].removeprefix("seed"))
+        ref = robust_dqn.train_argv(env, method, seed, tmp_path / "x",
+                                    robust_dqn.ENVS[env]["steps"])
+        assert flag_pairs(u.argv) == flag_pairs(ref), u.uid
+        if robust_dqn.METHODS[method][2] == "finetune":
+            init = u.argv[u.argv.index("--init-from") + 1]
+            assert init.endswith(f"{env}/vanilla/dqn-vanilla/seed{seed}/train")
 
 
 def test_job_names_repeat_on_disjoint_groups_only():
