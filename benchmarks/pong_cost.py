@@ -1,10 +1,12 @@
 """Measured CPU cost of a paper-protocol Pong run: vanilla DQN, then robust fine-tunes.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pong_cost.py            # ~10 min here
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pong_cost.py --quick    # smoke run
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pong_cost.py            # ~55 min here, niced
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pong_cost.py --quick    # smoke run (noise)
+    .venv/bin/python benchmarks/pong_cost.py --device cuda                # one GPU: wall time
 
 Every number is CPU time of ``certrl train`` subprocesses (1 torch thread, ``--no-progress``),
-so the other jobs of a shared machine change it little. Each phase runs twice, ``--short``
+so the other jobs of a shared machine change it little; with ``--device cuda`` it is wall
+time (the work is on the GPU). Each phase runs twice, ``--short``
 and ``--short + --steps`` env steps after the same warm-up, and the cost per env step is the
 difference of the two runs' CPU times divided by ``--steps``: start-up, imports, the warm-up
 and the final save cancel, what remains is the steady state (acting, replay, updates).
@@ -53,21 +55,24 @@ def child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def train_cpu(argv: list[str]) -> float:
-    """CPU seconds of one ``certrl train`` subprocess; raises if it fails."""
-    t0 = child_cpu()
-    cmd = [sys.executable, "-m", "certrl.cli", *argv, "--no-progress", "--threads", "1"]
+def train_cpu(argv: list[str], device: str = "cpu") -> float:
+    """Seconds of one ``certrl train`` subprocess (raises if it fails): CPU time (user +
+    system) on ``device="cpu"``; wall time on a GPU, where the work is not CPU time."""
+    t0, w0 = child_cpu(), time.perf_counter()
+    cmd = [sys.executable, "-m", "certrl.cli", *argv, "--no-progress", "--threads", "1",
+           "--device", device]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return child_cpu() - t0
+    return child_cpu() - t0 if device == "cpu" else time.perf_counter() - w0
 
 
-def per_step(base: list[str], out: Path, warm: int, short: int, steps: int) -> float:
+def per_step(base: list[str], out: Path, warm: int, short: int, steps: int,
+             device: str = "cpu") -> float:
     """CPU seconds per env step in the steady state: (cpu(short + steps) - cpu(short)) /
     steps, both runs with the same ``learning_starts`` warm-up and no checkpoint or eval."""
     common = ["--set", f"learning_starts={warm}", "--checkpoint-every", str(10 ** 9)]
-    cpu = [train_cpu([*base, "--steps", str(n), "--out", str(out / f"n{n}"), *common])
+    cpu = [train_cpu([*base, "--steps", str(n), "--out", str(out / f"n{n}"), *common], device)
            for n in (short, short + steps)]
     return (cpu[1] - cpu[0]) / steps
 
@@ -75,20 +80,22 @@ def per_step(base: list[str], out: Path, warm: int, short: int, steps: int) -> f
 def measure(args: argparse.Namespace, work: Path) -> dict:
     """CPU seconds per env step of the vanilla run and of each fine-tune."""
     van = ["train", "--env", ENV, "--algo", "dqn", "--seed", "0"]
-    out = {"vanilla": per_step(van, work / "vanilla", args.warm, args.short, args.steps)}
-    print(f"vanilla: {out['vanilla'] * 1e3:.1f} ms CPU per env step", flush=True)
+    out = {"vanilla": per_step(van, work / "vanilla", args.warm, args.short, args.steps,
+                               args.device)}
+    clock = "CPU" if args.device == "cpu" else "wall"
+    print(f"vanilla: {out['vanilla'] * 1e3:.1f} ms {clock} per env step", flush=True)
     init = work / "vanilla" / f"n{args.short + args.steps}"
     for name in args.losses:
         ft = ["train", "--init-from", str(init), "--seed", "0", "--eval-every", "0",
               *LOSSES[name], *(["--train-eps", f"{EPS}"] if LOSSES[name] else [])]
-        out[name] = per_step(ft, work / name, args.warm, args.short, args.steps)
-        print(f"{name}: {out[name] * 1e3:.1f} ms CPU per env step", flush=True)
+        out[name] = per_step(ft, work / name, args.warm, args.short, args.steps, args.device)
+        print(f"{name}: {out[name] * 1e3:.1f} ms {clock} per env step", flush=True)
     return out
 
 
 def table(cost: dict, base_steps: int, ft_steps: int) -> str:
     """Markdown: ms per env step, ratio to the vanilla fine-tune, projected core-hours."""
-    lines = ["| phase | CPU ms / env step | x vanilla fine-tune | env steps | core-hours |",
+    lines = ["| phase | ms / env step | x vanilla fine-tune | env steps | hours |",
              "|---|---:|---:|---:|---:|"]
     ref = cost.get("vanilla-ft")
     total = 0.0
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-steps", type=int, default=4_500_000)
     p.add_argument("--quick", action="store_true", help="tiny runs (a smoke test)")
     p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--device", default="cpu",
+                   help="certrl train --device; on a GPU the cost is wall time, not CPU time")
     args = p.parse_args(argv)
     if args.quick:
         args.warm, args.short, args.steps = 20, 30, 20
@@ -122,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pong_cost_") as tmp:
         cost = measure(args, Path(tmp))
     md = table(cost, args.base_steps, args.finetune_steps)
-    print(f"\nPong DQN, CPU time per env step ({platform.machine()}, 1 torch thread), "
+    clock = "CPU time" if args.device == "cpu" else f"wall time on {args.device}"
+    print(f"\nPong DQN, {clock} per env step ({platform.machine()}, 1 torch thread), "
           f"steady state over {args.steps} env steps after {args.short}:\n\n{md}")
     print(f"\nwall time of this benchmark: {time.perf_counter() - t0:.0f} s")
     if args.json:
         import torch
 
-        rec = {"command": sys.argv, "cpu_s_per_env_step": cost, "warm": args.warm,
+        rec = {"command": sys.argv, "device": args.device,
+               "clock": "cpu" if args.device == "cpu" else "wall",
+               "s_per_env_step" if args.device != "cpu" else "cpu_s_per_env_step": cost,
+               "warm": args.warm,
                "short": args.short, "steps": args.steps, "base_steps": args.base_steps,
                "finetune_steps": args.finetune_steps, "eps": EPS,
                "versions": {"torch": torch.__version__, "python": platform.python_version()},
