@@ -369,6 +369,10 @@ def target_lines(env: str, er: list[dict]) -> list[str]:
     v = target_values(er, "vanilla", e)
     if v is None or v["natural"] is None:
         return []
+    if v["gwc"] is None or v["rate"] is None:  # vanilla not certified at this train eps
+        return [f"### Issue 11 targets at the train eps {e:g}", "",
+                f"Not computed: the vanilla bases have no GWC-CROWN / CROWN rate at {e:g} "
+                "(they were evaluated at another train eps's columns).", ""]
 
     def at_least(x, frac: float, ref: float) -> bool:  # (x - floor) >= frac (ref - floor)
         return x is not None and x - f >= frac * (ref - f)
