@@ -55,7 +55,7 @@ def child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def train_cpu(argv: list[str], device: str = "cpu") -> float:
+def train_seconds(argv: list[str], device: str = "cpu") -> float:
     """Seconds of one ``certrl train`` subprocess (raises if it fails): CPU time (user +
     system) on ``device="cpu"``; wall time on a GPU, where the work is not CPU time."""
     t0, w0 = child_cpu(), time.perf_counter()
@@ -69,12 +69,14 @@ def train_cpu(argv: list[str], device: str = "cpu") -> float:
 
 def per_step(base: list[str], out: Path, warm: int, short: int, steps: int,
              device: str = "cpu") -> float:
-    """CPU seconds per env step in the steady state: (cpu(short + steps) - cpu(short)) /
-    steps, both runs with the same ``learning_starts`` warm-up and no checkpoint or eval."""
+    """Seconds (``train_seconds``: CPU, or wall on a GPU) per env step in the steady state:
+    (t(short + steps) - t(short)) / steps, both runs with the same ``learning_starts``
+    warm-up and no checkpoint or eval."""
     common = ["--set", f"learning_starts={warm}", "--checkpoint-every", str(10 ** 9)]
-    cpu = [train_cpu([*base, "--steps", str(n), "--out", str(out / f"n{n}"), *common], device)
+    sec = [train_seconds([*base, "--steps", str(n), "--out", str(out / f"n{n}"), *common],
+                         device)
            for n in (short, short + steps)]
-    return (cpu[1] - cpu[0]) / steps
+    return (sec[1] - sec[0]) / steps
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
