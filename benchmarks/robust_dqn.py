@@ -61,8 +61,8 @@ from sweep import (  # noqa: E402
     make_tasks,
     metric_column,
     read_result,
-    run_pool,
     run_task,
+    run_tasks,
     seed_values,
     train_or_resume,
     write_result,
@@ -649,7 +649,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--episodes", type=int, default=EPISODES,
                    help="evaluation episodes per column")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2,
+                   help="runs at once (> 1: Ray tasks on a local Ray instance)")
+    p.add_argument("--address", default=None,
+                   help="run on the Ray cluster at this address instead (certrl[sweep])")
     p.add_argument("--out", default="runs/robust_dqn_ft02")
     p.add_argument("--bases-from", default=None, metavar="DIR",
                    help="copy the vanilla bases (OUT/<env>/vanilla/seedK) from an earlier "
@@ -686,13 +689,14 @@ def main(argv: list[str] | None = None) -> int:
                  if not (base_dir(out, e, s) / "agent.pt").exists()]
         print(f"phase 1: {len(bases)} vanilla bases to train", flush=True)
         if bases:
-            run_pool(train_bases, [{**b, "dir": str(base_dir(out, b["env"], b["seed"]))}
-                                   for b in bases], args.workers, lambda: None)
+            run_tasks(train_bases, [{**b, "dir": str(base_dir(out, b["env"], b["seed"]))}
+                                    for b in bases], args.workers, lambda: None, args.address)
         tasks = make_tasks(out, args.envs, args.seeds, args.methods,
                            lambda env: ENVS[env]["steps"], args.episodes)
         tasks = [{**t, "root": str(out), "select": args.select, "attack_plan": args.attacks,
                   "train_eps": ENVS[t["env"]]["train_eps"]} for t in tasks]
-        run_pool(run_one, tasks, args.workers, lambda: None)  # render: once at the end
+        run_tasks(run_one, tasks, args.workers, lambda: None,  # render: once at the end
+                  args.address)
         fill_attacks(out, args.envs, args.seeds)
     render(out, args.envs, time.perf_counter() - t0 if not args.render_only else None,
            args.name)

@@ -42,7 +42,7 @@ from sweep import (  # noqa: E402
     make_tasks,
     metric_column,
     read_result,
-    run_pool,
+    run_tasks,
     seed_values,
     train_or_resume,
     write_result,
@@ -408,7 +408,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "training env steps (ATLA: 488 x 2048)")
     p.add_argument("--paad-budget", type=int, default=999424, help="PA-AD director "
                    "training env steps")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once (> 1: Ray tasks on a local Ray instance)")
+    p.add_argument("--address", default=None,
+                   help="run on the Ray cluster at this address instead (certrl[sweep])")
     p.add_argument("--out", default="runs/robust_ppo")
     p.add_argument("--suffix", default="", help="table file suffix, e.g. _pilot")
     p.add_argument("--render-only", action="store_true")
@@ -424,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out, t0 = Path(args.out), time.perf_counter()
     if not args.render_only:
-        run_pool(run_one, make_run_tasks(args), args.workers,
-                 lambda: render(out, args.suffix))
+        run_tasks(run_one, make_run_tasks(args), args.workers,
+                  lambda: render(out, args.suffix), args.address)
     render(out, args.suffix, None if args.render_only else time.perf_counter() - t0,
            args.workers)
     return 0

@@ -1,15 +1,14 @@
 """What the robust-training sweeps share: train-or-resume one run through the CLI, each
-run's result.json (read, written atomically through ``certrl.records``), a pool of runs,
-and the table plumbing. The statistics (IQM, percentile bootstrap over seeds) and the
-rendering are ``certrl.report``'s (``value_table``, ``to_markdown``, ``to_latex``,
-``to_csv``): the benchmarks have no renderer or statistics of their own; ``iqm`` and
-``bootstrap_ci`` are re-exported from there."""
+run's result.json (read, written atomically through ``certrl.records``), the runner of a
+list of runs (``run_tasks``: in process, or as Ray tasks through the engine of ``certrl
+sweep``), and the table plumbing. The statistics (IQM, percentile bootstrap over seeds)
+and the rendering are ``certrl.report``'s (``value_table``, ``to_markdown``,
+``to_latex``, ``to_csv``): the benchmarks have no renderer or statistics of their own;
+``iqm`` and ``bootstrap_ci`` are re-exported from there."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from certrl.records import read_rows, write_text_atomic
 from certrl.report import Column, Table, bootstrap_ci, iqm, to_csv
 
 __all__ = ["all_results", "bootstrap_ci", "iqm", "make_tasks", "metric_column", "read_result",
-           "run_pool", "run_task", "seed_values", "train_or_resume", "write_result",
+           "run_task", "run_tasks", "seed_values", "train_or_resume", "write_result",
            "write_tables"]
 
 
@@ -90,37 +89,33 @@ def make_tasks(out: Path, envs, seeds, methods, steps: Callable[[str], int],
     return tasks
 
 
-def run_pool(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
-             after_each: Callable[[], None]) -> None:
-    """Run ``fn`` on the tasks without a result.json, ``workers`` processes (1 torch thread
-    each, a fresh spawned process per task); ``after_each`` runs after every finished task.
-    One ``multiprocessing.Process`` per task instead of a ``Pool(maxtasksperchild=1)``,
-    which twice hung here after its last task (parent waiting, workers gone). Raises
-    RuntimeError naming the tasks whose process failed, after the others finished."""
+def run_tasks(fn: Callable[[dict], dict], tasks: list[dict], workers: int,
+              after_each: Callable[[], None], address: str | None = None) -> None:
+    """Run ``fn`` on the tasks without a result.json: in this process, one after the other,
+    when ``workers`` <= 1 and no ``address``; otherwise as Ray tasks (one CPU and one torch
+    thread each) on a local Ray instance of ``workers`` CPUs, or on the Ray cluster at
+    ``address`` (``certrl.sweeps.ray_run.map_tasks``: the engine of ``certrl sweep``).
+    ``after_each`` runs after every finished task. Raises RuntimeError naming the tasks
+    that failed, after the others finished (a failed in-process task raises at once)."""
     todo = [t for t in tasks if not (Path(t["dir"]) / "result.json").exists()]
-    print(f"{len(tasks)} runs, {len(tasks) - len(todo)} done, {len(todo)} to go, "
-          f"{workers} workers", flush=True)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if workers <= 1:
+    where = f"Ray at {address}" if address else (
+        f"local Ray, {workers} CPUs" if workers > 1 else "in process")
+    print(f"{len(tasks)} runs, {len(tasks) - len(todo)} done, {len(todo)} to go ({where})",
+          flush=True)
+    if workers <= 1 and not address:
         for t in todo:
             fn(t)
             after_each()
         return
-    ctx, running, failed = mp.get_context("spawn"), [], []
-    while todo or running:
-        while todo and len(running) < workers:
-            task = todo.pop(0)
-            proc = ctx.Process(target=fn, args=(task,))
-            proc.start()
-            running.append((proc, task))
-        running[0][0].join(timeout=0.5)
-        for proc, task in [r for r in running if not r[0].is_alive()]:
-            running.remove((proc, task))
-            if proc.exitcode != 0:
-                failed.append(f"{task['dir']} (exit {proc.exitcode})")
-            after_each()
-    if failed:
-        raise RuntimeError(f"{len(failed)} run(s) failed: " + "; ".join(failed))
+    if not todo:
+        return
+    from certrl.sweeps.ray_run import map_tasks
+
+    res = map_tasks(fn, todo, [t["dir"] for t in todo], address=address,
+                    num_cpus=max(workers, 1), after_each=after_each)
+    if res.failed:
+        raise RuntimeError(f"{len(res.failed)} run(s) failed: " + "; ".join(
+            f"{d} ({why})" for d, why in res.failed.items()))
 
 
 def seed_values(runs: list[dict], value: Callable[[dict, str], float | None],
