@@ -89,6 +89,12 @@ def run_units(todo: list[Unit], out: str | Path, max_retries: int, address: str 
             ray.shutdown()
 
 
+def failure_text(e: Exception) -> str:
+    """One line naming a failed task's error (Ray wraps it: its ``cause``)."""
+    cause = getattr(e, "cause", None) or e
+    return f"{type(cause).__name__}: {cause}".replace("\n", " | ")
+
+
 def collect(ray, refs: dict, units: dict[str, Unit], progress: bool = True) -> Outcome:
     """Wait for every task, in completion order, recording markers and failures."""
     res = Outcome()
@@ -101,8 +107,7 @@ def collect(ray, refs: dict, units: dict[str, Unit], progress: bool = True) -> O
         try:
             res.finished.append(ray.get(ready[0]))
         except Exception as e:  # the task's error, after its retries, or a dependency's
-            cause = getattr(e, "cause", None) or e
-            res.failed[uid] = f"{type(cause).__name__}: {cause}".replace("\n", " | ")
+            res.failed[uid] = failure_text(e)
         bar.update(1)
         bar.set_postfix(failed=len(res.failed))
     bar.close()
@@ -153,9 +158,7 @@ def map_tasks(fn: Callable[[dict], dict], items: Sequence[dict], labels: Sequenc
             try:
                 res.finished.append(ray.get(ready[0]))
             except Exception as e:  # the task's error, after its retries
-                cause = getattr(e, "cause", None) or e
-                res.failed[label_of[ready[0]]] = \
-                    f"{type(cause).__name__}: {cause}".replace("\n", " | ")
+                res.failed[label_of[ready[0]]] = failure_text(e)
             bar.update(1)
             if after_each is not None:
                 after_each()
