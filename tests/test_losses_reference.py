@@ -471,3 +471,37 @@ def test_radial_dueling_advantage_bounds_contain_the_scaled_set():
         for p in corners_and_samples(x, eps, n=100):
             a = net(p) - net.value(p)  # the centred advantage at p
             assert (a + v >= lb - 1e-5).all() and (a + v <= ub + 1e-5).all()
+
+
+# ------------------------------------------------------------------ CAR-DQN --trades
+
+
+@pytest.mark.parametrize("kappa_end", [None, 0.0, 0.8, 1.0])
+def test_car_trades_form_equals_its_formula(kappa_end):
+    """CAR: sum_i p_i h(delta_i), p = softmax(h / lambda); with kappa_end (the reference's
+    --trades) kappa mean h(TD) + (1 - kappa) of it. Q0 = 2x is exact under IBP: over
+    [x - e, x + e] its bounds are 2x -+ 2e."""
+    net, eps, lam = linear_q(), 0.25, 0.5
+    loss = CARDQNLoss(CARConfig(schedule=EpsSchedule(**NOW), lam=lam, kappa_end=kappa_end))
+    loss.setup({"q": net}, _Cfg())
+    x, y = torch.tensor([[0.5], [1.0]]), torch.tensor([0.2, 3.0])
+    batch = {"obs": x, "actions": torch.tensor([0, 0]), "td_target": y}
+    td = torch.tensor([0.3, 0.7])  # any per-sample TD loss: only its mean enters
+    got, _ = loss.modify_td_loss(td, ctx(batch, {"q": net}, eps))
+    delta = [max(abs(2 * xi + 2 * eps - yi), abs(2 * xi - 2 * eps - yi))
+             for xi, yi in ((0.5, 0.2), (1.0, 3.0))]
+    h = torch.tensor([huber(d) for d in delta])
+    p = torch.softmax(h / lam, dim=0)
+    worst = float((p * h).sum())
+    want = worst if kappa_end is None else kappa_end * 0.5 + (1 - kappa_end) * worst
+    assert float(got.detach()) == pytest.approx(want, rel=1e-5)
+
+
+def test_car_trades_weight_checked_and_old_configs_mean_the_soft_max_alone():
+    with pytest.raises(ValueError, match="kappa_end"):
+        CARConfig(kappa_end=1.5)
+    old = make_loss("dqn", "car").config()
+    old.pop("kappa_end", None)
+    assert loss_from_config(old).cfg.kappa_end is None
+    trades = make_loss("dqn", "car", kappa_end=0.8)
+    assert loss_from_config(trades.config()).cfg.kappa_end == 0.8

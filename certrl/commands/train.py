@@ -96,7 +96,9 @@ def add_parser(sub) -> None:
                    help="inner solver: ibp, crown-ibp (beta 1 -> 0) or pgd (loss default)")
     r.add_argument("--pgd-steps", type=positive_int, default=None, help="PGD steps (solver pgd)")
     r.add_argument("--kappa", type=float, default=None, help="SA / WocaR / SortNet hinge weight")
-    r.add_argument("--kappa-end", type=float, default=None, help="RADIAL final TD weight")
+    r.add_argument("--kappa-end", type=float, default=None,
+                   help="RADIAL / WocaR final TD weight; CAR: the TD weight of the "
+                        "reference's --trades form (default: none, the soft max alone)")
     r.add_argument("--lambda", dest="lam", type=float, default=None,
                    help="CAR softmax temperature (0 = hard max)")
     r.add_argument("--reg", type=float, default=None, help="SA-PPO / WocaR-PPO weight")

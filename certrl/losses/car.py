@@ -6,7 +6,9 @@ worst-case TD errors:
     delta_i = max(|UB Q(s', a_i) - y_i|, |LB Q(s', a_i) - y_i|)   over s' in B(s_i, eps)  (IBP)
     delta_i = |Q(s_adv, a_i) - y_i|, s_adv = PGD argmax of (Q(s', a_i) - y_i)^2          (PGD)
     p = softmax(h(delta) / lambda)  (detached),   loss = sum_i p_i h(delta_i),
-h the Huber loss. lambda -> 0 gives the hard max, lambda -> inf the mean.
+h the Huber loss. lambda -> 0 gives the hard max, lambda -> inf the mean. With ``kappa_end``
+set (the reference's ``--trades`` True, kappa constant = ``--kappa-end``):
+    loss = kappa mean_i h(TD_i) + (1 - kappa) sum_i p_i h(delta_i).
 
 CAR-PPO as the reference (RyanHaoranLi/CAR-RL, ``robust_ppo_step`` with
 ``robust_add_clean_loss``): loss = L_clean + reg * sum_i p_i l_i(s_adv),
@@ -52,15 +54,22 @@ def soft_weights(values: Tensor, lam: float) -> Tensor:
 class CARConfig:
     """CAR-DQN: softmax temperature lam (lambda, reference 1), solver (ibp, crown-ibp or pgd:
     5 steps, the reference's training attack), eps schedule (the reference's RADIAL-style
-    smoothed ramp over 8/9 of the run)."""
+    smoothed ramp over 8/9 of the run), kappa_end (None: the soft max alone, the reference's
+    default ``--trades`` False; a value in [0, 1]: its ``--trades`` True form, the constant
+    TD weight kappa of kappa TD + (1 - kappa) soft max, the reference's ``--kappa-end``
+    default 0.8)."""
 
     lam: float = 1.0
     solver: SolverConfig = field(default_factory=lambda: SolverConfig("ibp", pgd_steps=5))
     schedule: EpsSchedule = field(default_factory=reference_ramp)
+    kappa_end: float | None = None
 
     def __post_init__(self) -> None:
         if self.lam < 0:
             raise ValueError(f"CAR lambda must be >= 0; got {self.lam}")
+        if self.kappa_end is not None and not 0.0 <= float(self.kappa_end) <= 1.0:
+            raise ValueError(f"CAR kappa_end (--trades TD weight) must lie in [0, 1]; "
+                             f"got {self.kappa_end}")
 
 
 class CARDQNLoss(ScheduledLoss):
@@ -86,7 +95,8 @@ class CARDQNLoss(ScheduledLoss):
         return torch.maximum((ub_a - y).abs(), (lb_a - y).abs())
 
     def modify_td_loss(self, td_loss: Tensor, ctx: TrainContext) -> tuple[Tensor, Logs]:
-        """sum_i p_i h(delta_i), p = softmax(h(delta) / lambda) (detached); the mean at eps 0."""
+        """sum_i p_i h(delta_i), p = softmax(h(delta) / lambda) (detached), or
+        kappa mean TD + (1 - kappa) of it with kappa_end set; the mean TD at eps 0."""
         eps = self.eps_at(ctx.step, ctx.threat)
         logs = {"train_eps": eps}
         if eps <= 0:
@@ -96,7 +106,11 @@ class CARDQNLoss(ScheduledLoss):
                          delta=float(ctx.huber_delta))
         p = soft_weights(h, self.cfg.lam)
         logs.update(car_worst_td=float(delta.detach().max()), car_weight_max=float(p.max()))
-        return (p * h).sum(), logs
+        worst = (p * h).sum()
+        if self.cfg.kappa_end is None:
+            return worst, logs
+        k = float(self.cfg.kappa_end)
+        return k * td_loss.mean() + (1 - k) * worst, logs
 
 
 CAR_RATIOS = ("reference", "clean")
