@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from certrl.cli import main
-from certrl.sweeps import Unit, expand, load_spec, parse_spec, plan, run_unit
+from certrl.sweeps import Unit, expand, load_spec, parse_spec, plan, run_unit, table_args
 from certrl.sweeps.units import MARKER, portable
 
 TINY = Path(__file__).resolve().parent.parent / "benchmarks" / "specs" / "tiny.yaml"
@@ -208,6 +208,34 @@ def test_failed_unit_leaves_no_marker(tmp_path):
     assert "no-such-agent" in (tmp_path / "x" / "certify" / "sweep.log").read_text()
 
 
+def test_table_args_name_each_row_by_its_spec_entry(tmp_path):
+    """OUT/table.args: every finished job's file, one --group per (entry, env, tag), members
+    the agent labels the files record; unfinished jobs and unlabelled files left out."""
+    spec = parse_spec({"train": [
+        {"name": "base", "env": "CartPole-v1", "algo": "dqn", "seeds": [0, 1], "steps": 100},
+        {"name": "robust", "init_from": "base", "loss": ["sa", "radial"], "train_eps": 0.01}],
+        "jobs": [{"name": "natural", "command": "evaluate"}]})
+    units = expand(spec, tmp_path)
+    jobs = [u for u in units if u.kind == "natural"]
+    for u in jobs:
+        if "radial" in u.uid and "seed1" in u.uid:
+            continue  # not finished: no marker
+        f = tmp_path / u.results
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"agent_label": f"LBL/{u.deps[0]}"}) + "\n{}\n")
+        (tmp_path / u.uid / MARKER).write_text("{}")
+    words = table_args(units, tmp_path)
+    files = [w for w in words if w.endswith(".jsonl")]
+    assert len(files) == 5 and all(Path(f).is_absolute() for f in files)
+    groups = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--group")
+    tag = "CartPole-v1:dqn-{}-eps0.01"
+    assert set(groups) == {"base", "robust:" + tag.format("sa"), "robust:" + tag.format("radial")}
+    assert groups["base"].split(",") == [f"LBL/CartPole-v1/base/dqn-vanilla/seed{k}/train"
+                                         for k in (0, 1)]
+    assert groups["robust:" + tag.format("radial")] == \
+        "LBL/CartPole-v1/robust/dqn-radial-eps0.01/seed0/train"
+
+
 def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     assert main(["sweep", str(TINY), "--out", str(tmp_path / "out")]) == 2
@@ -261,6 +289,10 @@ def test_tiny_sweep_on_local_ray_resumes_after_a_kill(tmp_path, capsys, keep_thr
     table = capsys.readouterr().out
     assert "CartPole-v1" in table and "(DQN, sa; 2 seeds)" in table \
         and "(DQN, vanilla; 2 seeds)" in table
+    assert main(["table", f"@{out / 'table.args'}"]) == 0  # rows named by spec entry
+    table = capsys.readouterr().out
+    assert "dqn:CartPole-v1:dqn-sa-eps0.05 (DQN, sa; 2 seeds)" in table \
+        and "dqn:CartPole-v1:dqn-vanilla (DQN, vanilla; 2 seeds)" in table
 
 
 def test_failure_report_names_the_failed_dependency():

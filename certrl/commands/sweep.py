@@ -10,7 +10,7 @@ from pathlib import Path
 
 from certrl.commands.common import positive_int
 from certrl.records import write_text_atomic
-from certrl.sweeps import expand, load_spec, plan, results_files
+from certrl.sweeps import expand, load_spec, plan, table_args
 
 DESCRIPTION = """\
 Run a sweep spec (YAML; see docs/sweeps.md): train groups (env x algo x loss x
@@ -26,9 +26,11 @@ DONE.json marker written atomically. A rerun skips units with a marker; a killed
 has none and is redone (training resumes from its checkpoint, jobs resume their
 results file). A failed unit is retried max_retries times, then reported (and in
 OUT/sweep.json); its dependants are not run; the exit code is 1. The jobs' results
-files feed certrl table directly."""
+files feed certrl table directly; OUT/table.args holds them with one --group per
+train group, so `certrl table @OUT/table.args` names each row by its spec entry."""
 
 TABLE_GLOB = "*/*/*/*/*/results.jsonl"  # env/group/tag/seed/job/results.jsonl under OUT
+TABLE_ARGS = "table.args"  # certrl table's arguments (files + one --group per spec entry)
 
 
 def add_parser(sub) -> None:
@@ -73,13 +75,18 @@ def run(args: argparse.Namespace) -> int:
     _write_status(out, args, units, failed, time.perf_counter() - t0)
     for uid, why in failed.items():
         print(f"failed: {uid}: {why}", file=sys.stderr)
-    files = results_files(units, out)
-    print(f"{len(units) - len(failed)}/{len(units)} units done; {len(files)} results files; "
-          f"table: certrl table {out}/{TABLE_GLOB}")
-    if args.table and files:
+    words = table_args(units, out) if out.exists() else []
+    n_files = sum(1 for w in words if w.endswith(".jsonl"))
+    hint = f"certrl table {out}/{TABLE_GLOB}"
+    if n_files:
+        write_text_atomic(out / TABLE_ARGS, "\n".join(words) + "\n")
+        hint = f"certrl table @{out / TABLE_ARGS}  (rows named by spec entry)"
+    print(f"{len(units) - len(failed)}/{len(units)} units done; {n_files} results files; "
+          f"table: {hint}")
+    if args.table and n_files:
         from certrl.cli import main
 
-        main(["table", *map(str, files)])
+        main(["table", f"@{out / TABLE_ARGS}"])
     return 1 if failed else 0
 
 

@@ -58,8 +58,11 @@ dagger k)."""
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "table", help="verification table (md, latex, csv) from results files",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="JSON lines files")
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        fromfile_prefix_chars="@")
+    p.add_argument("results", nargs="+",
+                   help="JSON lines files; @FILE reads arguments from FILE, one per line "
+                        "(certrl sweep writes OUT/table.args)")
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--out", default=None,
                    help="write the table here (default: stdout); an existing file is "

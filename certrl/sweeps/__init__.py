@@ -4,7 +4,7 @@ as Ray tasks (``certrl sweep``; docs/sweeps.md). ``spec``: parsing and grid expa
 Ray tasks (Ray is optional and imported only there)."""
 
 from certrl.sweeps.spec import Spec, Unit, expand, load_spec, parse_spec
-from certrl.sweeps.units import is_done, plan, results_files, run_unit
+from certrl.sweeps.units import is_done, plan, results_files, run_unit, table_args
 
 __all__ = ["Spec", "Unit", "expand", "is_done", "load_spec", "parse_spec", "plan",
-           "results_files", "run_unit"]
+           "results_files", "run_unit", "table_args"]

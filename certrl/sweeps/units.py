@@ -104,6 +104,42 @@ def run_unit(unit: Unit, out: str | Path) -> dict:
     return marker
 
 
+def table_args(units: list[Unit], out: str | Path) -> list[str]:
+    """``certrl table``'s arguments for a sweep, one per line of OUT/table.args: every
+    finished job's results file, then one ``--group NAME=AGENT,...`` per train group (the
+    spec entry's name; ``name:env:tag`` when the entry spans several envs or settings), so
+    each row is named by its spec entry, not by its run-group id. Members are the agent
+    labels the results record (read from each file's first row)."""
+    out = Path(out).absolute()
+    files = results_files(units, out)
+    members: dict[tuple[str, str, str], list[str]] = {}
+    for f in files:
+        env, group, tag = f.relative_to(out).parts[:3]
+        label = _agent_label(f)
+        if label is not None and label not in members.setdefault((env, group, tag), []):
+            members[(env, group, tag)].append(label)
+    per_name: dict[str, int] = {}
+    for _, group, _ in members:
+        per_name[group] = per_name.get(group, 0) + 1
+    words = [str(f) for f in files]
+    for (env, group, tag), labels in members.items():
+        name = group if per_name[group] == 1 else f"{group}:{env}:{tag}"
+        words += ["--group", f"{name}={','.join(labels)}"]
+    return words
+
+
+def _agent_label(path: Path) -> str | None:
+    """The agent label of a results file's first row (None when it has none)."""
+    with open(path) as f:
+        first = f.readline().strip()
+    try:
+        row = json.loads(first) if first else {}
+    except ValueError:
+        return None
+    label = row.get("agent_label") or row.get("checkpoint")
+    return str(label) if label and "," not in str(label) else None
+
+
 def results_files(units: list[Unit], out: str | Path) -> list[Path]:
     """The JSON lines files of the finished jobs (what ``certrl table`` reads)."""
     return [Path(out) / u.results for u in units
