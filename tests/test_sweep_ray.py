@@ -105,8 +105,8 @@ def test_benchmark_specs_expand_to_valid_commands(name, tmp_path):
             parser.parse_args(list(u.argv))
         except SystemExit:
             pytest.fail(f"{name}: certrl {' '.join(u.argv)} does not parse")
-    if name.startswith("robust_dqn"):  # 8 methods x 5 seeds, 4 jobs each
-        assert len(units) == 8 * 5 * 5
+    if name.startswith("robust_dqn"):  # 9 methods x 5 seeds, 4 jobs each
+        assert len(units) == 9 * 5 * 5
         cert = [u for u in units if u.kind == "certify" and "/sortnet/" in u.uid]
         assert len(cert) == 5 and all("lipschitz" in u.argv for u in cert)
 

@@ -78,6 +78,7 @@ class CARDQNLoss(ScheduledLoss):
     name = "car"
     algo = "dqn"
     config_cls = CARConfig
+    omit_at = {"kappa_end": None}  # added 2026-12-06: older CAR runs keep their run group
 
     def worst_td_error(self, batch: dict[str, Tensor], q: nn.Module, eps: float,
                        threat: ThreatModel, step: int) -> Tensor:

@@ -20,7 +20,7 @@ import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -213,6 +213,9 @@ class ScheduledLoss(RobustLoss):
     algo: str = "dqn"
     config_cls: type = object
     solvers: tuple[str, ...] = BASE_SOLVERS
+    # config fields added after runs existed -> the value meaning "as before": ``config()``
+    # leaves them out at that value (the stored config and the run group stay unchanged)
+    omit_at: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: Any = None):
         self.cfg = self.config_cls() if cfg is None else cfg
@@ -273,6 +276,9 @@ class ScheduledLoss(RobustLoss):
         d = {"name": self.name, "algo": self.algo, **dataclasses.asdict(self.cfg)}
         for k in getattr(self, "legacy_fields", ()):
             d.pop(k, None)
+        for k, v in self.omit_at.items():  # fields added later, at the value that keeps the
+            if k in d and d[k] == v:       # old meaning: left out, so run groups stay as
+                d.pop(k)                   # they were
         return d
 
 
