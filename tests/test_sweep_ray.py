@@ -92,8 +92,8 @@ def test_bad_specs_are_refused(bad, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["tiny", "robust_dqn", "robust_dqn_acrobot", "robust_ppo",
-                                  "robust_ppo_hopper"])
+@pytest.mark.parametrize("name", ["tiny", "robust_dqn", "robust_dqn_acrobot", "car_probe",
+                                  "robust_ppo", "robust_ppo_hopper"])
 def test_benchmark_specs_expand_to_valid_commands(name, tmp_path):
     """Every unit of the shipped specs is a command line certrl's own parser accepts."""
     from certrl.cli import build_parser
