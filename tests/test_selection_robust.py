@@ -1,6 +1,7 @@
 """Robust best-checkpoint selection (certrl train --select robust): the rule, its record."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,6 +22,33 @@ def test_robust_score_is_the_min_of_natural_and_gwc_crown_on_the_same_episodes()
     assert gwc[0] < nat  # vanilla's GWC at 0.05 breaks it: the min is the GWC mean
     assert S.robust_score(agent, 2, 0.05) == min(nat, sum(gwc) / 2)
     assert S.gwc_score(agent, 2, 0.05) == sum(gwc) / 2
+
+
+def test_pgd_score_is_the_attacked_return_of_certrl_attack_on_the_same_episodes():
+    """pgd_score = the mean return certrl's PGD (10 steps, random start, CE, attack seed =
+    episode index) leaves on env seeds EVAL_SEED..; a vanishing eps changes nothing."""
+    from certrl.attacks import make_attack
+    from certrl.rollout import acting, play
+
+    agent = certrl.load(FROZEN)
+    tm = agent.threat_model.with_eps(0.05)
+    ends = play(agent, [0, 1], S.EVAL_SEED,
+                lambda i: acting(agent, make_attack("pgd", agent.forward, tm, 0.05, 10, seed=i)))
+    assert S.pgd_score(agent, 2, 0.05) == sum(e.ret for e in ends) / 2
+    assert S.pgd_score(agent, 2, 0.2) < 0.1 * S.natural_score(agent, 2)  # broken at 0.2
+    assert S.pgd_score(agent, 2, 1e-9) == S.natural_score(agent, 2)
+
+
+def test_robust_pgd_score_is_the_min_of_the_three(monkeypatch):
+    monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: 500.0)
+    for gwc, pgd, want in ((300.0, 400.0, 300.0), (450.0, 120.0, 120.0), (600, 700, 500)):
+        monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed, v=gwc: v)
+        monkeypatch.setattr(S, "pgd_score", lambda agent, n, eps, seed, v=pgd: v)
+        sel = S.BestKeeper(10, 3, select="robust-pgd", robust_eps=0.02)
+        assert sel.evaluate(SimpleNamespace(nets={}), 10) == want
+        info = sel.info("best")
+        assert info["metric"] == S.ROBUST_PGD_METRIC and info["select_eps"] == 0.02
+        assert "under PGD (10 steps, random start, CE) at eps 0.02" in info["rule"]
 
 
 def test_robust_rule_picks_the_checkpoint_the_hand_made_evaluator_says(monkeypatch):
@@ -75,6 +103,22 @@ def test_resume_keeps_the_robust_rule(tmp_path, monkeypatch):
     assert again.selection.history == half.selection.history
     again.learn()
     assert again.selection.history[-1] == [60, pytest.approx(3.0)]
+
+
+def test_cli_select_robust_pgd_records_the_rule(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "natural_score", lambda agent, n, seed, env_kwargs=None: 500.0)
+    monkeypatch.setattr(S, "gwc_score", lambda agent, n, eps, seed: 420.0)
+    monkeypatch.setattr(S, "pgd_score", lambda agent, n, eps, seed: 41.0)
+    out = tmp_path / "ft"
+    assert main(["train", "--init-from", SHIPPED, "--steps", "100", "--out", str(out),
+                 "--no-progress", "--eval-every", "50", "--eval-episodes", "1",
+                 "--select", "robust-pgd", "--train-eps", "0.02", "--loss", "radial",
+                 "--set", "learning_starts=20", "--set", "buffer_size=300"]) == 0
+    sel = certrl.load(out).metadata["selection"]
+    assert sel["select"] == "robust-pgd" and sel["select_eps"] == 0.02
+    assert [h[1] for h in sel["evaluations"]] == [41.0, 41.0, 41.0]
+    again = DQN.resume(out / "checkpoints" / "latest.pt")
+    assert again.selection.select == "robust-pgd" and again.selection.robust_eps == 0.02
 
 
 def test_cli_select_robust_records_the_rule(tmp_path, monkeypatch):

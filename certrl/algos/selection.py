@@ -10,7 +10,7 @@ best weights are those with the highest score; ties go to the later evaluation (
 in the RADIAL-DQN and CAR-DQN reference code, ``>=``). Evaluation draws no random
 numbers from the training RNGs and uses its own env, so it never changes training.
 
-Three scores (the rule is fixed before training and recorded in the agent's metadata):
+Four scores (the rule is fixed before training and recorded in the agent's metadata):
 
 * ``natural`` (default): S = mean natural return R_nat over the episodes.
 * ``robust`` (``certrl train --select robust``): S = min(R_nat, R_gwc) where R_gwc is the
@@ -19,6 +19,12 @@ Three scores (the rule is fixed before training and recorded in the agent's meta
   checkpoint scores high only if it both solves the task and keeps it against the GWC
   heuristic at that eps. GWC is a heuristic (not a certificate), so the kept checkpoint's
   certificates are measured separately.
+* ``robust-pgd`` (``--select robust-pgd``): S = min(R_nat, R_gwc, R_pgd), R_pgd the mean
+  return under certrl's PGD at ``robust_eps`` (``certrl.attacks.pgd``: ``PGD_STEPS`` steps,
+  random start, best iterate, cross-entropy away from the clean greedy action; attack
+  seed = the episode index) on the same episodes: early stopping on the attacked return
+  of separate validation episodes (Rice et al. 2020's robust early stopping), which the
+  table's PGD column then measures on its own episodes.
 * ``smoothed`` (``certrl train --loss noise --sigma S --select smoothed``): S = mean return
   of the smoothed agent a user deploys (``certrl.smoothed.SmoothedAgent``: majority vote
   of the greedy action over ``SMOOTHED_SAMPLES`` noisy copies x + sigma z, z ~ N(0, I),
@@ -39,8 +45,11 @@ from certrl.rollout import acting, play
 EVAL_SEED = 1_000_000
 METRIC = "natural_return_mean"
 ROBUST_METRIC = "min(natural_return_mean, gwc_crown_return_mean)"
+ROBUST_PGD_METRIC = "min(natural_return_mean, gwc_crown_return_mean, pgd_return_mean)"
 SMOOTHED_METRIC = "smoothed_return_mean"
-SELECTS = ("natural", "robust", "smoothed")
+SELECTS = ("natural", "robust", "robust-pgd", "smoothed")
+ROBUST_SELECTS = ("robust", "robust-pgd")  # the scores at an eps (``robust_eps``)
+PGD_STEPS = 10  # certrl attack's default PGD
 SMOOTHED_SAMPLES = 100  # certrl.smoothed.DEFAULT_SAMPLES (S-DQN's m)
 GWC_BOUNDS = "crown"
 
@@ -85,6 +94,34 @@ def robust_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED,
     return min(natural_score(agent, episodes, seed), gwc_score(agent, episodes, eps, seed))
 
 
+def pgd_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED) -> float:
+    """Mean return over ``episodes`` env seeds seed.. when every observation is replaced by
+    certrl's PGD (``certrl.attacks.make_attack("pgd")``: PGD_STEPS steps, random start, best
+    iterate, CE objective) within the agent's threat set at ``eps``; attack seed = episode
+    index. Networks' modes restored."""
+    from certrl.attacks import make_attack
+
+    tm = agent.threat_model.with_eps(float(eps))
+
+    def policy_for(i: int):
+        return acting(agent, make_attack("pgd", agent.forward, tm, float(eps), PGD_STEPS,
+                                         seed=i, action_kind=agent.action_space_kind))
+    modes = {k: n.training for k, n in agent.nets.items()}
+    try:
+        ends = play(agent, list(range(episodes)), seed, policy_for)
+    finally:
+        for k, n in agent.nets.items():
+            n.train(modes[k])
+    return float(np.mean([e.ret for e in ends]))
+
+
+def robust_pgd_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED,
+                     env_kwargs: dict | None = None) -> float:
+    """S = min(natural, GWC-CROWN at ``eps``, PGD at ``eps``) over the same env seeds."""
+    return min(robust_score(agent, episodes, eps, seed, env_kwargs),
+               pgd_score(agent, episodes, eps, seed))
+
+
 def smoothed_score(agent: Agent, episodes: int, sigma: float, seed: int = EVAL_SEED,
                    env_kwargs: dict | None = None, samples: int = SMOOTHED_SAMPLES) -> float:
     """Mean return of the smoothed agent a(x) = argmax_k #{i : argmax Q(x + sigma z_i) = k}
@@ -109,6 +146,9 @@ def selection_rule(every: int, episodes: int, from_init: bool, select: str = "na
     what = f"best mean natural return over {seeds}" if select == "natural" else (
         f"best min(mean natural return, mean GWC-CROWN return at eps {eps:g}) over the same "
         f"{seeds}") if select == "robust" else (
+        f"best min(mean natural return, mean GWC-CROWN return at eps {eps:g}, mean return "
+        f"under PGD ({PGD_STEPS} steps, random start, CE) at eps {eps:g}) over the same "
+        f"{seeds}") if select == "robust-pgd" else (
         f"best mean return of the smoothed agent (majority vote of the greedy action over "
         f"{SMOOTHED_SAMPLES} noisy copies x + sigma z, z ~ N(0, I), sigma {sigma:g}, noise "
         f"seed 0) over the same {seeds}")
@@ -118,8 +158,8 @@ def selection_rule(every: int, episodes: int, from_init: bool, select: str = "na
 class BestKeeper:
     """Keeps the best-scoring weights of periodic evaluations (see the module doc).
 
-    ``select``: "natural", "robust" (``robust_eps`` > 0 then) or "smoothed" (``sigma`` > 0
-    then); see the module doc.
+    ``select``: "natural", "robust" / "robust-pgd" (``robust_eps`` > 0 then) or "smoothed"
+    (``sigma`` > 0 then); see the module doc.
     ``evaluator(agent) -> score`` defaults to the select's score; tests may replace it.
     ``state_dict`` / ``load_state_dict`` carry the rule, the best weights, score, step and
     the evaluation history through ``--resume``.
@@ -141,29 +181,30 @@ class BestKeeper:
 
     def set_select(self, select: str, robust_eps: float | None = None,
                    sigma: float | None = None) -> None:
-        """Choose the score ("natural", "robust" at ``robust_eps`` or "smoothed" at
-        ``sigma``); only before the first evaluation (the rule is fixed in advance)."""
+        """Choose the score ("natural", "robust" / "robust-pgd" at ``robust_eps`` or
+        "smoothed" at ``sigma``); only before the first evaluation (fixed in advance)."""
         if select not in SELECTS:
             raise ValueError(f"selection must be one of {SELECTS}; got {select!r}")
-        if select == "robust" and not (robust_eps is not None and np.isfinite(robust_eps)
-                                       and robust_eps > 0):
-            raise ValueError(f"robust selection needs an eps > 0 (got {robust_eps})")
+        if select in ROBUST_SELECTS and not (robust_eps is not None
+                                             and np.isfinite(robust_eps) and robust_eps > 0):
+            raise ValueError(f"{select} selection needs an eps > 0 (got {robust_eps})")
         if select == "smoothed" and not (sigma is not None and np.isfinite(sigma)
                                          and sigma > 0):
             raise ValueError(f"smoothed selection needs a sigma > 0 (got {sigma})")
         if getattr(self, "history", None):
             raise ValueError("the selection rule is fixed once evaluations have started")
         self.select = select
-        self.robust_eps = float(robust_eps) if select == "robust" else None
+        self.robust_eps = float(robust_eps) if select in ROBUST_SELECTS else None
         self.sigma = float(sigma) if select == "smoothed" else None
         if self.custom is None:
             self.evaluator = self.default_evaluator()
 
     def default_evaluator(self) -> Evaluator:
         """The score of ``self.select`` (natural_score or robust_score)."""
-        if self.select == "robust":
-            return lambda agent: robust_score(agent, self.episodes, self.robust_eps,
-                                              EVAL_SEED, self.env_kwargs)
+        if self.select in ROBUST_SELECTS:
+            score = robust_score if self.select == "robust" else robust_pgd_score
+            return lambda agent: score(agent, self.episodes, self.robust_eps, EVAL_SEED,
+                                       self.env_kwargs)
         if self.select == "smoothed":
             return lambda agent: smoothed_score(agent, self.episodes, self.sigma, EVAL_SEED,
                                                self.env_kwargs)
@@ -193,7 +234,8 @@ class BestKeeper:
 
     def info(self, chosen: str) -> dict:
         """The ``selection`` metadata entry; ``chosen`` is "best" or "final"."""
-        metric = {"natural": METRIC, "robust": ROBUST_METRIC, "smoothed": SMOOTHED_METRIC}
+        metric = {"natural": METRIC, "robust": ROBUST_METRIC,
+                  "robust-pgd": ROBUST_PGD_METRIC, "smoothed": SMOOTHED_METRIC}
         return {"rule": selection_rule(self.every, self.episodes, self.from_init,
                                        self.select, self.robust_eps, self.sigma),
                 "metric": metric[self.select], "select": self.select,

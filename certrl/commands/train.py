@@ -177,13 +177,15 @@ def _add_finetune_flags(p) -> None:
                         "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
     f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
                    help="episodes per evaluation (default 5)")
-    f.add_argument("--select", choices=("natural", "robust", "smoothed"), default="natural",
+    f.add_argument("--select", choices=("natural", "robust", "robust-pgd", "smoothed"),
+                   default="natural",
                    help="best-checkpoint score: natural (mean return), robust (min of the "
                         "mean natural and the mean GWC-CROWN return at --select-eps, default "
-                        "--train-eps) or smoothed (mean return of the smoothed agent at the "
+                        "--train-eps), robust-pgd (also min with the mean return under PGD "
+                        "at that eps) or smoothed (mean return of the smoothed agent at the "
                         "noise loss's --sigma; certrl.algos.selection)")
     f.add_argument("--select-eps", type=eps_arg, default=None, metavar="E",
-                   help="eps of --select robust (default: --train-eps)")
+                   help="eps of --select robust / robust-pgd (default: --train-eps)")
     f.add_argument("--eps-scale", choices=("none", "std"), default=None,
                    help="std: scale eps per observation dimension by its std on the init "
                         "agent's greedy trajectories (needs --init-from; default none)")
@@ -349,7 +351,7 @@ def _select(args: argparse.Namespace, algo) -> None:
     """--select / --select-eps: the best-checkpoint score, fixed before training."""
     if args.select == "natural":
         if args.select_eps is not None:
-            raise ValueError("--select-eps belongs to --select robust")
+            raise ValueError("--select-eps belongs to --select robust / robust-pgd")
         return
     if getattr(algo, "selection", None) is None:
         raise ValueError(f"--select {args.select} needs best-checkpoint selection "
@@ -359,14 +361,15 @@ def _select(args: argparse.Namespace, algo) -> None:
         return
     eps = args.select_eps if args.select_eps is not None else args.train_eps
     if not eps:
-        raise ValueError("--select robust needs an eps: --select-eps E or --train-eps E")
-    algo.selection.set_select("robust", eps)
+        raise ValueError(f"--select {args.select} needs an eps: --select-eps E or "
+                         "--train-eps E")
+    algo.selection.set_select(args.select, eps)
 
 
 def _select_smoothed(args: argparse.Namespace, algo) -> None:
     """--select smoothed: the smoothed agent's mean return at the noise loss's sigma."""
     if args.select_eps is not None:
-        raise ValueError("--select-eps belongs to --select robust")
+        raise ValueError("--select-eps belongs to --select robust / robust-pgd")
     rl = algo.robust_loss
     if rl is None or rl.name != "noise":
         raise ValueError("--select smoothed scores the smoothed agent at the training sigma: "
