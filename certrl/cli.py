@@ -55,6 +55,15 @@ def _about_out(e: OSError, args: argparse.Namespace) -> bool:
     return f == o or f in o.parents or o in f.parents
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``certrl`` console script; returns the exit code."""
     parser, mods = build_parser()
@@ -71,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"certrl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (certrl ... | head): stop quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except OSError as e:
         if not _about_out(e, args):
             raise

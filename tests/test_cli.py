@@ -165,3 +165,13 @@ def test_console_script_help():
     res = subprocess.run([str(exe), "attack", SHIPPED, "--eps", "-1"], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "eps must be >= 0" in res.stderr
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """certrl ... | head: no traceback, the shell's SIGPIPE status (141)."""
+    spec = Path(__file__).resolve().parent.parent / "benchmarks" / "specs" / "robust_dqn.yaml"
+    cmd = (f"{sys.executable} -m certrl.cli sweep {spec} --out /nonexistent-dir --dry-run "
+           "| head -c 10; exit ${PIPESTATUS[0]}")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+    assert r.returncode == 141 and r.stdout.startswith("sweep ") and len(r.stdout) == 10
