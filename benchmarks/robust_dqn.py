@@ -552,7 +552,8 @@ def pick_seed_robust(results: list[dict]) -> dict:
     return max(results, key=lambda r: (float(r["selection"]["best_score"]), -int(r["seed"])))
 
 
-def sidecar(name: str, res: dict, results: list[dict], src: Path) -> dict:
+def sidecar(name: str, res: dict, results: list[dict], src: Path,
+            table: str = "robust_dqn") -> dict:
     """The JSON sidecar of a shipped agent: its table row, exact command, init agent (path +
     sha256), seed and checkpoint selection, threat model, and how to reproduce the row."""
     from certrl.io import library_versions
@@ -570,7 +571,7 @@ def sidecar(name: str, res: dict, results: list[dict], src: Path) -> dict:
         "init_agent": None if res.get("init_agent") is None else {
             **res["init_agent"], "path": res["init_agent"]["path"].replace(f"{ROOT}/", "")},
         "benchmark": "benchmarks/robust_dqn.py (one run of the committed table, "
-                     "benchmarks/results/robust_dqn.md)",
+                     f"benchmarks/results/{table}.md)",
         "selection": f"{SHIP_RULE_ROBUST}; seeds {sorted(r['seed'] for r in results)}",
         "checkpoint_selection": res.get("selection"),
         "checkpoint_rule": (res.get("selection") or {}).get("rule"),
@@ -588,9 +589,10 @@ def sidecar(name: str, res: dict, results: list[dict], src: Path) -> dict:
         "weights_sha256": file_sha256(src), "versions": library_versions()}
 
 
-def ship(out: Path, min_seeds: int = 3) -> None:
+def ship(out: Path, min_seeds: int = 3, table: str = "robust_dqn") -> None:
     """Copy one CartPole agent per method into certrl/agents/ with JSON sidecars (only
-    methods with at least ``min_seeds`` finished seeds)."""
+    methods with at least ``min_seeds`` finished seeds); ``table``: the --name of the table
+    the runs are a row of (named in each sidecar)."""
     import shutil
 
     from certrl.agent import AGENTS_DIR
@@ -610,7 +612,7 @@ def ship(out: Path, min_seeds: int = 3) -> None:
             car_seed = int(res["seed"])
         name = f"cartpole-dqn-{short}"
         src = Path(out) / env / method / f"seed{res['seed']}" / "train" / "agent.pt"
-        side = sidecar(name, res, results, src)
+        side = sidecar(name, res, results, src, table)
         shutil.copyfile(src, AGENTS_DIR / f"{name}.pt")
         write_text_atomic(AGENTS_DIR / f"{name}.json", json.dumps(side, indent=2) + "\n")
         size = (AGENTS_DIR / f"{name}.pt").stat().st_size
@@ -693,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bases_from:
         copy_bases(Path(args.bases_from), out, args.envs, args.seeds)
     if args.ship:
-        ship(out)
+        ship(out, table=args.name)
         return 0
     t0 = time.perf_counter()
     if not args.render_only:
