@@ -521,11 +521,11 @@ TEX_STYLE = Style(float_env="table*", resize=True, font=r"\scriptsize", row_head
 
 
 # ------------------------------------------------------------------ shipping
-# the shipped CAR agent is CAR-DQN's --trades form from 2026-12-06 on (before: car-ibp);
-# chosen from the probe of docs/robust-training.md, before the table it ships from was run
+# the shipped CAR agent is the reference-form CAR-IBP (CAR-trades is a table row only:
+# docs/robust-training.md, "Shipped agents")
 SHIP = {"vanilla": "vanilla", "sa": "sa", "radial": "radial", "wocar": "wocar",
-        "car-trades": "car", "sortnet": "sortnet"}
-SHIP_CAR = "car-trades"
+        "car-ibp": "car", "sortnet": "sortnet"}
+SHIP_CAR = "car-ibp"
 SHIP_RULE = ("the median run of the method's finished CartPole seeds when ranked by natural "
              "return (equal returns ranked by seed, the higher seed first; lower middle for an "
              "even count), fixed in the code before the table was read")
