@@ -87,6 +87,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_telemetry_flags(p)
     _add_finetune_flags(p)
+    _add_robust_flags(p)
+
+
+def _add_robust_flags(p) -> None:
+    """--loss, --train-eps, the solver and each loss's constants, the eps schedule."""
     r = p.add_argument_group("robust training (see docs/robust-training.md)")
     r.add_argument("--loss", choices=LOSS_NAMES, default="vanilla",
                    help="robust loss (sortnet: DQN with a SortNet Q-network)")
