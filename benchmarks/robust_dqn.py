@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from certrl.algos.selection import ROBUST_SELECTS
 from certrl.records import write_text_atomic
 from certrl.report import Column, Style, Table, to_latex, to_markdown, value_table
 
@@ -136,7 +137,7 @@ def train_argv(env: str, method: str, seed: int | str, out: Path, steps: int,
                 "--eval-episodes", "5"]
     if extra:
         argv += extra + ["--train-eps", str(spec["train_eps"])]
-    if start == "finetune" and SELECT["select"] in ("robust", "robust-pgd"):
+    if start == "finetune" and SELECT["select"] in ROBUST_SELECTS:
         argv += ["--select", SELECT["select"]] + ([] if extra else
                                                   ["--select-eps", str(spec["train_eps"])])
     return argv
@@ -525,7 +526,6 @@ TEX_STYLE = Style(float_env="table*", resize=True, font=r"\scriptsize", row_head
 # docs/robust-training.md, "Shipped agents")
 SHIP = {"vanilla": "vanilla", "sa": "sa", "radial": "radial", "wocar": "wocar",
         "car-ibp": "car", "sortnet": "sortnet"}
-SHIP_CAR = "car-ibp"
 SHIP_RULE = ("the median run of the method's finished CartPole seeds when ranked by natural "
              "return (equal returns ranked by seed, the higher seed first; lower middle for an "
              "even count), fixed in the code before the table was read")
@@ -608,7 +608,7 @@ def ship(out: Path, min_seeds: int = 3, table: str = "robust_dqn") -> None:
             continue
         res = next(r for r in results if int(r["seed"]) == car_seed) \
             if method == "vanilla" else pick_seed_robust(results)
-        if method == SHIP_CAR:
+        if short == "car":
             car_seed = int(res["seed"])
         name = f"cartpole-dqn-{short}"
         src = Path(out) / env / method / f"seed{res['seed']}" / "train" / "agent.pt"
@@ -676,8 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", choices=("train", "all"), default=ATTACK_PLAN["plan"],
                    help="train: our PGD at the train eps only; all: PGD and PGD-ref at every "
                         "eval eps")
-    p.add_argument("--select", choices=("natural", "robust", "robust-pgd"),
-                   default=SELECT["select"],
+    p.add_argument("--select", choices=("natural", *ROBUST_SELECTS), default=SELECT["select"],
                    help="best-checkpoint rule of the fine-tunes")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--name", default="robust_dqn",

@@ -34,7 +34,8 @@ Four scores (the rule is fixed before training and recorded in the agent's metad
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -56,19 +57,26 @@ GWC_BOUNDS = "crown"
 Evaluator = Callable[[Agent], float]
 
 
+@contextmanager
+def modes_kept(agent: Agent) -> Iterator[None]:
+    """Run the block, then give every network of ``agent`` back its train/eval mode."""
+    modes = {k: n.training for k, n in agent.nets.items()}
+    try:
+        yield
+    finally:
+        for k, n in agent.nets.items():
+            n.train(modes[k])
+
+
 def natural_score(agent: Agent, episodes: int, seed: int = EVAL_SEED,
                   env_kwargs: dict | None = None) -> float:
     """Mean return of ``episodes`` greedy episodes (env seeds seed..seed+episodes-1).
 
     The networks' train/eval modes are restored afterwards.
     """
-    modes = {k: n.training for k, n in agent.nets.items()}
-    try:
+    with modes_kept(agent):
         ends = play(agent, list(range(episodes)), seed, lambda i: acting(agent),
                     env_kwargs=env_kwargs)
-    finally:
-        for k, n in agent.nets.items():
-            n.train(modes[k])
     return float(np.mean([e.ret for e in ends]))
 
 
@@ -76,12 +84,8 @@ def gwc_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED) ->
     """Mean GWC-CROWN return at ``eps`` over ``episodes`` env seeds seed..; modes restored."""
     from certrl.certify.trajectory import gwc_rollout  # certify imports algos: lazy
 
-    modes = {k: n.training for k, n in agent.nets.items()}
-    try:
+    with modes_kept(agent):
         rows = gwc_rollout(agent, float(eps), GWC_BOUNDS, episodes, seed)
-    finally:
-        for k, n in agent.nets.items():
-            n.train(modes[k])
     return float(np.mean([r["return"] for r in rows]))
 
 
@@ -106,12 +110,8 @@ def pgd_score(agent: Agent, episodes: int, eps: float, seed: int = EVAL_SEED) ->
     def policy_for(i: int):
         return acting(agent, make_attack("pgd", agent.forward, tm, float(eps), PGD_STEPS,
                                          seed=i, action_kind=agent.action_space_kind))
-    modes = {k: n.training for k, n in agent.nets.items()}
-    try:
+    with modes_kept(agent):
         ends = play(agent, list(range(episodes)), seed, policy_for)
-    finally:
-        for k, n in agent.nets.items():
-            n.train(modes[k])
     return float(np.mean([e.ret for e in ends]))
 
 
@@ -129,13 +129,9 @@ def smoothed_score(agent: Agent, episodes: int, sigma: float, seed: int = EVAL_S
     seed..; the base networks' modes are restored."""
     from certrl.smoothed import SmoothedAgent  # smoothed imports losses: lazy
 
-    modes = {k: n.training for k, n in agent.nets.items()}
-    try:
+    with modes_kept(agent):
         return natural_score(SmoothedAgent(agent, float(sigma), samples), episodes, seed,
                              env_kwargs)
-    finally:
-        for k, n in agent.nets.items():
-            n.train(modes[k])
 
 
 def selection_rule(every: int, episodes: int, from_init: bool, select: str = "natural",

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from certrl.algos import ALGOS
 from certrl.algos.base import coerce_field, resolve_init
+from certrl.algos.selection import SELECTS
 from certrl.commands.common import eps_arg, nonneg_int, positive_int, set_threads
 from certrl.device import add_device_arg, configure_determinism, device_label, resolve_device
 from certrl.envs import env_family, env_version
@@ -182,8 +183,7 @@ def _add_finetune_flags(p) -> None:
                         "weights as DIR/agent.pt (0: off; fine-tuning default 1000)")
     f.add_argument("--eval-episodes", type=positive_int, default=None, metavar="M",
                    help="episodes per evaluation (default 5)")
-    f.add_argument("--select", choices=("natural", "robust", "robust-pgd", "smoothed"),
-                   default="natural",
+    f.add_argument("--select", choices=SELECTS, default="natural",
                    help="best-checkpoint score: natural (mean return), robust (min of the "
                         "mean natural and the mean GWC-CROWN return at --select-eps, default "
                         "--train-eps), robust-pgd (also min with the mean return under PGD "
